@@ -1,0 +1,244 @@
+"""BDH ("Baby Dragon Hatchling"), written from the math in DESIGN.md §4.
+
+One set of weights is shared by all layers, so depth adds compute, not parameters.
+Attention has no softmax, which makes it linear: for every layer and head a state
+S = Σ_{s<t} q_s x_sᵀ (N × D) summarises the past, and one new token costs the same at
+position 10 as at position 10 000. `extend` is the single code path for training
+(no state), prefill and decoding (state updated in place).
+
+Parameter names equal the reference implementation's, so its state_dicts load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import DecodeEngine, _Session
+
+ROPE_THETA = 2.0**16
+# Prefill longer prompts in chunks so the intra-chunk score matrix stays small (T² memory).
+PREFILL_CHUNK = 512
+
+
+@dataclass
+class BDHConfig:
+    n_layer: int = 6
+    n_embd: int = 256
+    n_head: int = 4
+    mlp_internal_dim_multiplier: int = 16
+    vocab_size: int = 4096
+    dropout: float = 0.1
+
+    @property
+    def n_neurons(self) -> int:
+        """N, neurons per head."""
+        return self.mlp_internal_dim_multiplier * self.n_embd // self.n_head
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BDHConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names - {"model_type"}
+        if unknown:
+            raise ValueError(f"unknown BDH config keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return {"model_type": "bdh", **asdict(self)}
+
+
+def _ln(x: torch.Tensor) -> torch.Tensor:
+    # LayerNorm with no weight and no bias: BDH has no per-feature gains anywhere.
+    return F.layer_norm(x, (x.shape[-1],), eps=1e-5)
+
+
+def rope_frequencies(n: int) -> torch.Tensor:
+    """Turns per position of each of the N coordinates, divided by 2π; pairs (2i, 2i+1) share one."""
+    pair = torch.arange(n, dtype=torch.float32) // 2 * 2
+    return 1.0 / (ROPE_THETA ** (pair / n)) / (2 * math.pi)
+
+
+def rope(v: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of v (B, H, T, N) by position (B, T).
+
+    The phase is taken modulo one turn before scaling by 2π, in float32, so large
+    positions keep their precision.
+    """
+    turns = positions.to(torch.float32)[:, None, :, None] * freqs  # (B, 1, T, N)
+    phase = torch.frac(turns) * (2 * math.pi)
+    cos, sin = torch.cos(phase).to(v.dtype), torch.sin(phase).to(v.dtype)
+    # (x0, x1) → (-x1, x0) for every pair: the 90° turn that sin multiplies.
+    turned = torch.stack((-v[..., 1::2], v[..., 0::2]), dim=-1).flatten(-2)
+    return v * cos + turned * sin
+
+
+class BDH(nn.Module):
+    def __init__(self, config: BDHConfig):
+        super().__init__()
+        self.config = c = config
+        D, H, N, V = c.n_embd, c.n_head, c.n_neurons, c.vocab_size
+        if c.mlp_internal_dim_multiplier * D % H:
+            raise ValueError(f"m·D = {c.mlp_internal_dim_multiplier * D} is not divisible by n_head = {H}")
+        if N % 2:
+            raise ValueError(f"neurons per head N = {N} must be even for RoPE pairs")
+        self.embed = nn.Embedding(V, D)
+        self.encoder = nn.Parameter(torch.empty(H, D, N))
+        self.encoder_v = nn.Parameter(torch.empty(H, D, N))
+        self.decoder = nn.Parameter(torch.empty(H * N, D))
+        self.lm_head = nn.Parameter(torch.empty(D, V))
+        self.drop = nn.Dropout(c.dropout)
+        # Derived from the config, so not saved; a reference state_dict's copy is checked on load.
+        self.register_buffer("rope_freqs", rope_frequencies(N), persistent=False)
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Training pass: idx, targets (B, T) → logits (B, T, V), mean cross-entropy or None."""
+        B, T = idx.shape
+        positions = torch.arange(T, device=idx.device).expand(B, T)
+        logits = self.extend(idx, positions, state=None)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def new_state(self, batch: int, device=None) -> torch.Tensor:
+        """Zero decode state (L, B, H, N, D), float32 whatever the weights' dtype."""
+        c = self.config
+        return torch.zeros(c.n_layer, batch, c.n_head, c.n_neurons, c.n_embd, device=device, dtype=torch.float32)
+
+    def extend(self, idx: torch.Tensor, positions: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """Run tokens idx (B, T) at absolute positions (B, T) → logits (B, T, V).
+
+        With a state (L, B, H, N, D) the tokens see everything the state has absorbed
+        and are then written into it (in place); without one they see only each other.
+        """
+        B, T = idx.shape
+        x = _ln(self.embed(idx)).unsqueeze(1)  # (B, 1, T, D): broadcasts over heads
+        for layer in range(self.config.n_layer):
+            x = self._layer(x, positions, None if state is None else state[layer])
+        return x.squeeze(1) @ self.lm_head  # (B, T, V)
+
+    def _layer(self, x: torch.Tensor, positions: torch.Tensor, S: torch.Tensor | None) -> torch.Tensor:
+        B, _, T, D = x.shape
+        u = F.relu(x @ self.encoder)  # (B, H, T, N): sparse, non-negative
+        q = rope(u, positions, self.rope_freqs)  # query = key
+        if T > 1:
+            # Strictly causal and unnormalised: token t reads the inputs of tokens s < t.
+            a = (q @ q.transpose(-1, -2)).tril(diagonal=-1) @ x  # (B, H, T, D)
+        else:
+            a = torch.zeros(B, q.shape[1], 1, D, dtype=x.dtype, device=x.device)
+        if S is not None:
+            qf, xf = q.float(), x.float()
+            a = a + (qf @ S).to(x.dtype)  # read the past before writing this chunk
+            S += qf.transpose(-1, -2) @ xf  # (B, H, N, D)
+        a = _ln(a)
+        v = F.relu(a @ self.encoder_v)  # (B, H, T, N)
+        z = self.drop(u * v)
+        z = z.transpose(1, 2).reshape(B, 1, T, -1)  # head-major neurons: (B, 1, T, H·N)
+        y = _ln(z @ self.decoder)  # (B, 1, T, D)
+        return _ln(x + y)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- the reference implementation's state_dict ---------------------------------
+    def load_reference_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load weights saved by the reference implementation (same names; RoPE buffer optional)."""
+        sd = dict(sd)
+        freqs = sd.pop("attn.freqs", None)
+        if freqs is not None and not torch.allclose(freqs.flatten().float(), self.rope_freqs.cpu(), rtol=1e-6):
+            raise ValueError("attn.freqs differs from this config's RoPE frequencies (other theta or neuron count?)")
+        check_state_dict(self, sd)
+        self.load_state_dict(sd)
+
+
+def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "state_dict") -> None:
+    """Raise a ValueError naming every missing, unexpected or mis-shaped tensor."""
+    expected = model.state_dict()
+    problems = [f"missing tensor {k!r}" for k in expected if k not in sd]
+    problems += [f"unexpected tensor {k!r}" for k in sd if k not in expected]
+    problems += [
+        f"tensor {k!r} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+
+
+class BDHEngine(DecodeEngine):
+    """Sessions over a BDH model, their states in one pooled tensor.
+
+    The pool is (L, slots, H, N, D) float32. A batch whose slots are contiguous runs on a
+    view of the pool (no copy); otherwise its states are gathered and written back.
+    Freed slots are reused lowest-first, which keeps busy slots dense.
+    """
+
+    model_type = "bdh"
+
+    def __init__(self, model: BDH, *, max_context: int = 1 << 20, initial_slots: int = 4):
+        super().__init__(model, max_context=max_context)
+        self._pool = model.new_state(initial_slots, device=self.device)
+        self._free = list(range(initial_slots))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    @property
+    def state_bytes_per_session(self) -> int:
+        return self._pool[:, :1].numel() * self._pool.element_size()
+
+    def _take_slot(self) -> int:
+        if not self._free:  # grow by doubling: amortised, and rare once warm
+            old = self._pool.shape[1]
+            self._pool = torch.cat([self._pool, torch.zeros_like(self._pool)], dim=1)
+            self._free = list(range(old, 2 * old))
+        self._free.sort()
+        return self._free.pop(0)
+
+    def _prefill(self, ids: torch.Tensor) -> tuple[int, torch.Tensor]:
+        slot = self._take_slot()
+        state = self._pool[:, slot : slot + 1]
+        state.zero_()
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start : start + PREFILL_CHUNK]
+            positions = torch.arange(start, start + len(chunk), device=ids.device)
+            logits = self.model.extend(chunk[None], positions[None], state)
+        return slot, logits[0, -1]
+
+    def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
+        slots = torch.tensor([s.state for s in sessions])
+        positions = torch.tensor([[s.position] for s in sessions], device=tokens.device)
+        order = torch.argsort(slots)
+        lo, hi = int(slots[order[0]]), int(slots[order[-1]]) + 1
+        if hi - lo == len(sessions):  # contiguous: work on the pool directly
+            state = self._pool[:, lo:hi]
+            logits = self.model.extend(tokens[order, None], positions[order], state)
+            return logits[torch.argsort(order), 0]
+        idx = slots.to(self.device)
+        state = self._pool[:, idx]
+        logits = self.model.extend(tokens[:, None], positions, state)
+        self._pool[:, idx] = state
+        return logits[:, 0]
+
+    def _release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def _score_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        if len(ids) <= PREFILL_CHUNK:
+            return self.model.extend(ids[None], torch.arange(len(ids), device=ids.device)[None], None)[0]
+        # Long sequences: chunked through a scratch state, linear in memory.
+        state = self.model.new_state(1, device=self.device)
+        out = []
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start : start + PREFILL_CHUNK]
+            positions = torch.arange(start, start + len(chunk), device=ids.device)
+            out.append(self.model.extend(chunk[None], positions[None], state)[0])
+        return torch.cat(out)
+
