@@ -1,0 +1,65 @@
+"""Fixtures every test layer shares: a corpus, a tokenizer and a tiny checkpoint pair,
+all made here so tests need no network, no GPU and no ../shared."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+_NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max"]
+_THINGS = ["a red ball", "a big tree", "a small dog", "a shiny stone", "a blue kite", "a warm cake"]
+_FEELINGS = ["happy", "sad", "brave", "tired", "curious", "kind"]
+
+
+def make_corpus(n_stories: int = 200, seed: int = 0) -> str:
+    """TinyStories-like text, stories separated by <|endoftext|> lines."""
+    rng = random.Random(seed)
+    stories = []
+    for _ in range(n_stories):
+        a, b = rng.sample(_NAMES, 2)
+        thing, feeling = rng.choice(_THINGS), rng.choice(_FEELINGS)
+        stories.append(
+            f"Once upon a time, {a} found {thing}. {a} was {feeling}. "
+            f"{a} showed {thing} to {b}. {b} said, \"Wow!\" They played all day. The end."
+        )
+    return "\n<|endoftext|>\n".join(stories) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(corpus_file):
+    from plotarmour.tokenizer import train_tokenizer
+
+    return train_tokenizer([corpus_file], vocab_size=320)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    """Untrained BDH and GPT-2 checkpoints (about 50k parameters each) on one tokenizer."""
+    import torch
+
+    from plotarmour.checkpoint import save_checkpoint
+    from plotarmour.models import BDH, BDHConfig, gpt2_config
+    from plotarmour.tokenizer import eot_id
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("checkpoints")
+    vocab = tiny_tokenizer.get_vocab_size()
+    bdh = BDH(BDHConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, vocab_size=vocab, dropout=0.0))
+    gpt2 = GPT2LMHeadModel(gpt2_config(vocab_size=vocab, eot_id=eot_id(tiny_tokenizer), n_layer=2, n_embd=32,
+                                       n_head=2, n_positions=256, dropout=0.0))
+    return {
+        "bdh": save_checkpoint(root / "bdh", bdh, tiny_tokenizer, {"note": "untrained test model"}),
+        "gpt2": save_checkpoint(root / "gpt2", gpt2, tiny_tokenizer, {"note": "untrained test model"}),
+    }
