@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install PlotArmour and everything it needs on a machine with Python 3.11, pip and apt.
+#   bash scripts/install.sh          # the package, the model servers and the gateway
+#   bash scripts/install.sh --dev    # plus what the tests need (pytest, a browser, linters)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+# The CPU build of torch: an unpinned torch would pull gigabytes of CUDA packages.
+TORCH=${PLOTARMOUR_TORCH:-torch==2.13.0}
+
+pip_install() { "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+pip_install "$TORCH"
+if [ "${1:-}" = "--dev" ]; then
+    pip_install -e ".[models,gateway,training,dev]"
+    if [ -n "${PLOTARMOUR_APT:-1}" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        missing=()
+        command -v chromium >/dev/null || missing+=(chromium)
+        command -v docker-compose >/dev/null || missing+=(docker-compose)
+        if [ ${#missing[@]} -gt 0 ]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        fi
+    fi
+else
+    pip_install -e ".[models,gateway]"
+fi
