@@ -1,0 +1,112 @@
+"""Blending and sampling math (plotarmour.sampling): numpy only, no models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plotarmour import sampling as S
+
+
+def logp(p) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p / p.sum()).astype(np.float32)
+
+
+G = logp([0.5, 0.3, 0.2, 0.0])
+B = logp([0.1, 0.1, 0.2, 0.6])
+
+
+def test_probs_of_logprobs_and_logits_agree():
+    logits = np.array([2.0, 1.0, -3.0, 0.5])
+    lp = logits - np.log(np.exp(logits).sum())
+    np.testing.assert_allclose(S.probs(logits), S.probs(lp), rtol=1e-12)
+    assert S.probs(logits).sum() == pytest.approx(1.0)
+
+
+def test_linear_blend_is_the_weighted_mixture():
+    p = S.blend(G, B, 0.25, "linear")
+    expected = 0.75 * S.probs(G) + 0.25 * S.probs(B)
+    np.testing.assert_allclose(p, expected, rtol=1e-12)
+
+
+def test_geometric_blend_is_the_normalised_product():
+    w = 0.4
+    p = S.blend(G, B, w, "geometric")
+    with np.errstate(divide="ignore"):
+        raw = np.exp((1 - w) * np.log(S.probs(G))) * np.exp(w * np.log(S.probs(B)))
+    np.testing.assert_allclose(p, raw / raw.sum(), rtol=1e-9)
+    assert p[3] == 0.0  # GPT-2 gives token 3 zero mass: the product is zero too
+
+
+@pytest.mark.parametrize("mode", S.BLENDS)
+def test_endpoints_are_exactly_one_model(mode):
+    # Bit-for-bit: this is what makes w=0 reproduce GPT-2 alone token for token.
+    assert np.array_equal(S.blend(G, B, 0.0, mode), S.probs(G))
+    assert np.array_equal(S.blend(G, B, 1.0, mode), S.probs(B))
+
+
+def test_blend_rejects_bad_input():
+    with pytest.raises(ValueError, match="logic_weight"):
+        S.blend(G, B, 1.5)
+    with pytest.raises(ValueError, match="blend"):
+        S.blend(G, B, 0.5, "harmonic")
+    with pytest.raises(ValueError, match="differ in size"):
+        S.blend(G, B[:3], 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        S.blend(np.array([np.nan, 0.0]), np.zeros(2), 0.5)
+
+
+def test_temperature_sharpens_and_flattens():
+    p = S.probs(logp([0.6, 0.3, 0.1]))
+    cold, hot = S.apply_temperature(p, 0.5), S.apply_temperature(p, 2.0)
+    assert cold[0] > p[0] > hot[0]
+    np.testing.assert_allclose(cold, p**2 / (p**2).sum())
+    assert S.apply_temperature(p, 1.0) is p
+
+
+def test_top_k_and_top_p_masks():
+    p = np.array([0.1, 0.4, 0.3, 0.2])
+    assert S.top_k_mask(p, 2).tolist() == [False, True, True, False]
+    assert S.top_k_mask(p, 0).all()
+    # 0.4 + 0.3 = 0.7 reaches 0.7: the nucleus stops there.
+    assert S.top_p_mask(p, 0.7).tolist() == [False, True, True, False]
+    assert S.top_p_mask(p, 0.71).tolist() == [False, True, True, True]
+    assert S.top_p_mask(p, 1e-9).tolist() == [False, True, False, False]
+
+
+def test_filtered_applies_top_p_within_top_k():
+    p = np.array([0.1, 0.4, 0.3, 0.2])
+    q = S.filtered(p, S.SamplingParams(top_k=3, top_p=0.6))
+    # Within the top 3 (renormalised 0.444, 0.333, 0.222) 0.6 needs two tokens.
+    assert (q > 0).tolist() == [False, True, True, False]
+    assert q.sum() == pytest.approx(1.0)
+
+
+def test_draw_follows_the_distribution_and_never_picks_zero_mass():
+    rng = S.make_rng(0)
+    p = np.array([0.0, 0.7, 0.0, 0.3, 0.0])
+    counts = np.bincount([S.draw(p, rng) for _ in range(4000)], minlength=5)
+    assert counts[0] == counts[2] == counts[4] == 0
+    assert 0.65 < counts[1] / 4000 < 0.75
+
+
+def test_same_seed_same_tokens_and_greedy_is_argmax():
+    p = S.blend(G, B, 0.5)
+    params = S.SamplingParams(temperature=0.8, top_k=3)
+    a = [S.sample(p, params, r) for r in [S.make_rng(7)] for _ in range(50)]
+    b = [S.sample(p, params, r) for r in [S.make_rng(7)] for _ in range(50)]
+    assert a == b and len(set(a)) > 1
+    assert S.sample(p, S.SamplingParams(temperature=0), S.make_rng(1)) == int(np.argmax(p))
+
+
+def test_sampling_params_validate():
+    with pytest.raises(ValueError, match="top_p"):
+        S.SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="top_k"):
+        S.SamplingParams(top_k=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        S.SamplingParams(temperature=-0.1)
+    with pytest.raises(ValueError, match="seed"):
+        S.make_rng(-3)
