@@ -1,0 +1,75 @@
+"""One typed settings object per model server, from environment variables and flags.
+
+Each service subclasses ModelServerSettings with its own env prefix and defaults
+(`BDH_PORT`, `GPT2_CHECKPOINT`, ...). Flags (`--port 0`) override the environment,
+which overrides the defaults. Nothing is read at import time: `parse_settings` builds
+the object when the service starts, and tests build it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# Fields a service gives its own default keep their checks and help through these types:
+# a subclass writes `port: Port = 50052`.
+CheckpointDir = Annotated[Path, Field(description="checkpoint directory (config.json, model.safetensors, "
+                                                  "tokenizer.json)")]
+Port = Annotated[int, Field(ge=0, le=65535, description="gRPC port; 0 picks a free one")]
+MetricsPort = Annotated[int, Field(ge=-1, le=65535,
+                                   description="Prometheus HTTP port; 0 picks a free one, -1 turns metrics off")]
+
+
+class ModelServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PLOTARMOUR_", extra="forbid")
+
+    checkpoint: CheckpointDir
+    name: str | None = Field(None, description="name reported by GetInfo (default: the checkpoint directory name)")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
+    port: Port = 50051
+    port_file: Path | None = Field(
+        None, description='write {"port": ..., "metrics_port": ..., "pid": ...} here once bound')
+    metrics_port: MetricsPort = 9101
+    device: str = Field("auto", description="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    max_sessions: int = Field(64, ge=1, description="Decode streams open at once")
+    max_context: int | None = Field(None, ge=1,
+                                    description="tokens per session, prompt included (default: the model's limit)")
+    max_batch_size: int = Field(32, ge=1, description="sessions stepped in one forward pass")
+    max_queued: int = Field(256, ge=1, description="prefills, steps and scores waiting or running at once")
+    grace_period: float = Field(10.0, ge=0, description="seconds open sessions get to finish after SIGTERM")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+
+
+def parse_settings(settings_cls: type[ModelServerSettings], argv: list[str] | None = None,
+                   prog: str | None = None) -> ModelServerSettings:
+    """Flags named after the fields (`--max-sessions 8`) on top of the environment.
+
+    A bad value exits with status 2 and a message naming the flag and its env var.
+    """
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    ap = argparse.ArgumentParser(
+        prog=prog, description=(settings_cls.__doc__ or "").strip(),
+        epilog=f"Every flag can also be set as an environment variable: {prefix}<NAME>, e.g. {prefix}PORT.")
+    for name, field in settings_cls.model_fields.items():
+        default = "required" if field.is_required() else field.default
+        ap.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                        help=f"{field.description} [env {prefix}{name.upper()}; default {default}]")
+    given = vars(ap.parse_args(argv))
+    try:
+        return settings_cls(**given)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"--{str(err['loc'][0]).replace('_', '-')} (env {prefix}{str(err['loc'][0]).upper()}): {err['msg']}"
+            if err["loc"] else err["msg"]
+            for err in e.errors())
+        ap.print_usage(sys.stderr)
+        print(f"{ap.prog}: error: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None

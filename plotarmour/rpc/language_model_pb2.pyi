@@ -1,0 +1,93 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DistributionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISTRIBUTION_KIND_UNSPECIFIED: _ClassVar[DistributionKind]
+    LOG_PROBS: _ClassVar[DistributionKind]
+    LOGITS: _ClassVar[DistributionKind]
+DISTRIBUTION_KIND_UNSPECIFIED: DistributionKind
+LOG_PROBS: DistributionKind
+LOGITS: DistributionKind
+
+class InfoRequest(_message.Message):
+    __slots__ = ("include_tokenizer",)
+    INCLUDE_TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    include_tokenizer: bool
+    def __init__(self, include_tokenizer: _Optional[bool] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "model_type", "vocab_size", "tokenizer_fingerprint", "max_context", "device", "dtype", "num_parameters", "eot_token_id", "max_sessions", "tokenizer_json", "open_sessions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    EOT_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_JSON_FIELD_NUMBER: _ClassVar[int]
+    OPEN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_type: str
+    vocab_size: int
+    tokenizer_fingerprint: str
+    max_context: int
+    device: str
+    dtype: str
+    num_parameters: int
+    eot_token_id: int
+    max_sessions: int
+    tokenizer_json: str
+    open_sessions: int
+    def __init__(self, name: _Optional[str] = ..., model_type: _Optional[str] = ..., vocab_size: _Optional[int] = ..., tokenizer_fingerprint: _Optional[str] = ..., max_context: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., eot_token_id: _Optional[int] = ..., max_sessions: _Optional[int] = ..., tokenizer_json: _Optional[str] = ..., open_sessions: _Optional[int] = ...) -> None: ...
+
+class Prompt(_message.Message):
+    __slots__ = ("token_ids",)
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DecodeRequest(_message.Message):
+    __slots__ = ("prompt", "token")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    prompt: Prompt
+    token: int
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., token: _Optional[int] = ...) -> None: ...
+
+class Distribution(_message.Message):
+    __slots__ = ("data", "kind")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    kind: DistributionKind
+    def __init__(self, data: _Optional[bytes] = ..., kind: _Optional[_Union[DistributionKind, str]] = ...) -> None: ...
+
+class DecodeResponse(_message.Message):
+    __slots__ = ("next", "position")
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    next: Distribution
+    position: int
+    def __init__(self, next: _Optional[_Union[Distribution, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("token_ids",)
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("log_probs",)
+    LOG_PROBS_FIELD_NUMBER: _ClassVar[int]
+    log_probs: bytes
+    def __init__(self, log_probs: _Optional[bytes] = ...) -> None: ...
