@@ -56,6 +56,26 @@ def _ln(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), eps=1e-5)
 
 
+def _per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (B, H or 1, T, D) @ w (H, D, N) → (B, H, T, N).
+
+    Plain `x @ w` broadcasts by materialising w once per batch row (B copies of the
+    weights, which dominated decode steps); folding batch and time into rows instead
+    runs one matmul per head on the weights as they are.
+    """
+    B, Hx, T, D = x.shape
+    H, _, N = w.shape
+    if Hx == 1:
+        rows = x.reshape(1, B * T, D)
+        if B * T <= N:  # decoding: copying the few input rows per head beats copying w
+            return torch.matmul(rows, w).view(H, B, T, N).transpose(0, 1)
+        # training: one (B·T, D) @ (D, H·N) matmul; the weight copy is small next to B·T rows
+        out = rows[0] @ w.transpose(0, 1).reshape(D, H * N)
+        return out.view(B, T, H, N).transpose(1, 2)
+    rows = x.transpose(0, 1).reshape(H, B * T, D)  # (H, B·T, D)
+    return torch.bmm(rows, w).view(H, B, T, N).transpose(0, 1)
+
+
 def rope_frequencies(n: int) -> torch.Tensor:
     """Turns per position of each of the N coordinates, divided by 2π; pairs (2i, 2i+1) share one."""
     pair = torch.arange(n, dtype=torch.float32) // 2 * 2
@@ -125,7 +145,7 @@ class BDH(nn.Module):
 
     def _layer(self, x: torch.Tensor, positions: torch.Tensor, S: torch.Tensor | None) -> torch.Tensor:
         B, _, T, D = x.shape
-        u = F.relu(x @ self.encoder)  # (B, H, T, N): sparse, non-negative
+        u = F.relu(_per_head(x, self.encoder))  # (B, H, T, N): sparse, non-negative
         q = rope(u, positions, self.rope_freqs)  # query = key
         if T > 1:
             # Strictly causal and unnormalised: token t reads the inputs of tokens s < t.
@@ -133,11 +153,13 @@ class BDH(nn.Module):
         else:
             a = torch.zeros(B, q.shape[1], 1, D, dtype=x.dtype, device=x.device)
         if S is not None:
-            qf, xf = q.float(), x.float()
+            H, N = S.shape[1], S.shape[2]
+            qf, xf = q.float(), x.float().expand(B, H, T, D)
             a = a + (qf @ S).to(x.dtype)  # read the past before writing this chunk
-            S += qf.transpose(-1, -2) @ xf  # (B, H, N, D)
+            # S += qᵀ x, in place: no (B, H, N, D) temporary, which would double the memory traffic.
+            S.view(B * H, N, D).baddbmm_(qf.transpose(-1, -2).reshape(B * H, N, T), xf.reshape(B * H, T, D))
         a = _ln(a)
-        v = F.relu(a @ self.encoder_v)  # (B, H, T, N)
+        v = F.relu(_per_head(a, self.encoder_v))  # (B, H, T, N)
         z = self.drop(u * v)
         z = z.transpose(1, 2).reshape(B, 1, T, -1)  # head-major neurons: (B, 1, T, H·N)
         y = _ln(z @ self.decoder)  # (B, 1, T, D)
