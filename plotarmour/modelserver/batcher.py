@@ -76,7 +76,7 @@ class Batcher:
         for _, fut in self._pending.values():
             fut.cancel()
         self._pending.clear()
-        self._worker.shutdown(wait=True)
+        await asyncio.to_thread(self._worker.shutdown, wait=True)  # queued closes still run
 
     @property
     def open_sessions(self) -> int:
@@ -86,13 +86,13 @@ class Batcher:
     async def open(self, prompt: list[int]) -> tuple[Session, bytes]:
         """Prefill a prompt; returns the session and the distribution after the prompt."""
         self._admit()
-        fut = self._submit(self._prefill, prompt)
+        opened: list[int] = []  # the worker puts the session id here
         try:
-            # Shielded: if the caller is cancelled mid-prefill, the session still gets
-            # created on the worker, and must then be closed there rather than leaked.
-            sid, data = await asyncio.shield(fut)
+            sid, data = await self._submit(self._prefill, prompt, opened)
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception() or self._close_id(f.result()[0]))
+            # The caller left mid-prefill, but the worker still opens the session. The
+            # worker runs jobs in order, so a close queued now runs after that prefill.
+            self._submit_nowait(lambda: opened and self.engine.close(opened[0]))
             raise
         finally:
             self._done()
@@ -166,12 +166,13 @@ class Batcher:
                         fut.set_result(result)
 
     # -- on the worker thread ----------------------------------------------------
-    def _prefill(self, prompt: list[int]) -> tuple[int, bytes]:
+    def _prefill(self, prompt: list[int], opened: list[int]) -> tuple[int, bytes]:
         t0 = time.perf_counter()
         try:
             sid, logits = self.engine.open(prompt)  # logits (V,)
         except InvalidInput as e:
             raise InvalidArgument(str(e)) from None
+        opened.append(sid)
         data = log_prob_bytes(logits[None])[0]
         self.metrics.prefill_latency.observe(time.perf_counter() - t0)
         self.metrics.prompt_tokens.inc(len(prompt))
@@ -208,8 +209,11 @@ class Batcher:
         return asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
     def _close_id(self, sid: int) -> None:
+        self._submit_nowait(self.engine.close, sid)
+
+    def _submit_nowait(self, fn, *args) -> None:
         try:
-            self._worker.submit(self.engine.close, sid)
+            self._worker.submit(fn, *args)
         except RuntimeError:  # the worker has shut down: the engine goes with it
             pass
 

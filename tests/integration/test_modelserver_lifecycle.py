@@ -1,0 +1,138 @@
+"""A model server's life: NOT_SERVING while loading, SERVING, reflection and metrics,
+SIGTERM (NOT_SERVING, no new sessions, a grace period, exit 0), a bad checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from plotarmour.modelserver.launch import ServerStartError
+from plotarmour.modelserver.server import create_server
+from plotarmour.rpc import language_model_pb2 as pb
+from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
+from services.bdh import Settings as BDHSettings
+
+SERVICE = "plotarmour.v1.LanguageModel"
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def health(ch, service: str = SERVICE) -> int:
+    return (await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service),
+                                                        timeout=5)).status
+
+
+async def open_session(ch, ids=(1, 2, 3)):
+    call = pb_grpc.LanguageModelStub(ch).Decode()
+    await call.write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=list(ids))))
+    await call.read()
+    return call
+
+
+def test_not_serving_until_loaded_then_serving(tiny_pair):
+    async def scenario():
+        settings = BDHSettings(checkpoint=tiny_pair["bdh"], port=0, metrics_port=-1)
+        server = create_server(settings)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(server.address) as ch:
+                before = [await health(ch), await health(ch, "")]
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5)
+                await server.load()
+                after = [await health(ch), await health(ch, "")]
+                info = await pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5)
+        finally:
+            await server.stop()
+        return before, err.value, after, info
+
+    before, err, after, info = asyncio.run(scenario())
+    assert before == [NOT_SERVING, NOT_SERVING]
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "loading" in err.details()
+    assert after == [SERVING, SERVING]
+    assert info.model_type == "bdh"
+
+
+def test_reflection_lists_and_describes_the_services(bdh_server):
+    with grpc.insecure_channel(bdh_server.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]
+        listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # what grpcurl uses to call it
+
+
+def test_metrics_count_sessions_steps_batches_and_latency(bdh_server):
+    async def steps():
+        async with grpc.aio.insecure_channel(bdh_server.address) as ch:
+            call = await open_session(ch)
+            for t in (4, 5, 6):
+                await call.write(pb.DecodeRequest(token=t))
+                await call.read()
+            await call.done_writing()
+
+    asyncio.run(steps())
+    text = urllib.request.urlopen(bdh_server.metrics_url, timeout=5).read().decode()
+    for name in ("plotarmour_open_sessions ", "plotarmour_decode_steps_total ", "plotarmour_batch_size_bucket",
+                 "plotarmour_step_latency_seconds_count ", "plotarmour_prefill_latency_seconds_count ",
+                 "plotarmour_queued_work "):
+        assert name in text, name
+    assert 'plotarmour_model_info{device="cpu",dtype="float32",model_type="bdh"' in text
+    count = [line for line in text.splitlines() if line.startswith("plotarmour_step_latency_seconds_count ")]
+    assert float(count[0].split()[1]) >= 3
+
+
+def test_sigterm_drains_then_exits_zero(start_model_server, tiny_pair):
+    srv = start_model_server(tiny_pair["gpt2"], grace_period=60)
+    assert srv.health() == SERVING
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(srv.address) as ch:
+            running = await open_session(ch)
+            srv.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while await health(ch) != NOT_SERVING:
+                assert time.monotonic() < deadline, "health never went NOT_SERVING after SIGTERM"
+                await asyncio.sleep(0.02)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await open_session(ch)
+            # The open session keeps working through the grace period.
+            await running.write(pb.DecodeRequest(token=7))
+            position = (await running.read()).position
+            await running.done_writing()
+            return refused.value, position, await running.code()
+
+    refused, position, code = asyncio.run(scenario())
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.details()
+    assert (position, code) == (4, grpc.StatusCode.OK)
+    assert srv.proc.wait(timeout=30) == 0  # went as soon as its last session ended
+    assert "shutting down" in srv.log()
+
+
+def test_sigterm_ends_sessions_still_open_after_the_grace_period(start_model_server, tiny_pair):
+    srv = start_model_server(tiny_pair["bdh"], grace_period=0.5)
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(srv.address) as ch:
+            held = await open_session(ch)
+            srv.proc.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await held.read()  # nothing more will come; the server ends the stream
+
+    asyncio.run(scenario())
+    assert srv.proc.wait(timeout=30) == 0
+
+
+def test_a_bad_checkpoint_stops_the_server_with_a_message(start_model_server, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ServerStartError, match="exited with status 1") as err:
+        start_model_server(tmp_path / "empty", service="bdh")
+    assert "config.json: missing file" in str(err.value)
