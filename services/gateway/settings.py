@@ -1,0 +1,38 @@
+"""The gateway's one settings object, read from PLOTARMOUR_GATEWAY_* environment variables.
+
+Built once in `__main__` (or by a test) and passed to `create_app`; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PLOTARMOUR_GATEWAY_", extra="ignore")
+
+    # Where the two model servers listen (host:port, as grpc expects).
+    gpt2_address: str = "127.0.0.1:50052"
+    bdh_address: str = "127.0.0.1:50051"
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # A model server that does not answer within this bound makes the request fail
+    # with 503 (or an SSE error event), never hang.
+    connect_timeout_s: float = Field(5.0, gt=0, description="GetInfo / health / opening a Decode stream")
+    step_timeout_s: float = Field(10.0, gt=0, description="one decoding step or one Score call")
+    retry_interval_s: float = Field(1.0, gt=0, description="background reconnect to servers not yet ready")
+
+    max_concurrent: int = Field(8, ge=1, description="generations and validations at once; beyond: 429")
+    max_new_tokens_limit: int = Field(1024, ge=1)
+    default_max_new_tokens: int = Field(128, ge=1)
+    max_prompt_chars: int = Field(20_000, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=1)
+    max_stop_sequences: int = Field(8, ge=0)
+
+    # Name reported as the model by /v1/completions.
+    model_name: str = "plotarmour"
+    log_level: str = "info"

@@ -1,0 +1,135 @@
+"""Test helpers: a fake model server (numpy, no torch) and a gateway running on a thread.
+
+The fake speaks the real gRPC contract with made-up but deterministic distributions, so
+gateway tests and the web page's tests can run without loading any model. Its knobs
+(a per-step delay, a step after which it fails) produce the error cases on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tokenizers import Tokenizer
+
+from plotarmour.rpc import language_model_pb2 as pb
+from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
+from plotarmour.tokenizer import eot_id, fingerprint
+
+from .app import create_app
+from .settings import GatewaySettings
+
+
+def fake_logprobs(salt: int, last_token: int, position: int, vocab_size: int) -> np.ndarray:
+    """A deterministic, peaked next-token distribution (float32 log-probs)."""
+    rng = np.random.default_rng([salt, last_token, position])
+    logits = rng.standard_normal(vocab_size) * 3.0
+    logits = logits - logits.max()
+    return (logits - np.log(np.exp(logits).sum())).astype("<f4")
+
+
+class FakeLanguageModel(pb_grpc.LanguageModelServicer):
+    def __init__(self, tokenizer: Tokenizer, *, model_type: str, salt: int, max_context: int = 512,
+                 step_delay_s: float = 0.0, fail_at_step: int | None = None, fingerprint_override: str | None = None):
+        self.tok, self.model_type, self.salt = tokenizer, model_type, salt
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.max_context = max_context
+        self.step_delay_s, self.fail_at_step = step_delay_s, fail_at_step
+        self.fp = fingerprint_override or fingerprint(tokenizer)
+        self.open_sessions = 0
+        self.sessions_opened = 0
+        self._lock = threading.Lock()
+
+    def dist(self, last_token: int, position: int) -> np.ndarray:
+        return fake_logprobs(self.salt, last_token, position, self.vocab_size)
+
+    def GetInfo(self, request, context):
+        return pb.ModelInfo(
+            name=f"fake-{self.model_type}", model_type=self.model_type, vocab_size=self.vocab_size,
+            tokenizer_fingerprint=self.fp, max_context=self.max_context, device="cpu", dtype="float32",
+            num_parameters=0, eot_token_id=eot_id(self.tok), max_sessions=64,
+            tokenizer_json=self.tok.to_str() if request.include_tokenizer else "")
+
+    def Decode(self, request_iterator, context):
+        with self._lock:
+            self.open_sessions += 1
+            self.sessions_opened += 1
+        try:
+            position, steps = 0, 0
+            for req in request_iterator:
+                if req.WhichOneof("input") == "prompt":
+                    ids = list(req.prompt.token_ids)
+                    if not ids or max(ids) >= self.vocab_size:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad prompt")
+                    position, last = len(ids), ids[-1]
+                else:
+                    position, last = position + 1, req.token
+                    steps += 1
+                if self.fail_at_step is not None and steps >= self.fail_at_step:
+                    context.abort(grpc.StatusCode.INTERNAL, f"fake failure at step {steps}")
+                if self.step_delay_s:
+                    time.sleep(self.step_delay_s)
+                yield pb.DecodeResponse(
+                    next=pb.Distribution(data=self.dist(last, position).tobytes(), kind=pb.LOG_PROBS),
+                    position=position)
+        finally:
+            with self._lock:
+                self.open_sessions -= 1
+
+    def Score(self, request, context):
+        ids = list(request.token_ids)
+        lp = [self.dist(ids[t - 1], t)[ids[t]] for t in range(1, len(ids))]
+        return pb.ScoreResponse(log_probs=np.asarray(lp, dtype="<f4").tobytes())
+
+
+class FakeServer:
+    """A FakeLanguageModel served on 127.0.0.1, any free port."""
+
+    def __init__(self, model: FakeLanguageModel, port: int = 0):
+        self.model = model
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        pb_grpc.add_LanguageModelServicer_to_server(model, self.server)
+        self.health = health.HealthServicer()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.address = f"127.0.0.1:{self.port}"
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0).wait()
+
+
+class GatewayThread:
+    """The gateway app under uvicorn on a background thread (port 0 unless settings say otherwise)."""
+
+    def __init__(self, settings: GatewaySettings):
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_level="warning",
+                                lifespan="on", timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not start: {self.error or 'timed out'}")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except BaseException as e:  # surfaced by __init__
+            self.error = e
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,414 @@
+"""The gateway over HTTP against fake model servers (numpy, no torch): the blending loop,
+SSE, steering, limits and every error path. Real model servers: tests/integration."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from plotarmour import sampling
+from plotarmour.cli import parse_sse
+from services.gateway.settings import GatewaySettings
+from services.gateway.testing import FakeLanguageModel, FakeServer, GatewayThread
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def fakes(tiny_tokenizer):
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
+    yield g, b
+    g.stop()
+    b.stop()
+
+
+def start_gateway(gpt2: str, bdh: str, **overrides) -> GatewayThread:
+    return GatewayThread(GatewaySettings(gpt2_address=gpt2, bdh_address=bdh, port=0, **overrides))
+
+
+@pytest.fixture(scope="module")
+def gateway(fakes):
+    gw = start_gateway(fakes[0].address, fakes[1].address, max_new_tokens_limit=64, max_prompt_tokens=40)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture()
+def client(gateway):
+    with httpx.Client(base_url=gateway.url, timeout=20) as c:
+        yield c
+
+
+def expected_tokens(tok, fakes, prompt: str, w: float, n: int, seed: int, blend="linear", **params) -> list[int]:
+    """What the gateway must sample: the same functions run here on the fakes' distributions."""
+    ids = tok.encode(prompt).ids
+    g, b = fakes[0].model, fakes[1].model
+    rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**params)
+    last, pos, out = ids[-1], len(ids), []
+    for _ in range(n):
+        t = sampling.sample(sampling.blend(g.dist(last, pos), b.dist(last, pos), w, blend), sp, rng)
+        out.append(t)
+        if t == 0:  # end-of-text (id 0 in the tiny tokenizer)
+            break
+        last, pos = t, pos + 1
+    return out
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
+    return [(e, json.loads(d)) for e, d in parse_sse(response.iter_lines())]
+
+
+def error_param(r: httpx.Response) -> str:
+    return r.json()["error"]["param"]
+
+
+# ---- the blending loop ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w,blend", [(0.0, "linear"), (1.0, "linear"), (0.3, "linear"), (0.7, "geometric")])
+def test_tokens_are_the_blend_sampled_with_the_seed(client, tiny_tokenizer, fakes, w, blend):
+    r = client.post("/generate", json={"prompt": PROMPT, "logic_weight": w, "blend": blend, "max_new_tokens": 24,
+                                       "seed": 11, "top_k": 50, "temperature": 0.9})
+    assert r.status_code == 200, r.text
+    got = [t["id"] for t in r.json()["tokens"]]
+    assert got == expected_tokens(tiny_tokenizer, fakes, PROMPT, w, 24, 11, blend, top_k=50, temperature=0.9)
+
+
+def test_reported_probabilities_are_each_models(client, fakes):
+    body = client.post("/generate", json={"prompt": PROMPT, "logic_weight": 0.25, "max_new_tokens": 5,
+                                          "seed": 3}).json()
+    for t in body["tokens"]:
+        assert t["p_blend"] == pytest.approx(0.75 * t["p_gpt2"] + 0.25 * t["p_bdh"], rel=1e-5)
+        assert t["logic_weight"] == 0.25
+    assert body["usage"]["completion_tokens"] == len(body["tokens"])
+    assert body["usage"]["prompt_tokens"] > 0 and body["timings"]["total_ms"] > 0
+
+
+def test_same_seed_same_story_other_seed_other_story(client):
+    req = {"prompt": PROMPT, "max_new_tokens": 30}
+    a, b = (client.post("/generate", json={**req, "seed": 5}).json() for _ in range(2))
+    c = client.post("/generate", json={**req, "seed": 6}).json()
+    assert a["text"] == b["text"] and a["tokens"] == b["tokens"]
+    assert [t["id"] for t in a["tokens"]] != [t["id"] for t in c["tokens"]]
+    # No seed: one is chosen and reported, and it reproduces the story.
+    d = client.post("/generate", json=req).json()
+    assert client.post("/generate", json={**req, "seed": d["seed"]}).json()["text"] == d["text"]
+
+
+def test_stop_sequence_cuts_the_text(client):
+    full = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 40, "seed": 9}).json()["text"]
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    r = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 40, "seed": 9, "stop": stop}).json()
+    assert r["finish_reason"] == "stop_sequence"
+    assert r["text"] == full[: full.index(stop)]
+
+
+def test_sse_events_concatenate_to_the_final_text(client):
+    req = {"prompt": PROMPT, "max_new_tokens": 40, "seed": 9, "logic_weight": 0.6}
+    with client.stream("POST", "/generate_stream", json=req) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    kinds = [e for e, _ in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and set(kinds[1:-1]) == {"token"}
+    start, end = events[0][1], events[-1][1]
+    assert start["id"].startswith("gen-") and r.headers["x-generation-id"] == start["id"]
+    assert "".join(d["text"] for e, d in events if e == "token") == end["text"]
+    assert end["text"] == client.post("/generate", json=req).json()["text"]
+    assert end["usage"]["completion_tokens"] == len(kinds) - 2
+
+
+def test_end_of_text_ends_the_story(client, tiny_tokenizer, fakes):
+    # Find a seed whose sample reaches end-of-text (id 0) early, from the expectation.
+    for seed in range(400):
+        exp = expected_tokens(tiny_tokenizer, fakes, "Tom", 0.5, 64, seed, temperature=3.0)
+        if exp[-1] == 0 and len(exp) < 64:
+            break
+    else:
+        pytest.skip("no seed reached end-of-text")
+    r = client.post("/generate", json={"prompt": "Tom", "max_new_tokens": 64, "seed": seed,
+                                       "temperature": 3.0}).json()
+    assert r["finish_reason"] == "eos_token"
+    assert [t["id"] for t in r["tokens"]] == exp and r["tokens"][-1]["special"]
+
+
+# ---- live steering ---------------------------------------------------------------------
+
+
+def test_steering_changes_the_weight_from_the_next_token(tiny_tokenizer):
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
+    gw = start_gateway(g.address, b.address)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 30,
+                                                            "logic_weight": 0.0}) as r:
+                lines = r.iter_lines()
+                events = parse_sse(lines)
+                gen_id = json.loads(next(events)[1])["id"]
+                weights = [json.loads(next(events)[1])["logic_weight"]]
+                s = c.post(f"/generations/{gen_id}", json={"logic_weight": 1.0})
+                assert s.status_code == 200 and s.json()["logic_weight"] == 1.0
+                changed_from = s.json()["applies_from_token"]
+                rest = [json.loads(d) for e, d in events]
+            weights += [d["logic_weight"] for d in rest if d["type"] == "token"]
+            assert weights[0] == 0.0 and weights[changed_from:] == [1.0] * (len(weights) - changed_from)
+            assert c.post(f"/generations/{gen_id}", json={"logic_weight": 0.5}).status_code == 404  # finished
+            assert c.post("/generations/gen-nope", json={"logic_weight": 0.5}).status_code == 404
+            assert c.post(f"/generations/{gen_id}", json={"logic_weight": 3}).status_code == 422
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+# ---- bad input: 422 naming the field -------------------------------------------------------
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"logic_weight": 1.5}, "logic_weight"), ({"logic_weight": -0.1}, "logic_weight"),
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 65}, "max_new_tokens"),
+    ({"prompt": ""}, "prompt"), ({"prompt": "Lily and Tom " * 40}, "prompt"),
+    ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
+    ({"temperature": -1}, "temperature"), ({"blend": "harmonic"}, "blend"), ({"seed": -1}, "seed"),
+    ({"logic_wieght": 0.2}, "logic_wieght"), ({"stop": 5}, "stop"),
+])
+@pytest.mark.parametrize("route", ["/generate", "/generate_stream"])
+def test_bad_input_is_422_naming_the_field(client, route, change, field):
+    r = client.post(route, json={"prompt": PROMPT, **change})
+    assert r.status_code == 422, r.text
+    assert error_param(r).startswith(field) and field in r.json()["error"]["message"]
+
+
+def test_bad_validate_and_completion_input(client):
+    assert error_param(client.post("/validate", json={"context": "x", "draft": ""})) == "draft"
+    r = client.post("/v1/completions", json={"prompt": "x", "logic_weight": 7})
+    assert r.status_code == 422 and error_param(r) == "logic_weight"
+    assert error_param(client.post("/v1/completions", json={"prompt": "x", "n": 2})) == "n"
+
+
+# ---- the limits, dead servers, failures mid-stream ------------------------------------------
+
+
+def test_over_the_concurrency_limit_is_429(tiny_tokenizer):
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.05))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
+    gw = start_gateway(g.address, b.address, max_concurrent=1)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 20}) as r:
+                lines = r.iter_lines()  # keep a reference: dropping it would close the stream
+                next(lines)  # the first generation is running
+                busy = c.post("/generate", json={"prompt": PROMPT})
+                assert busy.status_code == 429 and "limit of 1" in busy.json()["error"]["message"]
+            # The slot comes back once the gateway notices the closed stream.
+            deadline = time.monotonic() + 5
+            while (ok := c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 2})).status_code == 429:
+                assert time.monotonic() < deadline, "the slot of a closed stream was never released"
+                time.sleep(0.05)
+            assert ok.status_code == 200
+            rejected = re.search(r"^plotarmour_gateway_rejected_total (\S+)$", c.get("/metrics").text, re.M)
+            assert rejected and float(rejected.group(1)) >= 1
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_starts_without_servers_then_becomes_ready(tiny_tokenizer):
+    gp, bp = free_port(), free_port()
+    gw = start_gateway(f"127.0.0.1:{gp}", f"127.0.0.1:{bp}", connect_timeout_s=1, retry_interval_s=0.1)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            assert c.get("/health").status_code == 200
+            t0 = time.monotonic()
+            r = c.post("/generate", json={"prompt": PROMPT})
+            assert r.status_code == 503 and time.monotonic() - t0 < 5
+            assert f"127.0.0.1:{gp}" in r.json()["error"]["message"] or f"127.0.0.1:{bp}" in r.json()["error"]["message"]
+            ready = c.get("/ready")
+            assert ready.status_code == 503
+            assert any("gpt2" in p for p in ready.json()["problems"]) and any("bdh" in p for p in ready.json()["problems"])
+            g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1), port=gp)
+            b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2), port=bp)
+            try:
+                deadline = time.monotonic() + 10
+                while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert c.get("/ready").status_code == 200
+                assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+            finally:
+                g.stop()
+                b.stop()
+            # Both gone again: 503, not a hang.
+            assert c.post("/generate", json={"prompt": PROMPT}).status_code == 503
+            assert c.post("/validate", json={"draft": "Tom ran."}).status_code == 503
+    finally:
+        gw.stop()
+
+
+def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer):
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, fail_at_step=4))
+    gw = start_gateway(g.address, b.address)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 30}) as r:
+                events = sse_events(r)
+            assert [e for e, _ in events][-1] == "error"
+            assert sum(e == "token" for e, _ in events) == 4
+            err = events[-1][1]
+            assert err["status"] == 503 and "bdh model server" in err["error"]["message"]
+            assert "fake failure" in err["error"]["message"]
+            r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30})
+            assert r.status_code == 503 and "fake failure" in r.json()["error"]["message"]
+        assert g.model.open_sessions == 0 and b.model.open_sessions == 0
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+def test_slow_server_times_out_with_503(tiny_tokenizer):
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=3))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
+    gw = start_gateway(g.address, b.address, step_timeout_s=0.3)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            t0 = time.monotonic()
+            r = c.post("/generate", json={"prompt": PROMPT})
+            assert r.status_code == 503 and time.monotonic() - t0 < 2.5
+            assert "gpt2 model server" in r.json()["error"]["message"] and "in time" in r.json()["error"]["message"]
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+def test_client_disconnect_ends_the_generation_and_both_sessions(tiny_tokenizer):
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.01))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.01))
+    gw = start_gateway(g.address, b.address, max_new_tokens_limit=5000, max_prompt_tokens=8, max_concurrent=1)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            with c.stream("POST", "/generate_stream", json={"prompt": "Tom", "max_new_tokens": 5000,
+                                                            "temperature": 0.01}) as r:
+                it = r.iter_lines()
+                for _ in range(6):
+                    next(it)
+                assert g.model.open_sessions == 1 and b.model.open_sessions == 1
+            deadline = time.monotonic() + 5
+            while (g.model.open_sessions or b.model.open_sessions) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert g.model.open_sessions == 0 and b.model.open_sessions == 0
+            # The generation is over (not still running unseen) and its slot is free again.
+            assert c.post("/generate", json={"prompt": "Tom", "max_new_tokens": 2}).status_code == 200
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+# ---- start-up checks, operations routes ---------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["fingerprint", "vocab"])
+def test_refuses_servers_with_different_tokenizers(tiny_tokenizer, corpus_file, what):
+    import asyncio
+
+    from plotarmour.tokenizer import train_tokenizer
+    from services.gateway import create_app
+    from services.gateway.backends import IncompatibleModels
+
+    other = train_tokenizer([corpus_file], vocab_size=300) if what == "vocab" else tiny_tokenizer
+    override = "f" * 64 if what == "fingerprint" else None
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
+    b = FakeServer(FakeLanguageModel(other, model_type="bdh", salt=2, fingerprint_override=override))
+    app = create_app(GatewaySettings(gpt2_address=g.address, bdh_address=b.address))
+
+    async def startup():
+        async with app.router.lifespan_context(app):
+            pass
+
+    try:
+        with pytest.raises(IncompatibleModels) as e:
+            asyncio.run(startup())
+        msg = str(e.value)
+        assert g.address in msg and b.address in msg and "fake-gpt2" in msg and "fake-bdh" in msg
+        assert ("fingerprints differ" if what == "fingerprint" else "vocabulary sizes differ: gpt2 'fake-gpt2'") in msg
+    finally:
+        g.stop()
+        b.stop()
+
+
+def test_health_ready_info_metrics(client, fakes):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["ready"] is True
+    info = client.get("/info").json()
+    assert info["models"]["gpt2"]["name"] == "fake-gpt2" and info["models"]["bdh"]["model_type"] == "bdh"
+    assert info["gateway"]["limits"]["max_new_tokens_limit"] == 64
+    client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 3})
+    m = client.get("/metrics")
+    assert m.status_code == 200 and "plotarmour_gateway_generated_tokens_total" in m.text
+    assert 'route="/generate",status="200"' in m.text
+    assert "text/html" in client.get("/").headers["content-type"]
+
+
+def test_validate_scores_the_draft_under_both_models(client, tiny_tokenizer, fakes):
+    context, draft = "Once upon a time,", " Tom found a red ball. Tom was happy."
+    r = client.post("/validate", json={"context": context, "draft": draft})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = tiny_tokenizer.encode(context).ids + tiny_tokenizer.encode(draft).ids
+    n_ctx = len(tiny_tokenizer.encode(context).ids)
+    assert [t["id"] for t in body["tokens"]] == ids[n_ctx:]
+    assert "".join(t["text"] for t in body["tokens"]) == draft
+    # Token k of the draft is scored given everything before it, by each fake's distribution.
+    for k, t in enumerate(body["tokens"]):
+        pos = n_ctx + k
+        for fake, key in ((fakes[0], "surprisal_gpt2_bits"), (fakes[1], "surprisal_bdh_bits")):
+            lp = fake.model.dist(ids[pos - 1], pos)[ids[pos]]
+            assert t[key] == pytest.approx(-lp / np.log(2), abs=1e-3)
+    assert body["consistent"] == (not body["spans"])
+    for s in body["spans"]:
+        assert draft[s["start"]: s["end"]] == s["text"] and "p=" in s["reason"]
+
+
+def test_openai_client_works(gateway, client):
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    native = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "seed": 4,
+                                            "logic_weight": 0.8}).json()
+    c = oa.completions.create(model="plotarmour", prompt=PROMPT, max_tokens=12, seed=4,
+                              extra_body={"logic_weight": 0.8})
+    assert c.choices[0].text == native["text"] and c.choices[0].finish_reason == "length"
+    assert c.usage.completion_tokens == 12
+    chunks = list(oa.completions.create(model="plotarmour", prompt=PROMPT, max_tokens=12, seed=4, stream=True,
+                                        extra_body={"logic_weight": 0.8}))
+    assert "".join(ch.choices[0].text for ch in chunks) == native["text"]
+    assert chunks[-1].choices[0].finish_reason == "length"
+    with pytest.raises(openai.UnprocessableEntityError, match="logic_weight"):
+        oa.completions.create(model="plotarmour", prompt=PROMPT, extra_body={"logic_weight": 2})
+
+
+def test_cli_streams_the_story(gateway, client, capsys):
+    from plotarmour.cli import main as cli_main
+
+    native = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 15, "seed": 2,
+                                            "logic_weight": 0.7}).json()
+    assert cli_main(["generate", PROMPT, "--logic-weight", "0.7", "--max-new-tokens", "15", "--seed", "2",
+                     "--url", gateway.url]) == 0
+    assert capsys.readouterr().out == native["text"] + "\n"
+    assert cli_main(["generate", PROMPT, "--logic-weight", "1.7", "--url", gateway.url]) == 1
+    assert "error 422: logic_weight" in capsys.readouterr().err
