@@ -1,0 +1,245 @@
+"""The gateway in front of the real BDH and GPT-2 model servers (tiny checkpoints,
+subprocesses on 127.0.0.1, port 0) — reproduction, streaming, the OpenAI client, the
+validator, and what happens when a server dies or a client leaves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from plotarmour import sampling
+from plotarmour.cli import parse_sse
+from plotarmour.rpc import language_model_pb2 as pb
+from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
+from services.gateway.settings import GatewaySettings
+from services.gateway.testing import GatewayThread
+
+torch = pytest.importorskip("torch")
+
+PROMPT = "Once upon a time, Lily found"
+
+
+@pytest.fixture(scope="module")
+def gateway(gpt2_server, bdh_server):
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh_server.address, port=0))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture()
+def client(gateway):
+    with httpx.Client(base_url=gateway.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_pair):
+    from plotarmour.checkpoint import load_checkpoint
+
+    return {name: load_checkpoint(path).engine() for name, path in tiny_pair.items()}
+
+
+def reference(engines, which: str, prompt_ids: list[int], n: int, seed: int, eot: int, **params) -> list[int]:
+    """One model alone, in process, with the gateway's own sampling functions and seed."""
+    eng = engines[which]
+    max_context = min(e.max_context for e in engines.values())  # the gateway stops at the smaller one
+    rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**params)
+    sid, logits = eng.open(prompt_ids)
+    out = []
+    try:
+        while len(out) < n:
+            lp = torch.log_softmax(logits.float(), dim=-1).numpy()  # what the server sends
+            out.append(sampling.sample(sampling.probs(lp), sp, rng))
+            if out[-1] == eot or len(prompt_ids) + len(out) >= max_context:
+                break
+            logits = eng.step({sid: out[-1]})[0]
+    finally:
+        eng.close(sid)
+    return out
+
+
+def open_sessions(server) -> int:
+    with grpc.insecure_channel(server.address) as ch:
+        return pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5).open_sessions
+
+
+def wait_until(cond, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def events_of(r: httpx.Response):
+    return ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
+
+
+def seed_without_eot(engines, tok, eot, n: int) -> int:
+    """A seed whose GPT-2-alone story runs n tokens without end-of-text (untrained
+    models emit it about once in V tokens, which would end a stream too early)."""
+    ids = tok.encode(PROMPT).ids
+    for seed in range(50):
+        if eot not in reference(engines, "gpt2", ids, n, seed, eot):
+            return seed
+    pytest.fail("no seed without end-of-text")
+
+
+# ---- reproduction ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w,alone", [(0.0, "gpt2"), (1.0, "bdh")])
+@pytest.mark.parametrize("params", [{}, {"temperature": 0.8, "top_k": 40, "top_p": 0.9}])
+def test_endpoint_weights_reproduce_one_model_alone(client, engines, tiny_tokenizer, w, alone, params):
+    from plotarmour.tokenizer import eot_id
+
+    ids = tiny_tokenizer.encode(PROMPT).ids
+    for blend in ("linear", "geometric"):
+        r = client.post("/generate", json={"prompt": PROMPT, "logic_weight": w, "blend": blend, "seed": 1234,
+                                           "max_new_tokens": 48, **params})
+        assert r.status_code == 200, r.text
+        got = [t["id"] for t in r.json()["tokens"]]
+        assert got == reference(engines, alone, ids, 48, 1234, eot_id(tiny_tokenizer), **params)
+        probs_alone = [t["p_gpt2" if alone == "gpt2" else "p_bdh"] for t in r.json()["tokens"]]
+        assert [t["p_blend"] for t in r.json()["tokens"]] == pytest.approx(probs_alone, rel=1e-5)
+
+
+def test_same_seed_same_story_and_sse_concatenates(client):
+    req = {"prompt": PROMPT, "logic_weight": 0.5, "seed": 77, "max_new_tokens": 40}
+    a, b = (client.post("/generate", json=req).json() for _ in range(2))
+    assert a["text"] == b["text"] and [t["id"] for t in a["tokens"]] == [t["id"] for t in b["tokens"]]
+    with client.stream("POST", "/generate_stream", json=req) as r:
+        events = list(events_of(r))
+    assert events[0][0] == "start" and events[-1][0] == "end"
+    assert "".join(d["text"] for e, d in events if e == "token") == events[-1][1]["text"] == a["text"]
+    assert [d["id"] for e, d in events if e == "token"] == [t["id"] for t in a["tokens"]]
+
+
+def test_openai_client(gateway, client):
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    native = client.post("/generate", json={"prompt": PROMPT, "logic_weight": 0.3, "seed": 8,
+                                            "max_new_tokens": 10}).json()
+    c = oa.completions.create(model="plotarmour", prompt=PROMPT, max_tokens=10, seed=8,
+                              extra_body={"logic_weight": 0.3})
+    assert c.choices[0].text == native["text"]
+    stream = oa.completions.create(model="plotarmour", prompt=PROMPT, max_tokens=10, seed=8, stream=True,
+                                   extra_body={"logic_weight": 0.3})
+    assert "".join(ch.choices[0].text for ch in stream) == native["text"]
+
+
+def test_validate_matches_in_process_scores(client, engines, tiny_tokenizer):
+    context, draft = "Once upon a time, Tom found a big tree.", " Tom was happy. The end."
+    r = client.post("/validate", json={"context": context, "draft": draft})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = tiny_tokenizer.encode(context).ids + tiny_tokenizer.encode(draft).ids
+    n = len(body["tokens"])
+    for name in ("gpt2", "bdh"):
+        expected = -engines[name].score(ids)[-n:].numpy() / np.log(2)
+        got = [t[f"surprisal_{name}_bits"] for t in body["tokens"]]
+        assert got == pytest.approx(expected.tolist(), abs=1e-3)
+    assert isinstance(body["consistent"], bool)
+    assert client.post("/validate", json={"draft": "x" * 30_000}).status_code == 422
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+def test_errors_against_real_servers(client, gateway, gpt2_server, bdh_server):
+    assert client.post("/generate", json={"prompt": PROMPT, "logic_weight": 1.01}).status_code == 422
+    r = client.post("/generate", json={"prompt": "Lily " * 400})  # more tokens than GPT-2's 256 positions
+    assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
+    assert client.post("/generations/gen-0000", json={"logic_weight": 0.2}).status_code == 404
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["tokenizer_fingerprint"]
+    info = client.get("/info").json()
+    assert info["models"]["gpt2"]["model_type"] == "gpt2" and info["models"]["bdh"]["model_type"] == "bdh"
+
+
+def test_refuses_a_server_with_another_tokenizer(tiny_pair, gpt2_server, start_model_server, tmp_path):
+    import asyncio
+
+    from services.gateway import create_app
+    from services.gateway.backends import IncompatibleModels
+
+    other = shutil.copytree(tiny_pair["bdh"], tmp_path / "bdh-other-tokenizer")
+    spec = json.loads((other / "tokenizer.json").read_text())
+    spec["decoder"]["trim_offsets"] = not spec["decoder"].get("trim_offsets", True)  # same vocab, new fingerprint
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    bdh = start_model_server(other, "bdh")
+    app = create_app(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address))
+
+    async def startup():
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(IncompatibleModels, match="tokenizer fingerprints differ") as e:
+        asyncio.run(startup())
+    assert gpt2_server.address in str(e.value) and bdh.address in str(e.value)
+    assert "'bdh-other-tokenizer'" in str(e.value)
+
+
+def test_client_disconnect_frees_both_sessions(client, engines, tiny_tokenizer, gpt2_server, bdh_server):
+    from plotarmour.tokenizer import eot_id
+
+    seed = seed_without_eot(engines, tiny_tokenizer, eot_id(tiny_tokenizer), 60)
+    assert open_sessions(gpt2_server) == 0 and open_sessions(bdh_server) == 0
+    paused = False
+    try:
+        with client.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.0, "seed": seed,
+                                                             "max_new_tokens": 200}) as r:
+            events = events_of(r)
+            assert next(events)[0] == "start" and next(events)[0] == "token"
+            # Freeze GPT-2 so the generation is surely still running: the gateway now waits for it.
+            os.kill(gpt2_server.proc.pid, signal.SIGSTOP)
+            paused = True
+            assert open_sessions(bdh_server) == 1
+        # The client left: the gateway must end the generation and the BDH stream at once...
+        assert wait_until(lambda: open_sessions(bdh_server) == 0), "BDH session still open after disconnect"
+    finally:
+        if paused:
+            os.kill(gpt2_server.proc.pid, signal.SIGCONT)
+    # ...and the GPT-2 stream as soon as that server runs again.
+    assert wait_until(lambda: open_sessions(gpt2_server) == 0), "GPT-2 session still open after disconnect"
+
+
+def test_server_killed_mid_stream_gives_an_error_event(tiny_pair, gpt2_server, start_model_server, engines,
+                                                       tiny_tokenizer):
+    from plotarmour.tokenizer import eot_id
+
+    bdh = start_model_server(tiny_pair["bdh"], "bdh")
+    seed = seed_without_eot(engines, tiny_tokenizer, eot_id(tiny_tokenizer), 60)
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
+                                       step_timeout_s=60, connect_timeout_s=2))
+    try:
+        with httpx.Client(base_url=gw.url, timeout=60) as c:
+            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.0, "seed": seed,
+                                                            "max_new_tokens": 200}) as r:
+                events = events_of(r)
+                assert next(events)[0] == "start" and next(events)[0] == "token"
+                os.kill(bdh.proc.pid, signal.SIGSTOP)  # hold it mid-generation, then kill it there
+                time.sleep(0.2)
+                t_kill = time.monotonic()
+                bdh.proc.kill()
+                rest = [e for e, _ in events]
+                assert rest[-1] == "error" and "end" not in rest
+                assert time.monotonic() - t_kill < 5
+            t0 = time.monotonic()
+            down = c.post("/generate", json={"prompt": PROMPT})
+            assert down.status_code == 503 and time.monotonic() - t0 < 5
+            assert bdh.address in down.json()["error"]["message"]
+            ready = c.get("/ready")
+            assert ready.status_code == 503 and any("bdh" in p for p in ready.json()["problems"])
+        assert wait_until(lambda: open_sessions(gpt2_server) == 0)
+    finally:
+        gw.stop()
