@@ -1,0 +1,168 @@
+"""The training package end to end on a generated corpus and tiny models:
+prepare -> train (both families) -> evaluate -> compare -> load in the model interface;
+and a resumed run that repeats the uninterrupted one bit for bit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import math
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from plotarmour.checkpoint import load_checkpoint
+from plotarmour.tokenizer import EOT, fingerprint
+from training import compare, evaluate, kaggle, prepare, train
+
+
+def make_corpus(n_stories: int, seed: int = 0) -> str:
+    """Short generated stories separated by end-of-text lines (no files from outside the tests)."""
+    rng = random.Random(seed)
+    names, things = ["Lily", "Tom", "Mia", "Ben"], ["a red ball", "a big tree", "a small dog", "a blue kite"]
+    stories = []
+    for _ in range(n_stories):
+        a, b = rng.sample(names, 2)
+        thing = rng.choice(things)
+        stories.append(f"Once upon a time, {a} found {thing}.\n{a} showed {thing} to {b}. {b} said, \"Wow!\" The end.")
+    return f"\n{EOT}\n".join(stories) + "\n"
+
+TINY = {
+    "bdh": {"n_layer": 2, "n_embd": 32, "n_head": 2, "mlp_internal_dim_multiplier": 4, "dropout": 0.1},
+    "gpt2": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "dropout": 0.1},
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_e2e")
+    (root / "train.txt").write_text(make_corpus(300, seed=5), encoding="utf-8")
+    (root / "val.txt").write_text(make_corpus(40, seed=6), encoding="utf-8")
+    assert prepare.main(["--train", str(root / "train.txt"), "--val", str(root / "val.txt"),
+                         "--vocab-size", "300", "--out", str(root / "data"), "--quiet"]) == 0
+    return root / "data"
+
+
+def write_preset(path: Path, data: Path, **train) -> Path:
+    settings = {"data": str(data), "block_size": 32, "batch_size": 4, "max_steps": 6, "warmup_steps": 2,
+                "lr": 3e-3, "min_lr": 3e-4, "eval_interval": 3, "eval_windows": 16, "log_interval": 1, "seed": 7}
+    path.write_text(json.dumps({**TINY, "train": {**settings, **train}}))
+    return path
+
+
+def run_train(tmp: Path, data: Path, model: str, name: str, *extra: str) -> Path:
+    preset = write_preset(tmp / f"{name}.json", data)
+    argv = ["--model", model, "--config", str(preset), "--quiet", "--set", f"out={tmp / name / 'best'}",
+            "--set", f"state_dir={tmp / name / 'state'}", "--set", f"log_dir={tmp / name / 'logs'}", *extra]
+    assert train.main(argv) == 0
+    return tmp / name
+
+
+def losses(run: Path) -> list[tuple[str, str, str]]:
+    [log] = (run / "logs").glob("*.csv")
+    with open(log, newline="") as fh:
+        return [(r["step"], r["train_loss"], r["val_loss"]) for r in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize("model", ["bdh", "gpt2"])
+def test_train_evaluate_and_serve(tmp_path, data_dir, model, capsys):
+    run = run_train(tmp_path, data_dir, model, "run")
+    ckpt = load_checkpoint(run / "best")
+    assert ckpt.model_type == model
+    assert fingerprint(ckpt.tokenizer) == json.loads((data_dir / "meta.json").read_text())["tokenizer_fingerprint"]
+    info = ckpt.run
+    assert info["steps"] in (3, 6) and info["tokens_seen"] == info["steps"] * 4 * 32
+    assert info["train_config"]["block_size"] == 32 and info["best_val_loss"] == info["val_loss"]
+    rows = losses(run)
+    assert [r[0] for r in rows] == [str(s) for s in range(1, 7)]
+    assert float(rows[-1][1]) < float(rows[0][1])  # it learns something in 6 steps
+
+    # The engine the servers use runs the trained weights.
+    engine = ckpt.engine(max_context=64)
+    session, logits = engine.open([1, 2, 3])
+    assert logits.shape == (ckpt.config["vocab_size"],) and torch.isfinite(logits).all()
+    assert engine.step({session: int(logits.argmax())}).shape == (1, ckpt.config["vocab_size"])
+
+    # evaluate scores the same windows training validated on: the same loss.
+    capsys.readouterr()
+    assert evaluate.main([str(run / "best"), "--data", str(data_dir), "--json", "--max-windows", "16",
+                          "--unigram", str(data_dir / "train.bin")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["loss"] == pytest.approx(info["best_val_loss"], rel=1e-5)
+    assert result["unigram"]["tokens"] == result["tokens"] == 16 * 32
+    assert 0 < result["unigram"]["loss"] < math.log(300)
+    # A text file is tokenized with the checkpoint's own tokenizer.
+    text = data_dir.parent / "val.txt"
+    assert evaluate.main([str(run / "best"), "--text", str(text), "--json", "--max-windows", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(result["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("model", ["bdh", "gpt2"])
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, data_dir, model):
+    straight = run_train(tmp_path, data_dir, model, "straight")
+    cut = run_train(tmp_path, data_dir, model, "cut", "--stop-after", "4")
+    assert len(losses(cut)) == 4
+    assert train.main(["--resume", str(cut / "state"), "--quiet"]) == 0
+    assert losses(cut) == losses(straight)  # same strings: bit-exact floats, dropout included
+    a, b = load_file(str(straight / "state" / "model.safetensors")), load_file(str(cut / "state" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compare_writes_report_and_curves(tmp_path, data_dir, capsys):
+    for model in ("bdh", "gpt2"):
+        run_train(tmp_path, data_dir, model, model, "--set", "max_steps=3")
+    out = tmp_path / "report" / "cmp.md"
+    logs = [str(next((tmp_path / m / "logs").glob("*.csv"))) for m in ("bdh", "gpt2")]
+    assert compare.main(["--bdh", str(tmp_path / "bdh" / "best"), "--gpt2", str(tmp_path / "gpt2" / "best"),
+                         "--data", str(data_dir), "--samples", "2", "--max-new-tokens", "8",
+                         "--logs", *logs, "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "| BDH |" in report and "| GPT-2 |" in report and "unigram baseline" in report
+    assert report.count("| Once upon a time |") == 1 and "cmp_curves.png" in report
+    assert (out.parent / "cmp_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Swapped directories are caught.
+    assert compare.main(["--bdh", str(tmp_path / "gpt2" / "best"), "--gpt2", str(tmp_path / "bdh" / "best"),
+                         "--data", str(data_dir), "--samples", "0", "--out", str(out)]) == 2
+    assert "holds a bdh model" in capsys.readouterr().err
+
+
+def test_bad_training_inputs_are_named(tmp_path, data_dir, capsys):
+    preset = write_preset(tmp_path / "p.json", data_dir)
+    cases = [
+        (["--model", "bdh", "--config", str(preset), "--set", "learning_rate=1"], "unknown train setting"),
+        (["--model", "gpt2", "--config", str(preset), "--set", "block_size=128"], "longer than the model's context"),
+        (["--model", "bdh", "--config", str(preset), "--set", "data=" + str(tmp_path)], "meta.json: missing"),
+        (["--model", "bdh", "--config", str(preset), "--set", "bdh.n_heads=3"], "bad bdh architecture"),
+        (["--resume", str(tmp_path)], "trainer_state.json: missing"),
+        (["--model", "bdh"], "give --model and --config"),
+    ]
+    for argv, message in cases:
+        assert train.main([*argv, "--quiet"]) == 2, argv
+        assert message in capsys.readouterr().err, message
+    assert evaluate.main([str(tmp_path / "nope"), "--data", str(data_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_every_command_has_help(capsys):
+    for module in (prepare, train, evaluate, compare, kaggle):
+        with pytest.raises(SystemExit) as exit_:
+            module.main(["--help"])
+        assert exit_.value.code == 0
+        assert "usage: python -m training." in capsys.readouterr().out
+
+
+def test_kaggle_bundle_holds_the_code_and_notebook(tmp_path):
+    out = kaggle.make_bundle(tmp_path / "bundle.zip")
+    names = set(zipfile.ZipFile(out).namelist())
+    for needed in ("plotarmour/checkpoint.py", "training/train.py", "training/configs/kaggle_t4.json",
+                   "training/kaggle.ipynb", "pyproject.toml"):
+        assert needed in names
+    assert not any("__pycache__" in n or n.endswith((".pyc", ".bin")) for n in names)
+    nb = json.loads((Path(kaggle.ROOT) / "training" / "kaggle.ipynb").read_text())
+    source = "".join("".join(c["source"]) for c in nb["cells"])
+    for step in ("training.prepare", "training.train", "training.evaluate", "training.compare"):
+        assert step in source

@@ -1,0 +1,78 @@
+"""training.train's pure parts: presets and overrides, the schedule, optimizer state files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.train import (TrainConfig, load_preset, lr_at, optimizer_from_files, optimizer_to_files,
+                            parse_override)
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("model", ["bdh", "gpt2"])
+def test_every_preset_loads(path, model):
+    arch, cfg = load_preset(path, model)
+    assert arch["n_embd"] > 0 and cfg.max_steps > 0 and "{model}" not in cfg.out
+    if model == "gpt2":
+        assert arch["n_positions"] >= cfg.block_size
+    else:
+        assert arch["mlp_internal_dim_multiplier"] * arch["n_embd"] % arch["n_head"] == 0
+
+
+def test_presets_cover_cpu_kaggle_and_large_gpu():
+    assert {"tiny_cpu", "kaggle_t4", "gpu_large"} <= {p.stem for p in CONFIGS}
+
+
+def test_overrides(tmp_path):
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"bdh": {"n_layer": 2}, "gpt2": {"n_layer": 3}, "train": {"lr": 0.1}}))
+    arch, cfg = load_preset(preset, "bdh", ["lr=3e-4", "bdh.n_layer=4", "gpt2.n_layer=9", "out=x/{model}"])
+    assert arch == {"n_layer": 4} and cfg.lr == 3e-4 and cfg.out == "x/bdh"
+    assert parse_override("data=some/dir") == (["data"], "some/dir")  # not JSON: kept as text
+    with pytest.raises(ValueError, match="unknown train setting"):
+        load_preset(preset, "bdh", ["learning_rate=1"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        load_preset(preset, "bdh", ["lr"])
+    preset.write_text(json.dumps({"gpt2": {}}))
+    with pytest.raises(ValueError, match="no 'bdh' architecture block"):
+        load_preset(preset, "bdh")
+    with pytest.raises(ValueError, match="config file not found"):
+        load_preset(tmp_path / "nope.json", "bdh")
+
+
+def test_schedule_warms_up_then_decays_to_min():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    lrs = [lr_at(s, cfg) for s in range(111)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[110] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.55)
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for _ in range(3):
+        model(torch.randn(5, 4)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    tensors, meta = optimizer_to_files(opt)
+    save_file(tensors, str(tmp_path / "s.safetensors"))
+    (tmp_path / "s.json").write_text(json.dumps(meta))
+
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.5)
+    optimizer_from_files(fresh, load_file(str(tmp_path / "s.safetensors")), json.loads((tmp_path / "s.json").read_text()))
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert b["param_groups"][0]["lr"] == 0.01
+    for idx, state in a["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["state"][idx][name]), (idx, name)
