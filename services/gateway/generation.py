@@ -102,6 +102,7 @@ async def generate(pair: ModelPair, gen: Generation, params: GenerationParams) -
     rng = sampling.make_rng(params.seed)
     t_start = time.perf_counter()
     sessions = (pair.gpt2.session(), pair.bdh.session())
+    waited = 0.0  # seconds spent waiting on the model servers; the rest is the gateway's own work
     try:
         for s in sessions:  # both prefill at once
             await s.send_prompt(params.prompt_ids)
@@ -141,9 +142,11 @@ async def generate(pair: ModelPair, gen: Generation, params: GenerationParams) -
                    "p_bdh": float(np.exp(lp_bdh[token])), "logic_weight": w, "special": token == eot}
             if finish:
                 break
+            t_wait = time.perf_counter()
             for s in sessions:
                 await s.send_token(token)
             lp_gpt2, lp_bdh = [await s.receive() for s in sessions]
+            waited += time.perf_counter() - t_wait
 
         t_end = time.perf_counter()
         n = gen.tokens_done
@@ -153,7 +156,10 @@ async def generate(pair: ModelPair, gen: Generation, params: GenerationParams) -
                       "total_tokens": len(params.prompt_ids) + n},
             "timings": {"time_to_first_token_ms": round((t_first - t_start) * 1e3, 3),
                         "total_ms": round((t_end - t_start) * 1e3, 3),
-                        "tokens_per_s": round(n / (t_end - t_start), 2) if t_end > t_start else None},
+                        "tokens_per_s": round(n / (t_end - t_start), 2) if t_end > t_start else None,
+                        # Per token, outside the waits for the servers: blend, sample, detokenize,
+                        # and handing the event on (SSE encoding and sending included when streaming).
+                        "gateway_ms_per_token": round((t_end - t_first - waited) * 1e3 / n, 4)},
         }
     finally:
         for s in sessions:
