@@ -127,4 +127,5 @@ def _read_json(path: Path) -> dict:
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; servers in containers run as another user
     os.replace(tmp, path)

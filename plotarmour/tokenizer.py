@@ -163,6 +163,7 @@ def save_tokenizer(tok: Tokenizer, path_or_dir: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         tok.save(tmp, pretty=True)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; readers may run as another user
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
