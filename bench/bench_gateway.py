@@ -108,7 +108,7 @@ def in_process(engines, ids: list[int], n: int, seed: int) -> tuple[float, float
 # ---- raw gRPC, no gateway -----------------------------------------------------------------
 
 
-async def raw_grpc(addresses: list[str], vocab: int, ids: list[int], n: int, seed: int) -> float:
+async def raw_grpc(addresses: list[str], ids: list[int], n: int, seed: int) -> float:
     """Seconds per token doing the gateway's loop directly over gRPC."""
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
     calls = [pb_grpc.LanguageModelStub(c).Decode() for c in channels]
@@ -216,13 +216,13 @@ def main() -> None:
             try:
                 prompt16, prompt64 = tok.decode(ids16), tok.decode(ids64)
                 in_process(engines, ids16, 10, 0)  # warm-ups
-                asyncio.run(raw_grpc(addresses, vocab, ids16, 10, 0))
+                asyncio.run(raw_grpc(addresses, ids16, 10, 0))
                 via_gateway(client, prompt16, 10, 0)
                 # Interleaved repeats, so load from elsewhere on the machine hits all three alike.
                 ip, raw, gw = [], [], []
                 for s in range(args.repeats):
                     ip.append(in_process(engines, ids16, args.tokens, s)[0])
-                    raw.append(asyncio.run(raw_grpc(addresses, vocab, ids16, args.tokens, s)))
+                    raw.append(asyncio.run(raw_grpc(addresses, ids16, args.tokens, s)))
                     gw.append(via_gateway(client, prompt16, args.tokens, s))
                 ip_ttft64 = min(in_process(engines, ids64, 2, s)[1] for s in range(5))
                 runs64 = [via_gateway(client, prompt64, 2, s) for s in range(5)]
