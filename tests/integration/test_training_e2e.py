@@ -112,6 +112,15 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, data_dir, model)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_early_stopping_stops_when_validation_stalls(tmp_path, data_dir, capsys):
+    # lr 0: the weights never change, so validation never improves after the first evaluation.
+    run = run_train(tmp_path, data_dir, "gpt2", "stall", "--set", "lr=0", "--set", "min_lr=0",
+                    "--set", "max_steps=20", "--set", "eval_interval=2", "--set", "patience=2")
+    assert "early stop at step 6" in capsys.readouterr().err
+    assert load_checkpoint(run / "best").run["best_step"] == 2
+    assert json.loads((run / "state" / "trainer_state.json").read_text())["progress"]["step"] == 6
+
+
 def test_compare_writes_report_and_curves(tmp_path, data_dir, capsys):
     for model in ("bdh", "gpt2"):
         run_train(tmp_path, data_dir, model, model, "--set", "max_steps=3")
