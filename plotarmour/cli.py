@@ -1,4 +1,5 @@
 """`plotarmour generate "Once upon a time" --logic-weight 0.7`: stream a story from the gateway.
+`plotarmour up`: run the whole system on this machine (plotarmour.stack).
 
 Consumes the gateway's Server-Sent Events (`POST /generate_stream`) and prints the text
 as it arrives. Needs only httpx: no torch, no model files.
@@ -13,6 +14,8 @@ import sys
 from collections.abc import Iterable, Iterator
 
 import httpx
+
+from plotarmour import stack
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -111,10 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--echo", action="store_true", help="print the prompt before the story")
     g.add_argument("-v", "--verbose", action="store_true", help="print finish reason and speed to stderr")
     g.set_defaults(func=generate)
+    # `plotarmour up ...` is the local stack's own command line, passed through whole.
+    up = sub.add_parser("up", add_help=False, help="run both model servers and the gateway here "
+                                                  "(plotarmour up --help)")
+    up.add_argument("args", nargs=argparse.REMAINDER)
+    up.set_defaults(func=lambda a: stack.main(a.args))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["up"]:  # argparse would eat the stack's own flags (--help, --port...)
+        return stack.main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -134,7 +134,7 @@ class Stack:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m plotarmour.stack", description=__doc__,
+    ap = argparse.ArgumentParser(prog="plotarmour up", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
                     help="directory holding bdh/ and gpt2/ checkpoint directories [checkpoints]")
