@@ -51,11 +51,13 @@ class Session:
 
 
 class Batcher:
-    def __init__(self, engine: DecodeEngine, metrics: Metrics, *, max_batch_size: int = 32, max_queued: int = 256):
+    def __init__(self, engine: DecodeEngine, metrics: Metrics, *, max_batch_size: int = 32, max_queued: int = 256,
+                 batch_wait: float = 0.0):
         self.engine = engine
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_queued = max_queued
+        self.batch_wait = batch_wait
         self.vocab_size = engine.vocab_size
         self.max_context = engine.max_context
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -144,6 +146,7 @@ class Batcher:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
+                await self._gather_stragglers(loop)
                 batch = {}
                 for sid, (token, fut) in list(self._pending.items())[: self.max_batch_size]:
                     del self._pending[sid]
@@ -164,6 +167,18 @@ class Batcher:
                         fut.set_exception(result)
                     else:
                         fut.set_result(result)
+
+    async def _gather_stragglers(self, loop) -> None:
+        """With batch_wait > 0: when fewer sessions are parked than are open, wait up
+        to batch_wait seconds for the others, so they share this forward pass."""
+        want = min(self._open, self.max_batch_size)
+        deadline = loop.time() + self.batch_wait
+        while len(self._pending) < want and (left := deadline - loop.time()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
 
     # -- on the worker thread ----------------------------------------------------
     def _prefill(self, prompt: list[int], opened: list[int]) -> tuple[int, bytes]:

@@ -86,7 +86,7 @@ class ModelServer:
         from plotarmour.tokenizer import eot_id, fingerprint
 
         self.batcher = Batcher(engine, self.metrics, max_batch_size=self.settings.max_batch_size,
-                               max_queued=self.settings.max_queued)
+                               max_queued=self.settings.max_queued, batch_wait=self.settings.batch_wait_ms / 1e3)
         self.batcher.start()
         mi = engine.info
         info = pb.ModelInfo(

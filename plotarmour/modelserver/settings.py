@@ -44,6 +44,9 @@ class ModelServerSettings(BaseSettings):
                                     description="tokens per session, prompt included (default: the model's limit)")
     max_batch_size: int = Field(32, ge=1, description="sessions stepped in one forward pass")
     max_queued: int = Field(256, ge=1, description="prefills, steps and scores waiting or running at once")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, description="when fewer sessions wait for a step than are open, wait up to this long "
+                               "for the others to join the batch (trades a little latency for throughput)")
     grace_period: float = Field(10.0, ge=0, description="seconds open sessions get to finish after SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
 

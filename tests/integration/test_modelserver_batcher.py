@@ -157,3 +157,28 @@ def test_a_prefill_cancelled_midway_leaves_no_session(engine):
 
     run(with_batcher(engine, body))
     assert engine.open_sessions == 0
+
+
+def test_batch_wait_holds_a_step_for_the_other_open_sessions(engine):
+    sizes = spy_on_steps(engine)
+
+    async def body(b: Batcher):
+        first, _ = await b.open([1, 2])
+        second, _ = await b.open([3])
+        early = asyncio.ensure_future(first.step(4))
+        await asyncio.sleep(0.05)  # far inside the 60 s window: `early` is still held
+        assert not early.done()
+        await asyncio.gather(early, second.step(5))
+
+    run(with_batcher(engine, body, batch_wait=60.0))
+    assert sizes == [2]
+
+
+def test_batch_wait_never_holds_a_session_that_is_alone(engine):
+    async def body(b: Batcher):
+        alone, _ = await b.open([1, 2])
+        # With every open session parked there is no one to wait for: this returns at once
+        # (wait_for only turns a hang into a failure; it measures nothing).
+        return await asyncio.wait_for(alone.step(3), timeout=30)
+
+    assert len(run(with_batcher(engine, body, batch_wait=60.0))) == 4 * engine.vocab_size
