@@ -155,7 +155,8 @@ class ModelBackend:
 
     def __init__(self, role: str, address: str, settings: GatewaySettings):
         self.role, self.address, self.settings = role, address, settings
-        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            address, options=[*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", settings.lb_policy)])
         self.stub = pb_grpc.LanguageModelStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.info: ServerInfo | None = None

@@ -6,6 +6,8 @@ environment at import time.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,6 +18,10 @@ class GatewaySettings(BaseSettings):
     # Where the two model servers listen (host:port, as grpc expects).
     gpt2_address: str = "127.0.0.1:50052"
     bdh_address: str = "127.0.0.1:50051"
+
+    # round_robin spreads sessions over every address a name resolves to: with a
+    # headless Kubernetes Service and a dns:/// address, over all model-server replicas.
+    lb_policy: Literal["pick_first", "round_robin"] = "pick_first"
 
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
