@@ -16,15 +16,17 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLOTARMOUR_GATEWAY_", extra="ignore")
 
     # Where the two model servers listen (host:port, as grpc expects).
-    gpt2_address: str = "127.0.0.1:50052"
-    bdh_address: str = "127.0.0.1:50051"
+    gpt2_address: str = Field("127.0.0.1:50052", description="GPT-2 model server (host:port or a gRPC target "
+                                                           "such as dns:///gpt2:50052)")
+    bdh_address: str = Field("127.0.0.1:50051", description="BDH model server (host:port or a gRPC target)")
 
     # round_robin spreads sessions over every address a name resolves to: with a
     # headless Kubernetes Service and a dns:/// address, over all model-server replicas.
-    lb_policy: Literal["pick_first", "round_robin"] = "pick_first"
+    lb_policy: Literal["pick_first", "round_robin"] = Field(
+        "pick_first", description="gRPC load balancing over a target's addresses: pick_first or round_robin")
 
-    host: str = "0.0.0.0"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("0.0.0.0", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
 
     # A model server that does not answer within this bound makes the request fail
     # with 503 (or an SSE error event), never hang.
@@ -33,12 +35,12 @@ class GatewaySettings(BaseSettings):
     retry_interval_s: float = Field(1.0, gt=0, description="background reconnect to servers not yet ready")
 
     max_concurrent: int = Field(8, ge=1, description="generations and validations at once; beyond: 429")
-    max_new_tokens_limit: int = Field(1024, ge=1)
-    default_max_new_tokens: int = Field(128, ge=1)
-    max_prompt_chars: int = Field(20_000, ge=1)
-    max_prompt_tokens: int = Field(1024, ge=1)
-    max_stop_sequences: int = Field(8, ge=0)
+    max_new_tokens_limit: int = Field(1024, ge=1, description="largest max_new_tokens a request may ask for")
+    default_max_new_tokens: int = Field(128, ge=1, description="max_new_tokens when a request leaves it out")
+    max_prompt_chars: int = Field(20_000, ge=1, description="longest prompt, in characters")
+    max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in tokens (also capped by the models)")
+    max_stop_sequences: int = Field(8, ge=0, description="most stop sequences in one request")
 
     # Name reported as the model by /v1/completions.
-    model_name: str = "plotarmour"
-    log_level: str = "info"
+    model_name: str = Field("plotarmour", description="model name that /v1/completions reports")
+    log_level: str = Field("info", description="debug, info, warning or error")
