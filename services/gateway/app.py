@@ -20,6 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from plotarmour.sampling import SamplingParams
@@ -383,5 +384,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def index():
         return FileResponse(STATIC / "index.html")
+
+    # The page's stylesheet and JS modules (plain files: no build step).
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return app
