@@ -29,6 +29,7 @@ from .backends import GatewayError, IncompatibleModels, ModelPair, ModelUnavaila
 from .generation import GenerationParams, Registry, generate
 from .metrics import GatewayMetrics, MetricsMiddleware, StepTimer
 from .schemas import CompletionRequest, GenerateRequest, SteerRequest, ValidateRequest
+from .security import install as install_guards
 from .settings import GatewaySettings
 from .validator import ValidatorParams, find_spans, surprisal_bits
 
@@ -141,7 +142,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="PlotArmour gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_guards(app, settings)  # body size cap, API key, CORS
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the guards' 401/413 too
 
     # ---- errors --------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)

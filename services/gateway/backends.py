@@ -54,8 +54,11 @@ class ModelBusy(GatewayError):
     status = 429
 
 
-def _translate(role: str, address: str, err: BaseException) -> GatewayError:
+def _translate(role: str, address: str, err: BaseException, deadline: str = "its deadline") -> GatewayError:
+    """A gRPC failure as the error the routes report; `deadline` names the bound that
+    applied (e.g. "step_timeout_s = 10 s"), so an operator knows which setting fired."""
     where = f"{role} model server at {address}"
+    late = ModelUnavailable(f"{where} did not answer in time ({deadline})")
     if isinstance(err, grpc.aio.AioRpcError):
         code, details = err.code(), err.details() or ""
         if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -63,10 +66,10 @@ def _translate(role: str, address: str, err: BaseException) -> GatewayError:
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return ModelBusy(f"{where} is busy: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ModelUnavailable(f"{where} did not answer in time")
+            return late
         return ModelUnavailable(f"{where} failed: {code.name} {details}".rstrip())
     if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
-        return ModelUnavailable(f"{where} did not answer in time")
+        return late
     return ModelUnavailable(f"{where} failed: {err!r}")
 
 
@@ -122,7 +125,8 @@ class DecodeSession:
             code = await self._call.code()
             if code != grpc.StatusCode.OK:
                 e = grpc.aio.AioRpcError(code, None, None, details=await self._call.details())
-        return _translate(self._backend.role, self._backend.address, e)
+        b = self._backend
+        return _translate(b.role, b.address, e, b.step_deadline)
 
     def close(self) -> None:
         """End the stream so the server frees the session. Synchronous on purpose: it runs in
@@ -160,6 +164,8 @@ class ModelBackend:
         self.stub = pb_grpc.LanguageModelStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.info: ServerInfo | None = None
+        self.step_deadline = f"step_timeout_s = {settings.step_timeout_s:g} s"
+        self.connect_deadline = f"connect_timeout_s = {settings.connect_timeout_s:g} s"
 
     @property
     def vocab_size(self) -> int:
@@ -172,7 +178,7 @@ class ModelBackend:
                 pb.InfoRequest(include_tokenizer=include_tokenizer), timeout=self.settings.connect_timeout_s
             )
         except grpc.aio.AioRpcError as e:
-            raise _translate(self.role, self.address, e) from None
+            raise _translate(self.role, self.address, e, self.connect_deadline) from None
         return ServerInfo.from_proto(m), m.tokenizer_json
 
     async def serving(self) -> str | None:
@@ -181,7 +187,7 @@ class ModelBackend:
             r = await self._health.Check(health_pb2.HealthCheckRequest(service=""),
                                          timeout=self.settings.connect_timeout_s)
         except grpc.aio.AioRpcError as e:
-            return str(_translate(self.role, self.address, e))
+            return str(_translate(self.role, self.address, e, self.connect_deadline))
         if r.status != health_pb2.HealthCheckResponse.SERVING:
             return f"{self.role} model server at {self.address} is {health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)}"
         return None
@@ -193,7 +199,7 @@ class ModelBackend:
         try:
             r = await self.stub.Score(pb.ScoreRequest(token_ids=ids), timeout=self.settings.step_timeout_s)
         except grpc.aio.AioRpcError as e:
-            raise _translate(self.role, self.address, e) from None
+            raise _translate(self.role, self.address, e, self.step_deadline) from None
         return np.frombuffer(r.log_probs, dtype="<f4")
 
     async def aclose(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,3 +44,14 @@ class GatewaySettings(BaseSettings):
     # Name reported as the model by /v1/completions.
     model_name: str = Field("plotarmour", description="model name that /v1/completions reports")
     log_level: str = Field("info", description="debug, info, warning or error")
+
+    # Guards (services/gateway/security.py). A body is refused with 413 before it is parsed.
+    max_body_bytes: int = Field(1_048_576, ge=1, description="largest request body in bytes; larger gets 413")
+    cors_origins: str = Field("", description="comma-separated origins browsers may call the API from "
+                                              "(e.g. https://app.example.com); empty: no cross-origin access")
+    api_key: SecretStr | None = Field(None, description="when set, every route except /health, /ready, / and "
+                                                        "/static needs 'Authorization: Bearer <key>' (else 401)")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

@@ -1,0 +1,127 @@
+"""The gateway's guards, as plain ASGI middleware: a request-body size cap, an optional
+API key, and CORS for the origins the settings name (none by default).
+
+Plain ASGI rather than Starlette's BaseHTTPMiddleware: nothing buffers the SSE responses,
+and the size cap sees the body as it arrives, before FastAPI reads or parses any of it.
+
+    install(app, settings)   # once, in create_app
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.middleware.cors import CORSMiddleware
+
+from .settings import GatewaySettings
+
+# Reachable without the API key: what load balancers, orchestrators and the web page's
+# own files need. Everything else (generation, /info, /metrics, the schema) needs it.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/"})
+PUBLIC_PREFIXES = ("/static/",)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+async def send_error(send, status: int, message: str, kind: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON error in the OpenAI shape the routes use, sent straight over ASGI."""
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def header(scope, name: bytes) -> bytes | None:
+    for k, v in scope.get("headers", ()):
+        if k == name:
+            return v
+    return None
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """413 for a body over `max_bytes`: at once when Content-Length says so, else as soon
+    as the bytes received (chunked uploads) pass the limit. The app never parses it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = f"request body is over the limit of {self.max_bytes} bytes"
+        declared = header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await send_error(send, 413, too_large, "RequestTooLarge")
+
+        seen, tripped, started = 0, False, False
+
+        async def counting_receive():
+            nonlocal seen, tripped
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    tripped = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if tripped:
+                return  # whatever the app makes of the cut-off body, the answer is 413
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            # FastAPI may wrap our exception in its own; once tripped, any of them is ours.
+            if not tripped:
+                raise
+        if tripped and not started:
+            await send_error(send, 413, too_large, "RequestTooLarge")
+
+
+class ApiKeyAuth:
+    """`Authorization: Bearer <key>` on every route but the public ones; 401 otherwise.
+    The OpenAI client sends exactly that header from its `api_key`."""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self._expected = api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or is_public(scope["path"]):
+            return await self.app(scope, receive, send)
+        given = header(scope, b"authorization") or b""
+        scheme, _, token = given.partition(b" ")
+        # compare_digest: the time taken does not tell how much of the key was right.
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._expected):
+            return await self.app(scope, receive, send)
+        why = "missing API key" if not given else "invalid API key"
+        await send_error(send, 401, f"{why}: send the header 'Authorization: Bearer <key>'", "AuthenticationError",
+                         [(b"www-authenticate", b'Bearer realm="plotarmour"')])
+
+
+def install(app, settings: GatewaySettings) -> None:
+    """Add the guards. Starlette runs the middleware added last first, so the order here is
+    inner to outer: size cap, then the key check, then CORS (so that a browser's preflight
+    is answered, and error responses carry the CORS headers it needs to read them)."""
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if key:
+        app.add_middleware(ApiKeyAuth, api_key=key)
+    origins = settings.cors_origin_list
+    if origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Generation-Id"], max_age=600)

@@ -1,0 +1,141 @@
+"""Faults against the real model servers: a server killed with SIGKILL mid-stream and
+started again on the same port, and a server that stops answering (SIGSTOP) so the
+gateway's per-step deadline has to fire. Nothing may hang and no session may leak."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import grpc
+import httpx
+import pytest
+
+from plotarmour.cli import parse_sse
+from plotarmour.rpc import language_model_pb2 as pb
+from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
+from services.gateway.settings import GatewaySettings
+from services.gateway.testing import GatewayThread
+
+pytest.importorskip("torch")
+
+PROMPT = "Once upon a time, Lily found"
+LONG = 200  # tokens: long enough that the generation is still running when the fault hits
+
+
+def open_sessions(server) -> int:
+    with grpc.insecure_channel(server.address) as ch:
+        return pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5).open_sessions
+
+
+def wait_until(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def events_of(r: httpx.Response):
+    return ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
+
+
+def long_story_seed(c: httpx.Client) -> int:
+    """A seed whose story runs LONG tokens without end-of-text (untrained models emit it
+    about once in V tokens). The same seed gives the same story, so the stream will too."""
+    for seed in range(40):
+        r = c.post("/generate", json={"prompt": PROMPT, "seed": seed, "max_new_tokens": LONG})
+        assert r.status_code == 200, r.text
+        if r.json()["finish_reason"] == "length":
+            return seed
+    pytest.fail("no seed without end-of-text")
+
+
+def stream_request(seed: int) -> dict:
+    return {"prompt": PROMPT, "seed": seed, "max_new_tokens": LONG}
+
+
+def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pair, gpt2_server,
+                                                                       start_model_server):
+    bdh = start_model_server(tiny_pair["bdh"], "bdh")
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
+                                       step_timeout_s=30, connect_timeout_s=2, retry_interval_s=0.2))
+    try:
+        with httpx.Client(base_url=gw.url, timeout=60) as c:
+            seed = long_story_seed(c)
+            with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
+                events = events_of(r)
+                assert next(events)[0] == "start" and next(events)[0] == "token"
+                # Freeze it first so the kill surely lands mid-generation, then kill -9 there.
+                os.kill(bdh.proc.pid, signal.SIGSTOP)
+                t_kill = time.monotonic()
+                os.kill(bdh.proc.pid, signal.SIGKILL)
+                rest = list(events)
+                waited = time.monotonic() - t_kill
+            assert rest and rest[-1][0] == "error", [e for e, _ in rest]
+            assert waited < 5, f"error event after {waited:.1f} s"
+            assert rest[-1][1]["status"] == 503 and "bdh" in rest[-1][1]["error"]["message"]
+            bdh.proc.wait(10)
+
+            ready = c.get("/ready")
+            assert ready.status_code == 503 and any("bdh" in p for p in ready.json()["problems"])
+            assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 4}).status_code == 503
+
+            # The same server back on the same port: the gateway must find it by itself.
+            again = start_model_server(tiny_pair["bdh"], "bdh", port=bdh.port)
+            assert again.port == bdh.port
+            assert wait_until(lambda: c.get("/ready").status_code == 200, 20), c.get("/ready").text
+            for s in (seed, seed + 1):
+                r = c.post("/generate", json={"prompt": PROMPT, "seed": s, "max_new_tokens": 8})
+                assert r.status_code == 200, r.text
+            with c.stream("POST", "/generate_stream", json={**stream_request(seed), "max_new_tokens": 8}) as r:
+                assert [e for e, _ in events_of(r)][-1] == "end"
+        assert wait_until(lambda: open_sessions(gpt2_server) == 0 and open_sessions(again) == 0, 5), \
+            f"sessions left open: gpt2 {open_sessions(gpt2_server)}, bdh {open_sessions(again)}"
+    finally:
+        gw.stop()
+
+
+def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt2_server, start_model_server):
+    bdh = start_model_server(tiny_pair["bdh"], "bdh")
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
+                                       step_timeout_s=1.0, connect_timeout_s=1.0))
+    stopped = False
+    try:
+        with httpx.Client(base_url=gw.url, timeout=60) as c:
+            seed = long_story_seed(c)
+
+            # Mid-stream: the error event names the server and the deadline.
+            with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
+                events = events_of(r)
+                assert next(events)[0] == "start" and next(events)[0] == "token"
+                os.kill(bdh.proc.pid, signal.SIGSTOP)
+                stopped = True
+                t0 = time.monotonic()
+                rest = list(events)
+                waited = time.monotonic() - t0
+            assert rest[-1][0] == "error", [e for e, _ in rest]
+            err = rest[-1][1]
+            assert err["status"] == 503
+            assert bdh.address in err["error"]["message"] and "step_timeout_s" in err["error"]["message"]
+            assert waited < 1.0 + 4, f"deadline of 1 s fired after {waited:.1f} s"
+
+            # Before the first token: a plain 503 with the same message.
+            r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 4})
+            assert r.status_code == 503
+            assert "bdh" in r.json()["error"]["message"] and "did not answer" in r.json()["error"]["message"]
+
+            os.kill(bdh.proc.pid, signal.SIGCONT)
+            stopped = False
+            assert wait_until(lambda: c.get("/ready").status_code == 200, 10)
+            r = c.post("/generate", json={"prompt": PROMPT, "seed": seed, "max_new_tokens": 8})
+            assert r.status_code == 200, r.text
+        assert wait_until(lambda: open_sessions(gpt2_server) == 0 and open_sessions(bdh) == 0, 5), \
+            f"sessions left open: gpt2 {open_sessions(gpt2_server)}, bdh {open_sessions(bdh)}"
+    finally:
+        if stopped:
+            os.kill(bdh.proc.pid, signal.SIGCONT)
+        gw.stop()
