@@ -70,7 +70,7 @@ def storyteller_pair(tiny_pair, corpus_file, tmp_path_factory) -> dict[str, Path
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def model_servers(storyteller_pair, tmp_path_factory):
     """{"bdh": ServerProcess, "gpt2": ServerProcess}, one pair for the whole e2e session."""
     from plotarmour.modelserver.launch import start_model_server
@@ -87,7 +87,7 @@ def model_servers(storyteller_pair, tmp_path_factory):
             server.terminate()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def start_gateway(model_servers):
     """Factory: start_gateway(**settings) -> GatewayThread in front of the session's servers
     (settings override, e.g. gpt2_address of a dead port); all are stopped at teardown."""
@@ -108,13 +108,15 @@ def start_gateway(model_servers):
         gw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gateway(start_gateway):
     # A long step timeout: tests freeze a model server (SIGSTOP) to hold a story mid-stream.
     return start_gateway(step_timeout_s=60)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the
+# main thread while it is open, which would break later tests that call asyncio.run().
+@pytest.fixture(scope="module")
 def browser():
     _need_browser()
     from playwright.sync_api import sync_playwright
