@@ -114,8 +114,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     holder: dict[str, ModelPair] = {}
 
     async def keep_trying(pair: ModelPair) -> None:
-        while pair.problem is not None:
+        # For the gateway's whole life, not just start-up: after a server fails mid-run
+        # (pair.problem is set), re-check both every retry_interval_s, so a restarted
+        # server is found by itself, without waiting for a request or a /ready probe.
+        while True:
             await asyncio.sleep(settings.retry_interval_s)
+            if pair.problem is None:
+                continue
             try:
                 await pair.refresh()
                 log.info("model servers ready: gpt2 at %s, bdh at %s", settings.gpt2_address, settings.bdh_address)

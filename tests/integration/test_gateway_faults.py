@@ -85,9 +85,12 @@ def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pai
             assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 4}).status_code == 503
 
             # The same server back on the same port: the gateway must find it by itself.
+            # /info only reports (it never contacts the servers), so this waits on the
+            # gateway's own reconnecting, not on a probe that would reconnect for it.
             again = start_model_server(tiny_pair["bdh"], "bdh", port=bdh.port)
             assert again.port == bdh.port
-            assert wait_until(lambda: c.get("/ready").status_code == 200, 20), c.get("/ready").text
+            assert wait_until(lambda: c.get("/info").json()["gateway"]["problem"] is None, 20), c.get("/info").text
+            assert c.get("/ready").status_code == 200
             for s in (seed, seed + 1):
                 r = c.post("/generate", json={"prompt": PROMPT, "seed": s, "max_new_tokens": 8})
                 assert r.status_code == 200, r.text
