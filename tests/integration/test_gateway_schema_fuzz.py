@@ -9,14 +9,14 @@ import os
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 
 from services.gateway.settings import GatewaySettings
 from services.gateway.testing import GatewayThread
 
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("torch")
+from hypothesis import HealthCheck, given, settings  # noqa: E402  (schemathesis brings hypothesis)
+from hypothesis.errors import Unsatisfiable  # noqa: E402
 
 MIN_CASES = 500
 # Per operation and generation mode; six operations take input, in two modes each.

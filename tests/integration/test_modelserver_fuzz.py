@@ -12,13 +12,14 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
 pytest.importorskip("torch")
+pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 UINT32_MAX = 2**32 - 1
 # What a caller's mistake may get back; never INTERNAL/UNKNOWN, and never a dead server.
