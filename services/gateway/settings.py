@@ -25,7 +25,7 @@ class GatewaySettings(BaseSettings):
     lb_policy: Literal["pick_first", "round_robin"] = Field(
         "pick_first", description="gRPC load balancing over a target's addresses: pick_first or round_robin")
 
-    host: str = Field("0.0.0.0", description="interface to listen on")
+    host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 to serve other machines)")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
 
     # A model server that does not answer within this bound makes the request fail
