@@ -95,8 +95,12 @@ def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
     """p^(1/T), renormalised. T = 1 returns p unchanged; T = 0 is handled by the caller (argmax)."""
     if temperature == 1.0:
         return p
-    with np.errstate(divide="ignore"):
-        return probs(np.log(p) / temperature)
+    with np.errstate(divide="ignore", over="ignore"):
+        logp = np.log(p)
+        # Shift so the best token sits at 0 before dividing: with a tiny temperature the
+        # others then run to -inf (greedy, as the limit should be) instead of every score
+        # overflowing to -inf alike (which would read as uniform).
+        return probs((logp - logp.max()) / temperature)
 
 
 def top_k_mask(p: np.ndarray, k: int) -> np.ndarray:

@@ -110,3 +110,9 @@ def test_sampling_params_validate():
         S.SamplingParams(temperature=-0.1)
     with pytest.raises(ValueError, match="seed"):
         S.make_rng(-3)
+
+
+def test_tiny_temperature_tends_to_greedy_not_uniform():
+    p = np.array([0.1, 0.6, 0.3])
+    q = S.apply_temperature(p, 1e-300)
+    assert q.tolist() == [0.0, 1.0, 0.0]
