@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from corpus import make_corpus
 import torch
 from safetensors.torch import load_file
 
@@ -19,17 +20,6 @@ from plotarmour.checkpoint import load_checkpoint
 from plotarmour.tokenizer import EOT, fingerprint
 from training import compare, evaluate, kaggle, prepare, train
 
-
-def make_corpus(n_stories: int, seed: int = 0) -> str:
-    """Short generated stories separated by end-of-text lines (no files from outside the tests)."""
-    rng = random.Random(seed)
-    names, things = ["Lily", "Tom", "Mia", "Ben"], ["a red ball", "a big tree", "a small dog", "a blue kite"]
-    stories = []
-    for _ in range(n_stories):
-        a, b = rng.sample(names, 2)
-        thing = rng.choice(things)
-        stories.append(f"Once upon a time, {a} found {thing}.\n{a} showed {thing} to {b}. {b} said, \"Wow!\" The end.")
-    return f"\n{EOT}\n".join(stories) + "\n"
 
 TINY = {
     "bdh": {"n_layer": 2, "n_embd": 32, "n_head": 2, "mlp_internal_dim_multiplier": 4, "dropout": 0.1},

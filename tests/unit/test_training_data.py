@@ -10,22 +10,11 @@ import socket
 
 import numpy as np
 import pytest
+from corpus import make_corpus
 
 from plotarmour.tokenizer import EOT, eot_id, fingerprint
 from training.data import DataError, RandomWindows, eval_windows, open_tokens, read_meta
 from training.prepare import PrepareError, download_tinystories, iter_pieces, prepare, token_dtype
-
-
-def make_corpus(n_stories: int, seed: int = 0) -> str:
-    """Short generated stories separated by end-of-text lines (no files from outside the tests)."""
-    rng = random.Random(seed)
-    names, things = ["Lily", "Tom", "Mia", "Ben"], ["a red ball", "a big tree", "a small dog", "a blue kite"]
-    stories = []
-    for _ in range(n_stories):
-        a, b = rng.sample(names, 2)
-        thing = rng.choice(things)
-        stories.append(f"Once upon a time, {a} found {thing}.\n{a} showed {thing} to {b}. {b} said, \"Wow!\" The end.")
-    return f"\n{EOT}\n".join(stories) + "\n"
 
 
 def expected_tokens(tok, text: str) -> list[int]:
