@@ -16,12 +16,10 @@ import socket
 import threading
 import time
 
-import grpc
 import httpx
 import pytest
+from waiting import open_sessions, wait_until
 
-from plotarmour.rpc import language_model_pb2 as pb
-from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
 PROMPT = "Once upon a time, Lily found"
 WAIT_MS = 20_000  # upper bound for page waits; they return as soon as the condition holds
@@ -30,18 +28,6 @@ WAIT_MS = 20_000  # upper bound for page waits; they return as soon as the condi
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-def open_sessions(server) -> int:
-    with grpc.insecure_channel(server.address) as ch:
-        return pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5).open_sessions
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @contextlib.contextmanager

@@ -9,13 +9,11 @@ import os
 import signal
 import time
 
-import grpc
 import httpx
 import pytest
+from waiting import open_sessions, wait_until
 
 from plotarmour.cli import parse_sse
-from plotarmour.rpc import language_model_pb2 as pb
-from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from services.gateway.settings import GatewaySettings
 from services.gateway.testing import GatewayThread
 
@@ -25,18 +23,6 @@ PROMPT = "Once upon a time, Lily found"
 LONG = 200  # tokens: long enough that the generation is still running when the fault hits
 
 
-def open_sessions(server) -> int:
-    with grpc.insecure_channel(server.address) as ch:
-        return pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5).open_sessions
-
-
-def wait_until(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def events_of(r: httpx.Response):

@@ -10,15 +10,13 @@ import shutil
 import signal
 import time
 
-import grpc
 import httpx
 import numpy as np
 import pytest
+from waiting import open_sessions, wait_until
 
 from plotarmour import sampling
 from plotarmour.cli import parse_sse
-from plotarmour.rpc import language_model_pb2 as pb
-from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from services.gateway.settings import GatewaySettings
 from services.gateway.testing import GatewayThread
 
@@ -66,18 +64,6 @@ def reference(engines, which: str, prompt_ids: list[int], n: int, seed: int, eot
     return out
 
 
-def open_sessions(server) -> int:
-    with grpc.insecure_channel(server.address) as ch:
-        return pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5).open_sessions
-
-
-def wait_until(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def events_of(r: httpx.Response):

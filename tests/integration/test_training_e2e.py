@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import math
 import zipfile
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from plotarmour.checkpoint import load_checkpoint
-from plotarmour.tokenizer import EOT, fingerprint
+from plotarmour.tokenizer import fingerprint
 from training import compare, evaluate, kaggle, prepare, train
 
 
