@@ -96,6 +96,26 @@ def rope(v: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor) -> torch
     return v * cos + turned * sin
 
 
+class DenseMemory:
+    """One layer's decode state S (B, H, N, D), float32, read and written at once.
+
+    Calling it with this chunk's queries q (B, H, T, N) and inputs x (B, 1, T, D) returns
+    what the chunk reads from the past, qᵀS (B, H, T, D), then adds S += qᵀx in place.
+    """
+
+    def __init__(self, S: torch.Tensor):
+        self.S = S
+
+    def __call__(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B, H, T, N = q.shape
+        D = x.shape[-1]
+        qf, xf = q.float(), x.float().expand(B, H, T, D)
+        a = qf @ self.S  # read before write: a token never sees itself
+        # In place, through a (B·H, N, D) view: no (B, H, N, D) temporary.
+        self.S.view(B * H, N, D).baddbmm_(qf.transpose(-1, -2).reshape(B * H, N, T), xf.reshape(B * H, T, D))
+        return a
+
+
 class BDH(nn.Module):
     def __init__(self, config: BDHConfig):
         super().__init__()
@@ -131,19 +151,22 @@ class BDH(nn.Module):
         c = self.config
         return torch.zeros(c.n_layer, batch, c.n_head, c.n_neurons, c.n_embd, device=device, dtype=torch.float32)
 
-    def extend(self, idx: torch.Tensor, positions: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+    def extend(self, idx: torch.Tensor, positions: torch.Tensor, state=None) -> torch.Tensor:
         """Run tokens idx (B, T) at absolute positions (B, T) → logits (B, T, V).
 
-        With a state (L, B, H, N, D) the tokens see everything the state has absorbed
-        and are then written into it (in place); without one they see only each other.
+        `state` is what the tokens remember: None (they see only each other: training),
+        a decode state (L, B, H, N, D) that they read and then write in place (prefill,
+        scoring), or one memory per layer (see `DenseMemory`, `BDHEngine`).
         """
         B, T = idx.shape
+        if isinstance(state, torch.Tensor):
+            state = [DenseMemory(S) for S in state]
         x = _ln(self.embed(idx)).unsqueeze(1)  # (B, 1, T, D): broadcasts over heads
         for layer in range(self.config.n_layer):
             x = self._layer(x, positions, None if state is None else state[layer])
         return x.squeeze(1) @ self.lm_head  # (B, T, V)
 
-    def _layer(self, x: torch.Tensor, positions: torch.Tensor, S: torch.Tensor | None) -> torch.Tensor:
+    def _layer(self, x: torch.Tensor, positions: torch.Tensor, memory) -> torch.Tensor:
         B, _, T, D = x.shape
         u = F.relu(_per_head(x, self.encoder))  # (B, H, T, N): sparse, non-negative
         q = rope(u, positions, self.rope_freqs)  # query = key
@@ -152,12 +175,8 @@ class BDH(nn.Module):
             a = (q @ q.transpose(-1, -2)).tril(diagonal=-1) @ x  # (B, H, T, D)
         else:
             a = torch.zeros(B, q.shape[1], 1, D, dtype=x.dtype, device=x.device)
-        if S is not None:
-            H, N = S.shape[1], S.shape[2]
-            qf, xf = q.float(), x.float().expand(B, H, T, D)
-            a = a + (qf @ S).to(x.dtype)  # read the past before writing this chunk
-            # S += qᵀ x, in place: no (B, H, N, D) temporary, which would double the memory traffic.
-            S.view(B * H, N, D).baddbmm_(qf.transpose(-1, -2).reshape(B * H, N, T), xf.reshape(B * H, T, D))
+        if memory is not None:
+            a = a + memory(q, x).to(x.dtype)  # the past before this chunk, which it then joins
         a = _ln(a)
         v = F.relu(_per_head(a, self.encoder_v))  # (B, H, T, N)
         z = self.drop(u * v)
@@ -194,18 +213,31 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str 
 
 
 class BDHEngine(DecodeEngine):
-    """Sessions over a BDH model, their states in one pooled tensor.
+    """Sessions over a BDH model: decode states in one pool, their writes deferred.
 
-    The pool is (L, slots, H, N, D) float32. A batch whose slots are contiguous runs on a
-    view of the pool (no copy); otherwise its states are gathered and written back.
+    A decode step is memory-bound: every token reads a session's whole state (N × D per
+    layer and head). Writing S += q xᵀ at once would read and write it again, tripling the
+    traffic. Instead each session keeps its last `pending` (q, x) pairs beside S, and a
+    token reads qᵀS + Σ_j (q·q_j) x_j, which is the same sum; every `pending` tokens the
+    pairs are folded into S as one rank-`pending` update. The cost per token stays
+    constant in position.
+
+    Pools, indexed by slot: S (L, slots, H, N, D), pending q (L, slots, H, K, N) and
+    pending x (L, slots, K, D), all float32; unused pending rows are zero. A batch whose
+    slots are contiguous reads S through one view of the pool; otherwise per session.
     Freed slots are reused lowest-first, which keeps busy slots dense.
     """
 
     model_type = "bdh"
 
-    def __init__(self, model: BDH, *, max_context: int = 1 << 20, initial_slots: int = 4):
+    def __init__(self, model: BDH, *, max_context: int = 1 << 20, initial_slots: int = 4, pending: int = 16):
         super().__init__(model, max_context=max_context)
-        self._pool = model.new_state(initial_slots, device=self.device)
+        c = model.config
+        self.pending = pending
+        self._S = model.new_state(initial_slots, device=self.device)
+        self._q = torch.zeros(c.n_layer, initial_slots, c.n_head, pending, c.n_neurons, device=self.device)
+        self._x = torch.zeros(c.n_layer, initial_slots, pending, c.n_embd, device=self.device)
+        self._fill = [0] * initial_slots  # pending pairs per slot
         self._free = list(range(initial_slots))
 
     @property
@@ -214,20 +246,24 @@ class BDHEngine(DecodeEngine):
 
     @property
     def state_bytes_per_session(self) -> int:
-        return self._pool[:, :1].numel() * self._pool.element_size()
+        return sum(t[:, :1].numel() * t.element_size() for t in (self._S, self._q, self._x))
 
     def _take_slot(self) -> int:
         if not self._free:  # grow by doubling: amortised, and rare once warm
-            old = self._pool.shape[1]
-            self._pool = torch.cat([self._pool, torch.zeros_like(self._pool)], dim=1)
+            old = self._S.shape[1]
+            self._S, self._q, self._x = (torch.cat([t, torch.zeros_like(t)], dim=1) for t in (self._S, self._q, self._x))
+            self._fill += [0] * old
             self._free = list(range(old, 2 * old))
         self._free.sort()
-        return self._free.pop(0)
+        slot = self._free.pop(0)
+        for t in (self._S, self._q, self._x):
+            t[:, slot].zero_()
+        self._fill[slot] = 0
+        return slot
 
     def _prefill(self, ids: torch.Tensor) -> tuple[int, torch.Tensor]:
         slot = self._take_slot()
-        state = self._pool[:, slot : slot + 1]
-        state.zero_()
+        state = self._S[:, slot : slot + 1]  # written at once: a prompt is a chunk, not a token
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start : start + PREFILL_CHUNK]
             positions = torch.arange(start, start + len(chunk), device=ids.device)
@@ -235,19 +271,33 @@ class BDHEngine(DecodeEngine):
         return slot, logits[0, -1]
 
     def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
-        slots = torch.tensor([s.state for s in sessions])
-        positions = torch.tensor([[s.position] for s in sessions], device=tokens.device)
-        order = torch.argsort(slots)
-        lo, hi = int(slots[order[0]]), int(slots[order[-1]]) + 1
-        if hi - lo == len(sessions):  # contiguous: work on the pool directly
-            state = self._pool[:, lo:hi]
-            logits = self.model.extend(tokens[order, None], positions[order], state)
-            return logits[torch.argsort(order), 0]
-        idx = slots.to(self.device)
-        state = self._pool[:, idx]
-        logits = self.model.extend(tokens[:, None], positions, state)
-        self._pool[:, idx] = state
-        return logits[:, 0]
+        # Work in slot order, so that contiguous slots are one slice of the pool.
+        order = sorted(range(len(sessions)), key=lambda i: sessions[i].state)
+        slots = [sessions[i].state for i in order]
+        positions = torch.tensor([[sessions[i].position] for i in order], device=tokens.device)
+        fill = torch.tensor([self._fill[s] for s in slots], device=self.device)
+        idx = torch.tensor(slots, device=self.device)
+        contiguous = slots[-1] - slots[0] + 1 == len(slots)
+        memories = [_DeferredMemory(self, layer, slots, idx, fill, contiguous)
+                    for layer in range(self.model.config.n_layer)]
+        logits = self.model.extend(tokens[order, None], positions, memories)[:, 0]
+        for slot in slots:
+            self._fill[slot] += 1
+            if self._fill[slot] == self.pending:
+                self._fold(slot)
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        return logits[back]
+
+    def _fold(self, slot: int) -> None:
+        """S += Σ_j q_j x_jᵀ over the slot's pending pairs (one rank-K update per layer)."""
+        for layer in range(self.model.config.n_layer):
+            q = self._q[layer, slot]  # (H, K, N)
+            x = self._x[layer, slot]  # (K, D)
+            self._S[layer, slot].baddbmm_(q.transpose(-1, -2), x.expand(q.shape[0], *x.shape))
+        self._q[:, slot].zero_()
+        self._x[:, slot].zero_()
+        self._fill[slot] = 0
 
     def _release(self, slot: int) -> None:
         self._free.append(slot)
@@ -264,3 +314,27 @@ class BDHEngine(DecodeEngine):
             out.append(self.model.extend(chunk[None], positions[None], state)[0])
         return torch.cat(out)
 
+
+class _DeferredMemory:
+    """One layer's view of a batch's states for a one-token step (see BDHEngine)."""
+
+    def __init__(self, engine: BDHEngine, layer: int, slots: list[int], idx: torch.Tensor, fill: torch.Tensor,
+                 contiguous: bool):
+        self.e, self.layer, self.slots, self.idx, self.fill, self.contiguous = engine, layer, slots, idx, fill, contiguous
+
+    def __call__(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        e, layer = self.e, self.layer
+        qf, xf = q.float(), x.float()  # (B, H, 1, N), (B, 1, 1, D)
+        S = e._S[layer]  # (slots, H, N, D)
+        if self.contiguous:  # views of the pools, no copies
+            rows = slice(self.slots[0], self.slots[-1] + 1)
+            a = qf @ S[rows]
+            pq, px = e._q[layer, rows], e._x[layer, rows]  # (B, H, K, N), (B, K, D)
+        else:  # one read per session: gathering the states would copy them
+            a = torch.stack([qf[b] @ S[slot] for b, slot in enumerate(self.slots)])
+            pq, px = e._q[layer, self.idx], e._x[layer, self.idx]  # 1/16 of S at the default K
+        a = a + (qf @ pq.transpose(-1, -2)) @ px.unsqueeze(1)  # Σ_j (q·q_j) x_j
+        # This token joins the pending pairs; it is folded into S later.
+        e._q[layer, self.idx, :, self.fill] = qf[:, :, 0]
+        e._x[layer, self.idx, self.fill] = xf[:, 0, 0]
+        return a

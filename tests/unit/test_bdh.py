@@ -53,7 +53,8 @@ def test_long_prefill_is_chunked_and_still_exact():
     assert engine.position(sid) == 1300
 
 
-def test_batched_step_equals_one_by_one_at_different_positions():
+@pytest.mark.parametrize("pending", [2, 16])  # 2: the deferred writes are folded in mid-batch
+def test_batched_step_equals_one_by_one_at_different_positions(pending):
     model = small_bdh()
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(0, 61, (n,), generator=g).tolist() for n in (3, 40, 17, 90)]
@@ -63,7 +64,7 @@ def test_batched_step_equals_one_by_one_at_different_positions():
     for prompt, nxt in zip(prompts, follow):
         alone.append(decode_all(BDHEngine(model), prompt + nxt, len(prompt))[1:])  # after each follow-up token
 
-    engine = BDHEngine(model, initial_slots=2)  # forces the pool to grow
+    engine = BDHEngine(model, initial_slots=2, pending=pending)  # forces the pool to grow
     sids = [engine.open(p)[0] for p in prompts]
     engine.close(sids.pop(1))  # leave a hole: slots are no longer contiguous
     del alone[1], follow[1]
