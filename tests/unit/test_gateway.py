@@ -28,16 +28,8 @@ def closes_soon(*servers, timeout: float = 5.0) -> bool:
         time.sleep(0.01)
     return True
 
+
 PROMPT = "Once upon a time"
-
-
-@pytest.fixture(scope="module")
-def fakes(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
-    yield g, b
-    g.stop()
-    b.stop()
 
 
 def start_gateway(gpt2: str, bdh: str, **overrides) -> GatewayThread:

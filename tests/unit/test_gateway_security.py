@@ -9,19 +9,11 @@ import httpx
 import pytest
 
 from services.gateway.settings import GatewaySettings
-from services.gateway.testing import FakeLanguageModel, FakeServer, GatewayThread
+from services.gateway.testing import GatewayThread
 
 LIMIT = 4096
 KEY = "s3cret-test-key"
 
-
-@pytest.fixture(scope="module")
-def fakes(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
-    yield g, b
-    g.stop()
-    b.stop()
 
 
 @pytest.fixture(scope="module")
