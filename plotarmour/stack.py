@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     stack = Stack(args)
-    # SIGTERM behaves as Ctrl-C, so `kill` and container stops shut down cleanly too.
+    # SIGTERM behaves as Ctrl-C, so `kill` and container stops shut down cleanly too; SIGINT
+    # is set explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         url = stack.start()
         print(f"PlotArmour is ready: {url}  (Ctrl-C stops all three services)", flush=True)
