@@ -4,7 +4,8 @@ One set of weights is shared by all layers, so depth adds compute, not parameter
 Attention has no softmax, which makes it linear: for every layer and head a state
 S = Σ_{s<t} q_s x_sᵀ (N × D) summarises the past, and one new token costs the same at
 position 10 as at position 10 000. `extend` is the single code path for training
-(no state), prefill and decoding (state updated in place).
+(no state), prefill and scoring (S written in place) and decoding (writes deferred,
+see BDHEngine).
 
 Parameter names equal the reference implementation's, so its state_dicts load as they are.
 """
@@ -263,12 +264,18 @@ class BDHEngine(DecodeEngine):
 
     def _prefill(self, ids: torch.Tensor) -> tuple[int, torch.Tensor]:
         slot = self._take_slot()
-        state = self._S[:, slot : slot + 1]  # written at once: a prompt is a chunk, not a token
+        # A prompt is written into S at once: it is a chunk, not a token.
+        logits = self._chunked(ids, self._S[:, slot : slot + 1])
+        return slot, logits[-1]
+
+    def _chunked(self, ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """ids (T,) through `state` (L, 1, H, N, D) in chunks → logits (T, V); memory linear in T."""
+        out = []
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start : start + PREFILL_CHUNK]
             positions = torch.arange(start, start + len(chunk), device=ids.device)
-            logits = self.model.extend(chunk[None], positions[None], state)
-        return slot, logits[0, -1]
+            out.append(self.model.extend(chunk[None], positions[None], state)[0])
+        return torch.cat(out)
 
     def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
         # Work in slot order, so that contiguous slots are one slice of the pool.
@@ -303,16 +310,9 @@ class BDHEngine(DecodeEngine):
         self._free.append(slot)
 
     def _score_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        if len(ids) <= PREFILL_CHUNK:
+        if len(ids) <= PREFILL_CHUNK:  # one parallel pass
             return self.model.extend(ids[None], torch.arange(len(ids), device=ids.device)[None], None)[0]
-        # Long sequences: chunked through a scratch state, linear in memory.
-        state = self.model.new_state(1, device=self.device)
-        out = []
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[start : start + PREFILL_CHUNK]
-            positions = torch.arange(start, start + len(chunk), device=ids.device)
-            out.append(self.model.extend(chunk[None], positions[None], state)[0])
-        return torch.cat(out)
+        return self._chunked(ids, self.model.new_state(1, device=self.device))  # through a scratch state
 
 
 class _DeferredMemory:

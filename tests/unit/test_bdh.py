@@ -180,3 +180,13 @@ def test_golden_loss(golden):
     with torch.no_grad():
         _, loss = model(ids[:, :-1], ids[:, 1:])
     assert abs(loss.item() - cases["short_loss_next_token"].item()) <= 1e-4
+
+
+@pytest.mark.parametrize("length", [40, 700])  # 700: longer than a prefill chunk, scored through a state
+def test_score_is_teacher_forced_log_probs(length):
+    model = small_bdh()
+    ids = torch.randint(0, 61, (length,), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids[None])[0][0], dim=-1)
+    want = logp[:-1].gather(1, ids[1:, None]).squeeze(1)
+    assert (BDHEngine(model).score(ids.tolist()) - want).abs().max().item() <= TOL
