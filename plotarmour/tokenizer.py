@@ -245,8 +245,3 @@ class IncrementalDetokenizer:
         del self._ids[: self._read]
         self._prefix, self._read = 0, len(self._ids)
         return new[len(old) :] if len(new) > len(old) else ""
-
-
-def decode_token_texts(tok: Tokenizer, ids: Sequence[int]) -> list[str]:
-    """Each token's own text, for display; partial characters show as U+FFFD."""
-    return tok.decode_batch([[i] for i in ids], skip_special_tokens=False)

@@ -45,19 +45,9 @@ def _gpt2_load_weights(model: GPT2LMHeadModel, weights: dict[str, torch.Tensor])
             continue
         sd[key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key] = tensor
     expected = _gpt2_state_dict(model)
-    check_state_dict(_Keys(expected), {k: v for k, v in sd.items() if k != "lm_head.weight" or k in expected})
+    check_state_dict(expected, {k: v for k, v in sd.items() if k != "lm_head.weight" or k in expected})
     model.load_state_dict(sd, strict=False)
     model.tie_weights()
-
-
-class _Keys:
-    """Adapter so check_state_dict can compare against a plain dict of tensors."""
-
-    def __init__(self, sd: dict[str, torch.Tensor]):
-        self._sd = sd
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._sd
 
 
 def _bdh_load_weights(model: BDH, weights: dict[str, torch.Tensor]) -> None:

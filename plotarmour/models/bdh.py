@@ -195,13 +195,12 @@ class BDH(nn.Module):
         freqs = sd.pop("attn.freqs", None)
         if freqs is not None and not torch.allclose(freqs.flatten().float(), self.rope_freqs.cpu(), rtol=1e-6):
             raise ValueError("attn.freqs differs from this config's RoPE frequencies (other theta or neuron count?)")
-        check_state_dict(self, sd)
+        check_state_dict(self.state_dict(), sd)
         self.load_state_dict(sd)
 
 
-def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "state_dict") -> None:
-    """Raise a ValueError naming every missing, unexpected or mis-shaped tensor."""
-    expected = model.state_dict()
+def check_state_dict(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source: str = "state_dict") -> None:
+    """Raise a ValueError naming every tensor of sd that is missing, unexpected or mis-shaped."""
     problems = [f"missing tensor {k!r}" for k in expected if k not in sd]
     problems += [f"unexpected tensor {k!r}" for k in sd if k not in expected]
     problems += [
@@ -244,10 +243,6 @@ class BDHEngine(DecodeEngine):
     @property
     def vocab_size(self) -> int:
         return self.model.config.vocab_size
-
-    @property
-    def state_bytes_per_session(self) -> int:
-        return sum(t[:, :1].numel() * t.element_size() for t in (self._S, self._q, self._x))
 
     def _take_slot(self) -> int:
         if not self._free:  # grow by doubling: amortised, and rare once warm

@@ -8,7 +8,6 @@ import pytest
 from plotarmour.tokenizer import (
     EOT,
     IncrementalDetokenizer,
-    decode_token_texts,
     eot_id,
     fingerprint,
     load_tokenizer,
@@ -93,7 +92,7 @@ def test_emoji_split_into_byte_tokens(tok):
     # 👨‍👩‍👧 is unseen in training: it must be spelled with byte tokens that each
     # carry part of a character, so naive per-token decoding shows U+FFFD.
     ids = tok.encode("👨‍👩‍👧").ids
-    assert any("\ufffd" in t for t in decode_token_texts(tok, ids))
+    assert any("\ufffd" in tok.decode([i]) for i in ids)
     pieces, tail = stream(tok, ids)
     assert "".join(pieces) + tail == "👨‍👩‍👧"
     assert all("\ufffd" not in p for p in pieces)
