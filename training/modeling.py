@@ -8,57 +8,35 @@ already shifted by one, so their losses are measured identically.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2LMHeadModel
 
-from plotarmour.models import BDH, BDHConfig, gpt2_config
+from plotarmour.models import FAMILIES
 
 from .data import window_batch
 
 
-def _build_bdh(arch: dict, vocab_size: int, eot: int) -> nn.Module:
-    return BDH(BDHConfig(**arch, vocab_size=vocab_size))
-
-
-def _build_gpt2(arch: dict, vocab_size: int, eot: int) -> nn.Module:
-    return GPT2LMHeadModel(gpt2_config(vocab_size=vocab_size, eot_id=eot, **arch))
-
-
-def _bdh_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x)[0]
-
-
-def _gpt2_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=x).logits
-
-
-BUILDERS: dict[str, Callable[[dict, int, int], nn.Module]] = {"bdh": _build_bdh, "gpt2": _build_gpt2}
-LOGITS: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {"bdh": _bdh_logits, "gpt2": _gpt2_logits}
-
-
 def build_model(model_type: str, arch: dict, vocab_size: int, eot: int) -> nn.Module:
-    if model_type not in BUILDERS:
-        raise ValueError(f"unknown model {model_type!r}; expected one of {sorted(BUILDERS)}")
+    if model_type not in FAMILIES:
+        raise ValueError(f"unknown model {model_type!r}; expected one of {sorted(FAMILIES)}")
     try:
-        return BUILDERS[model_type](dict(arch), vocab_size, eot)
+        return FAMILIES[model_type].build(dict(arch), vocab_size, eot)
     except TypeError as e:  # an unknown key in the preset's architecture block
         raise ValueError(f"bad {model_type} architecture {arch}: {e}") from None
 
 
 def context_limit(model: nn.Module, model_type: str) -> int | None:
     """Longest window the model can take (GPT-2's learned positions); None = unbounded."""
-    return model.config.n_positions if model_type == "gpt2" else None
+    return FAMILIES[model_type].context_limit(model)
 
 
 def next_token_loss(model: nn.Module, model_type: str, x: torch.Tensor, y: torch.Tensor,
                     reduction: str = "mean") -> torch.Tensor:
     """x, y (B, T) with y[t] = the token after x[t] -> cross-entropy (float32)."""
-    logits = LOGITS[model_type](model, x)  # (B, T, V)
+    logits = FAMILIES[model_type].logits(model, x)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction=reduction)
 
 

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from plotarmour.checkpoint import load_checkpoint, save_checkpoint
+from plotarmour.models import FAMILIES
 from plotarmour.tokenizer import fingerprint, load_tokenizer
 
 from .data import RandomWindows, eval_windows, open_tokens, read_meta
@@ -118,7 +119,7 @@ def load_preset(path: str | Path, model: str, overrides: Sequence[str] = ()) -> 
             train[keys[0]] = value
         elif len(keys) == 2 and keys[0] == model:
             arch[keys[1]] = value
-        elif len(keys) == 2 and keys[0] in ("bdh", "gpt2"):
+        elif len(keys) == 2 and keys[0] in FAMILIES:
             continue  # the other family's setting
         else:
             raise ValueError(f"--set {item!r}: use a train key or {model}.<architecture key>")
@@ -455,7 +456,7 @@ class Trainer:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["bdh", "gpt2"], help="model family (not needed with --resume)")
+    ap.add_argument("--model", choices=sorted(FAMILIES), help="model family (not needed with --resume)")
     ap.add_argument("--config", help="preset JSON, e.g. training/configs/tiny_cpu.json")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a train setting (lr=3e-4) or an architecture one (bdh.n_layer=4); repeatable")

@@ -26,6 +26,12 @@ class Family:
     state_dict: Callable[[torch.nn.Module], dict[str, torch.Tensor]]
     load_weights: Callable[[torch.nn.Module, dict[str, torch.Tensor]], None]
     engine: Callable[..., DecodeEngine]
+    # training: a module from a preset's architecture block plus the data's vocabulary
+    # (arch, vocab_size, eot_id), and its logits (B, T, V) for token windows (B, T)
+    build: Callable[[dict, int, int], torch.nn.Module]
+    logits: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+    # longest sequence the module can take (learned positions); None = unbounded
+    context_limit: Callable[[torch.nn.Module], int | None]
 
 
 def _gpt2_state_dict(model: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
@@ -62,6 +68,9 @@ FAMILIES: dict[str, Family] = {
         state_dict=lambda m: m.state_dict(),
         load_weights=_bdh_load_weights,
         engine=BDHEngine,
+        build=lambda arch, vocab_size, eot: BDH(BDHConfig(**arch, vocab_size=vocab_size)),
+        logits=lambda m, x: m(x)[0],
+        context_limit=lambda m: None,
     ),
     "gpt2": Family(
         module_class=GPT2LMHeadModel,
@@ -70,6 +79,9 @@ FAMILIES: dict[str, Family] = {
         state_dict=_gpt2_state_dict,
         load_weights=_gpt2_load_weights,
         engine=GPT2Engine,
+        build=lambda arch, vocab_size, eot: GPT2LMHeadModel(gpt2_config(vocab_size=vocab_size, eot_id=eot, **arch)),
+        logits=lambda m, x: m(input_ids=x).logits,
+        context_limit=lambda m: m.config.n_positions,
     ),
 }
 

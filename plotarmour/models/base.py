@@ -44,11 +44,21 @@ class _Session:
 class DecodeEngine(ABC):
     """Sessions of constant-state decoding over one model.
 
-    Subclasses implement `_prefill`, `_step`, `_release` and `_score_logits`; this base
-    class owns validation and session bookkeeping so both families behave the same.
+    The server's scheduler drives an engine in small pieces so that no piece of work
+    holds back running stories for long:
+        sid = engine.begin()                       # an empty session at position 0
+        engine.feed(sid, chunk, want="none")       # prompt chunks, one scheduler turn each
+        logits = engine.feed(sid, last_chunk, want="last")   # (V,) for the next token
+        engine.step({sid: token, other: token})    # one token per session, one batch
+        engine.close(sid)
+    `open` and `score` do the same in one call, for tests and simple callers.
+
+    Subclasses implement `_new_state`, `_feed`, `_step` and `_release`; this base class
+    owns validation and session bookkeeping so both families behave the same.
     """
 
     model_type: str = ""
+    chunk_size: int = 256  # tokens per `feed` in open()/score(); the server sets its own
 
     def __init__(self, model: torch.nn.Module, *, max_context: int):
         self.model = model.eval()
@@ -62,8 +72,15 @@ class DecodeEngine(ABC):
     def vocab_size(self) -> int: ...
 
     @abstractmethod
-    def _prefill(self, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        """ids (T,) → (state, logits (V,)) for the token after the prompt."""
+    def _new_state(self) -> Any:
+        """Allocate an empty decode state (a pool slot, say) for a new session."""
+
+    @abstractmethod
+    def _feed(self, sess: _Session, ids: torch.Tensor, want: str) -> torch.Tensor | None:
+        """Run ids (T,) at positions sess.position.. through sess.state, advancing it.
+
+        want: "none" → None, "last" → logits (V,) after the last id, "all" → logits (T, V).
+        """
 
     @abstractmethod
     def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
@@ -71,10 +88,6 @@ class DecodeEngine(ABC):
 
     def _release(self, state: Any) -> None:
         """Free what a session's state holds (a pool slot, say)."""
-
-    @abstractmethod
-    def _score_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (T,) → logits (T, V) of a full teacher-forced pass."""
 
     # -- the interface -----------------------------------------------------------
     @property
@@ -100,16 +113,53 @@ class DecodeEngine(ABC):
     def position(self, session: int) -> int:
         return self._get(session).position
 
-    @torch.inference_mode()
-    def open(self, prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
-        """Prefill a prompt; returns (session id, logits (V,) for the next token)."""
+    def check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+        """Validate a prompt before any work is done; returns it as a list of ints."""
         ids = self._check_ids(prompt_ids, what="prompt")
         if len(ids) > self.max_context:
             raise InvalidInput(f"prompt has {len(ids)} tokens; the context limit is {self.max_context}")
-        state, logits = self._prefill(torch.tensor(ids, dtype=torch.long, device=self.device))
+        return ids
+
+    def check_score(self, ids: Sequence[int]) -> list[int]:
+        """Validate a sequence to score before any work is done."""
+        ids = self._check_ids(ids, what="sequence")
+        if len(ids) < 2:
+            raise InvalidInput("scoring needs at least 2 tokens (a context token and one to score)")
+        if len(ids) > self.max_context:
+            raise InvalidInput(f"sequence has {len(ids)} tokens; the context limit is {self.max_context}")
+        return ids
+
+    def begin(self) -> int:
+        """Open an empty session (position 0); feed it its prompt next."""
         sid = next(self._ids)
-        self._sessions[sid] = _Session(state, len(ids))
-        return sid, logits.float().cpu()
+        self._sessions[sid] = _Session(self._new_state(), 0)
+        return sid
+
+    @torch.inference_mode()
+    def feed(self, session: int, ids: Sequence[int], want: str = "last") -> torch.Tensor | None:
+        """Run a chunk of prompt ids through a session (see `_feed`); logits float32 on the CPU."""
+        if want not in ("none", "last", "all"):
+            raise ValueError(f"want must be 'none', 'last' or 'all', got {want!r}")
+        sess = self._get(session)
+        ids = self._check_ids(ids, what="prompt chunk")
+        if sess.position + len(ids) > self.max_context:
+            raise InvalidInput(f"session {session} would pass the context limit of {self.max_context} tokens")
+        logits = self._feed(sess, torch.tensor(ids, dtype=torch.long, device=self.device), want)
+        sess.position += len(ids)
+        return None if logits is None else logits.float().cpu()
+
+    def open(self, prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
+        """Prefill a prompt in chunks; returns (session id, logits (V,) for the next token)."""
+        ids = self.check_prompt(prompt_ids)
+        sid = self.begin()
+        try:
+            for start in range(0, len(ids), self.chunk_size):
+                chunk = ids[start : start + self.chunk_size]
+                logits = self.feed(sid, chunk, "last" if start + len(chunk) == len(ids) else "none")
+        except BaseException:
+            self.close(sid)
+            raise
+        return sid, logits
 
     @torch.inference_mode()
     def step(self, tokens: Mapping[int, int]) -> torch.Tensor:
@@ -135,17 +185,19 @@ class DecodeEngine(ABC):
         if sess is not None:
             self._release(sess.state)
 
-    @torch.inference_mode()
     def score(self, ids: Sequence[int]) -> torch.Tensor:
-        """Teacher-forced log p(ids[t] | ids[:t]) for t = 1..T-1, float32 (T-1,)."""
-        ids = self._check_ids(ids, what="sequence")
-        if len(ids) < 2:
-            raise InvalidInput("scoring needs at least 2 tokens (a context token and one to score)")
-        if len(ids) > self.max_context:
-            raise InvalidInput(f"sequence has {len(ids)} tokens; the context limit is {self.max_context}")
-        t = torch.tensor(ids, dtype=torch.long, device=self.device)
-        logp = torch.log_softmax(self._score_logits(t).float(), dim=-1)  # (T, V)
-        return logp[:-1].gather(1, t[1:, None]).squeeze(1).cpu()
+        """Teacher-forced log p(ids[t] | ids[:t]) for t = 1..T-1, float32 (T-1,).
+
+        Chunk by chunk through a scratch session, so memory does not grow with length."""
+        ids = self.check_score(ids)
+        sid = self.begin()
+        try:
+            # The last token predicts nothing, so it is never fed.
+            parts = [score_chunk(self.feed(sid, ids[a : min(a + self.chunk_size, len(ids) - 1)], "all"), ids, a)
+                     for a in range(0, len(ids) - 1, self.chunk_size)]
+        finally:
+            self.close(sid)
+        return torch.cat(parts)
 
     # -- helpers -----------------------------------------------------------------
     def _get(self, session: int) -> _Session:
@@ -162,3 +214,10 @@ class DecodeEngine(ABC):
         if bad:
             raise InvalidInput(f"{what} has token id {bad[0]} outside the vocabulary [0, {self.vocab_size})")
         return ids
+
+
+def score_chunk(logits: torch.Tensor, ids: list[int], start: int) -> torch.Tensor:
+    """Log-probs a chunk gives: logits (T, V) of ids[start : start+T] → log p(ids[t+1] | ids[:t+1]) (T,)."""
+    targets = torch.tensor(ids[start + 1 : start + 1 + logits.shape[0]], dtype=torch.long)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(1, targets[:, None]).squeeze(1)
