@@ -1,9 +1,12 @@
 """GPT-2 through `transformers.GPT2LMHeadModel` and its KV cache; nothing re-implemented.
 
-A session's state is its per-layer (keys, values), each (1, H, T, head_dim). Sessions at
-different positions step together by left-padding their caches to one length, masking
-the padding, and giving each row its own position id; the new key/value column of each
-row is then appended to that session's own cache.
+Every session's keys and values live in one preallocated pool (`gpt2_cache.KVPool`), a
+slot per session. The model reads and writes it through a transformers `Cache`
+(`PoolCache`) whose `update` writes each row's new keys/values in place at that row's
+own position and returns the pool's rows up to the batch's longest length; a 4-D
+attention mask hides, per row, what lies past that row's own length. So a batched step
+never pads, concatenates or copies caches: sessions at different positions step
+together as one batch, each with its own position id.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ from __future__ import annotations
 import inspect
 
 import torch
-import torch.nn.functional as F
-from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from .base import DecodeEngine, _Session
+from .gpt2_cache import KVPool, PoolCache, Slot
 
 # transformers renamed `past_key_values` to `cache` during 5.x; accept either spelling.
 _CACHE_KW = "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, H, T, head_dim)
+# Attention implementations that take an additive 4-D float mask as it is.
+_MASKED_ATTENTION = ("sdpa", "eager")
 
 
 def gpt2_config(
@@ -34,53 +38,60 @@ def gpt2_config(
     )
 
 
-def _run(model: GPT2LMHeadModel, ids: torch.Tensor, kv: KV | None = None, **kwargs) -> tuple[torch.Tensor, KV]:
-    """ids (B, T) on top of the cache kv → logits (B, T, V) and the extended cache."""
-    cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
-    out = model(input_ids=ids, use_cache=True, **{_CACHE_KW: cache}, **kwargs)
-    new = getattr(out, "cache", None) or out.past_key_values
-    return out.logits, [(layer.keys, layer.values) for layer in new.layers]
-
-
 class GPT2Engine(DecodeEngine):
+    """Sessions over a GPT-2 model, their KV caches in one pool (see the module docstring)."""
+
     model_type = "gpt2"
 
-    def __init__(self, model: GPT2LMHeadModel, *, max_context: int | None = None):
+    def __init__(self, model: GPT2LMHeadModel, *, max_context: int | None = None, initial_slots: int = 4):
         limit = model.config.n_positions  # learned position embeddings end here
         super().__init__(model, max_context=min(max_context or limit, limit))
+        c = model.config
+        if c._attn_implementation not in _MASKED_ATTENTION:
+            raise ValueError(f"GPT2Engine needs attention that takes a 4-D mask {_MASKED_ATTENTION}, "
+                             f"not {c._attn_implementation!r}")
+        p = next(model.parameters())
+        self.pool = KVPool(n_layer=c.n_layer, n_head=c.n_head, head_dim=c.n_embd // c.n_head,
+                           max_len=self.max_context, dtype=p.dtype, device=p.device, initial_slots=initial_slots)
+        self._cache = PoolCache(self.pool, c.n_layer)
 
     @property
     def vocab_size(self) -> int:
         return self.model.config.vocab_size
 
-    def _prefill(self, ids: torch.Tensor) -> tuple[KV, torch.Tensor]:
-        logits, kv = _run(self.model, ids[None])
-        return kv, logits[0, -1]
+    def _new_state(self) -> Slot:
+        return self.pool.take()
+
+    def _release(self, state: Slot) -> None:
+        self.pool.release(state)
+
+    def _forward(self, ids: torch.Tensor, slots: list[int], starts: list[int], want: str) -> torch.Tensor | None:
+        """ids (B, T), row b in slot slots[b] from position starts[b] → logits per `want`
+        ("none": None, "last": (B, V), "all": (B, T, V))."""
+        positions, mask = self._cache.plan(slots, starts, ids.shape[1], ids.device)
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                      **{_CACHE_KW: self._cache})
+        if want == "none":  # the body only: no lm_head over positions nobody reads
+            self.model.transformer(**kwargs)
+            return None
+        logits = self.model(**kwargs, logits_to_keep=1 if want == "last" else 0).logits
+        return logits[:, -1] if want == "last" else logits
+
+    def _feed(self, sess: _Session, ids: torch.Tensor, want: str) -> torch.Tensor | None:
+        slot = sess.state
+        logits = self._forward(ids[None], [slot.index], [sess.position], want)
+        slot.length = sess.position + len(ids)
+        return None if logits is None else logits[0]
 
     def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
-        if len(sessions) == 1:
-            sess = sessions[0]
-            logits, sess.state = _run(self.model, tokens[:, None], sess.state)
-            return logits[:, -1]
-        lengths = [s.position for s in sessions]
-        longest = max(lengths)
-        # Left-pad every cache to the longest; the mask hides the padding.
-        padded = [
-            tuple(torch.cat([F.pad(s.state[i][j], (0, 0, longest - n, 0)) for s, n in zip(sessions, lengths)])
-                  for j in (0, 1))
-            for i in range(len(sessions[0].state))
-        ]
-        mask = torch.zeros(len(sessions), longest + 1, dtype=torch.long, device=tokens.device)
-        for row, n in enumerate(lengths):
-            mask[row, longest - n :] = 1
-        positions = torch.tensor(lengths, device=tokens.device)[:, None]
-        logits, kv = _run(self.model, tokens[:, None], padded, attention_mask=mask, position_ids=positions)
-        for row, sess in enumerate(sessions):
-            sess.state = [
-                (torch.cat([k, new_k[row : row + 1, :, -1:]], dim=2), torch.cat([v, new_v[row : row + 1, :, -1:]], dim=2))
-                for (k, v), (new_k, new_v) in zip(sess.state, kv)
-            ]
-        return logits[:, -1]
-
-    def _score_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids[None]).logits[0]
+        # Run the batch in slot order, so that a contiguous range of slots is one view of the pool.
+        order = sorted(range(len(sessions)), key=lambda i: sessions[i].state.index)
+        slots = [sessions[i].state.index for i in order]
+        starts = [sessions[i].position for i in order]
+        perm = torch.tensor(order, device=tokens.device)
+        logits = self._forward(tokens[perm, None], slots, starts, "last")  # (B, V), slot order
+        for i in order:
+            sessions[i].state.length = sessions[i].position + 1
+        out = torch.empty_like(logits)
+        out[perm] = logits  # back to the caller's order
+        return out
