@@ -14,7 +14,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from .base import DecodeEngine, InvalidInput, ModelInfo, UnknownSession
-from .bdh import BDH, BDHConfig, BDHEngine, check_state_dict
+from .bdh import BDH, BDHConfig, check_state_dict
+from .bdh_engine import BDHEngine
 from .gpt2 import GPT2Engine, gpt2_config
 
 

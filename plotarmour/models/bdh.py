@@ -5,7 +5,10 @@ Attention has no softmax, which makes it linear: for every layer and head a stat
 S = Σ_{s<t} q_s x_sᵀ (N × D) summarises the past, and one new token costs the same at
 position 10 as at position 10 000. `extend` is the single code path for training
 (no state), prefill and scoring (S written in place) and decoding (writes deferred,
-see BDHEngine).
+see bdh_engine.py, which owns sessions and their state pool).
+
+Reduced precision: the weights may be bfloat16/float16, but RoPE phases and the decode
+state stay float32 (a bf16 phase at position 1000 is off by radians, not ulps).
 
 Parameter names equal the reference implementation's, so its state_dicts load as they are.
 """
@@ -19,11 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DecodeEngine, _Session
-
 ROPE_THETA = 2.0**16
-# Prefill longer prompts in chunks so the intra-chunk score matrix stays small (T² memory).
-PREFILL_CHUNK = 512
 
 
 @dataclass
@@ -87,14 +86,17 @@ def rope(v: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor) -> torch
     """Rotate interleaved pairs of v (B, H, T, N) by position (B, T).
 
     The phase is taken modulo one turn before scaling by 2π, in float32, so large
-    positions keep their precision.
+    positions keep their precision. A bfloat16/float16 v is turned in float32 and cast
+    back: only the result is rounded, never the angle.
     """
-    turns = positions.to(torch.float32)[:, None, :, None] * freqs  # (B, 1, T, N)
+    work = torch.promote_types(v.dtype, torch.float32)  # float32, or float64 for a float64 model
+    turns = positions.to(torch.float32)[:, None, :, None] * freqs.float()  # (B, 1, T, N)
     phase = torch.frac(turns) * (2 * math.pi)
-    cos, sin = torch.cos(phase).to(v.dtype), torch.sin(phase).to(v.dtype)
+    cos, sin = torch.cos(phase).to(work), torch.sin(phase).to(work)
+    w = v.to(work)
     # (x0, x1) → (-x1, x0) for every pair: the 90° turn that sin multiplies.
-    turned = torch.stack((-v[..., 1::2], v[..., 0::2]), dim=-1).flatten(-2)
-    return v * cos + turned * sin
+    turned = torch.stack((-w[..., 1::2], w[..., 0::2]), dim=-1).flatten(-2)
+    return (w * cos + turned * sin).to(v.dtype)
 
 
 class DenseMemory:
@@ -133,9 +135,17 @@ class BDH(nn.Module):
         self.lm_head = nn.Parameter(torch.empty(D, V))
         self.drop = nn.Dropout(c.dropout)
         # Derived from the config, so not saved; a reference state_dict's copy is checked on load.
+        # Always float32 (see `_apply`).
         self.register_buffer("rope_freqs", rope_frequencies(N), persistent=False)
         for p in self.parameters():
             nn.init.normal_(p, std=0.02)
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype), .half(), .bfloat16() cast every floating buffer; bf16 frequencies put
+        # the phase at position 1000 off by radians. Follow the device, never the dtype.
+        super()._apply(fn, recurse)
+        self.rope_freqs = rope_frequencies(self.config.n_neurons).to(self.rope_freqs.device)
+        return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Training pass: idx, targets (B, T) → logits (B, T, V), mean cross-entropy or None."""
@@ -152,20 +162,29 @@ class BDH(nn.Module):
         c = self.config
         return torch.zeros(c.n_layer, batch, c.n_head, c.n_neurons, c.n_embd, device=device, dtype=torch.float32)
 
-    def extend(self, idx: torch.Tensor, positions: torch.Tensor, state=None) -> torch.Tensor:
-        """Run tokens idx (B, T) at absolute positions (B, T) → logits (B, T, V).
+    def extend(self, idx: torch.Tensor, positions: torch.Tensor, state=None, logits: str = "all"):
+        """Run tokens idx (B, T) at absolute positions (B, T).
 
         `state` is what the tokens remember: None (they see only each other: training),
         a decode state (L, B, H, N, D) that they read and then write in place (prefill,
-        scoring), or one memory per layer (see `DenseMemory`, `BDHEngine`).
+        scoring), or one memory per layer (see `DenseMemory` and bdh_engine.py).
+        `logits`: "all" → (B, T, V); "last" → (B, V) for the last position only; "none" →
+        None, for prompt chunks that only write the state (the lm_head, V columns per
+        row, is the widest matmul here and is skipped).
         """
-        B, T = idx.shape
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         if isinstance(state, torch.Tensor):
             state = [DenseMemory(S) for S in state]
         x = _ln(self.embed(idx)).unsqueeze(1)  # (B, 1, T, D): broadcasts over heads
         for layer in range(self.config.n_layer):
             x = self._layer(x, positions, None if state is None else state[layer])
-        return x.squeeze(1) @ self.lm_head  # (B, T, V)
+        x = x.squeeze(1)  # (B, T, D)
+        if logits == "none":
+            return None
+        if logits == "last":
+            x = x[:, -1]  # (B, D)
+        return x @ self.lm_head  # (B, T, V) or (B, V)
 
     def _layer(self, x: torch.Tensor, positions: torch.Tensor, memory) -> torch.Tensor:
         B, _, T, D = x.shape
@@ -210,126 +229,3 @@ def check_state_dict(expected: dict[str, torch.Tensor], sd: dict[str, torch.Tens
     ]
     if problems:
         raise ValueError(f"{source}: " + "; ".join(problems))
-
-
-class BDHEngine(DecodeEngine):
-    """Sessions over a BDH model: decode states in one pool, their writes deferred.
-
-    A decode step is memory-bound: every token reads a session's whole state (N × D per
-    layer and head). Writing S += q xᵀ at once would read and write it again, tripling the
-    traffic. Instead each session keeps its last `pending` (q, x) pairs beside S, and a
-    token reads qᵀS + Σ_j (q·q_j) x_j, which is the same sum; every `pending` tokens the
-    pairs are folded into S as one rank-`pending` update. The cost per token stays
-    constant in position.
-
-    Pools, indexed by slot: S (L, slots, H, N, D), pending q (L, slots, H, K, N) and
-    pending x (L, slots, K, D), all float32; unused pending rows are zero. A batch whose
-    slots are contiguous reads S through one view of the pool; otherwise per session.
-    Freed slots are reused lowest-first, which keeps busy slots dense.
-    """
-
-    model_type = "bdh"
-
-    def __init__(self, model: BDH, *, max_context: int = 1 << 20, initial_slots: int = 4, pending: int = 16):
-        super().__init__(model, max_context=max_context)
-        c = model.config
-        self.pending = pending
-        self._S = model.new_state(initial_slots, device=self.device)
-        self._q = torch.zeros(c.n_layer, initial_slots, c.n_head, pending, c.n_neurons, device=self.device)
-        self._x = torch.zeros(c.n_layer, initial_slots, pending, c.n_embd, device=self.device)
-        self._fill = [0] * initial_slots  # pending pairs per slot
-        self._free = list(range(initial_slots))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.model.config.vocab_size
-
-    def _take_slot(self) -> int:
-        if not self._free:  # grow by doubling: amortised, and rare once warm
-            old = self._S.shape[1]
-            self._S, self._q, self._x = (torch.cat([t, torch.zeros_like(t)], dim=1) for t in (self._S, self._q, self._x))
-            self._fill += [0] * old
-            self._free = list(range(old, 2 * old))
-        self._free.sort()
-        slot = self._free.pop(0)
-        for t in (self._S, self._q, self._x):
-            t[:, slot].zero_()
-        self._fill[slot] = 0
-        return slot
-
-    def _prefill(self, ids: torch.Tensor) -> tuple[int, torch.Tensor]:
-        slot = self._take_slot()
-        # A prompt is written into S at once: it is a chunk, not a token.
-        logits = self._chunked(ids, self._S[:, slot : slot + 1])
-        return slot, logits[-1]
-
-    def _chunked(self, ids: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """ids (T,) through `state` (L, 1, H, N, D) in chunks → logits (T, V); memory linear in T."""
-        out = []
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[start : start + PREFILL_CHUNK]
-            positions = torch.arange(start, start + len(chunk), device=ids.device)
-            out.append(self.model.extend(chunk[None], positions[None], state)[0])
-        return torch.cat(out)
-
-    def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
-        # Work in slot order, so that contiguous slots are one slice of the pool.
-        order = sorted(range(len(sessions)), key=lambda i: sessions[i].state)
-        slots = [sessions[i].state for i in order]
-        positions = torch.tensor([[sessions[i].position] for i in order], device=tokens.device)
-        fill = torch.tensor([self._fill[s] for s in slots], device=self.device)
-        idx = torch.tensor(slots, device=self.device)
-        contiguous = slots[-1] - slots[0] + 1 == len(slots)
-        memories = [_DeferredMemory(self, layer, slots, idx, fill, contiguous)
-                    for layer in range(self.model.config.n_layer)]
-        logits = self.model.extend(tokens[order, None], positions, memories)[:, 0]
-        for slot in slots:
-            self._fill[slot] += 1
-            if self._fill[slot] == self.pending:
-                self._fold(slot)
-        back = torch.empty(len(order), dtype=torch.long)
-        back[torch.tensor(order)] = torch.arange(len(order))
-        return logits[back]
-
-    def _fold(self, slot: int) -> None:
-        """S += Σ_j q_j x_jᵀ over the slot's pending pairs (one rank-K update per layer)."""
-        for layer in range(self.model.config.n_layer):
-            q = self._q[layer, slot]  # (H, K, N)
-            x = self._x[layer, slot]  # (K, D)
-            self._S[layer, slot].baddbmm_(q.transpose(-1, -2), x.expand(q.shape[0], *x.shape))
-        self._q[:, slot].zero_()
-        self._x[:, slot].zero_()
-        self._fill[slot] = 0
-
-    def _release(self, slot: int) -> None:
-        self._free.append(slot)
-
-    def _score_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        if len(ids) <= PREFILL_CHUNK:  # one parallel pass
-            return self.model.extend(ids[None], torch.arange(len(ids), device=ids.device)[None], None)[0]
-        return self._chunked(ids, self.model.new_state(1, device=self.device))  # through a scratch state
-
-
-class _DeferredMemory:
-    """One layer's view of a batch's states for a one-token step (see BDHEngine)."""
-
-    def __init__(self, engine: BDHEngine, layer: int, slots: list[int], idx: torch.Tensor, fill: torch.Tensor,
-                 contiguous: bool):
-        self.e, self.layer, self.slots, self.idx, self.fill, self.contiguous = engine, layer, slots, idx, fill, contiguous
-
-    def __call__(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        e, layer = self.e, self.layer
-        qf, xf = q.float(), x.float()  # (B, H, 1, N), (B, 1, 1, D)
-        S = e._S[layer]  # (slots, H, N, D)
-        if self.contiguous:  # views of the pools, no copies
-            rows = slice(self.slots[0], self.slots[-1] + 1)
-            a = qf @ S[rows]
-            pq, px = e._q[layer, rows], e._x[layer, rows]  # (B, H, K, N), (B, K, D)
-        else:  # one read per session: gathering the states would copy them
-            a = torch.stack([qf[b] @ S[slot] for b, slot in enumerate(self.slots)])
-            pq, px = e._q[layer, self.idx], e._x[layer, self.idx]  # 1/16 of S at the default K
-        a = a + (qf @ pq.transpose(-1, -2)) @ px.unsqueeze(1)  # Σ_j (q·q_j) x_j
-        # This token joins the pending pairs; it is folded into S later.
-        e._q[layer, self.idx, :, self.fill] = qf[:, :, 0]
-        e._x[layer, self.idx, self.fill] = xf[:, 0, 0]
-        return a

@@ -60,7 +60,7 @@ def test_long_prefill_is_chunked_and_still_exact():
     ids = torch.randint(0, 61, (1300,), generator=torch.Generator().manual_seed(2))
     full = exact_logits(model, ids)
     engine = BDHEngine(model)
-    sid, last = engine.open(ids.tolist())  # > PREFILL_CHUNK: goes through the state
+    sid, last = engine.open(ids.tolist())  # > chunk_size: goes through the state in chunks
     assert (last - full[-1]).abs().max().item() <= TOL
     assert engine.position(sid) == 1300
 
