@@ -1,18 +1,25 @@
-"""Blending two next-token distributions and drawing a token: pure numpy functions.
+"""Blending two next-token distributions and drawing tokens: pure numpy functions.
 
 The gateway turns each model's distribution into probabilities, blends them by the
 logic weight w (0 = pure GPT-2, 1 = pure BDH), then applies temperature, top-k and
-top-p and draws with a seeded generator. Every step takes the same path whatever w
-is: the blend is always computed, and at w = 0 or w = 1 it is *exactly* (bit for bit)
-one model's probabilities, because 1.0·x + 0.0·y == x in floating point. So a blended
-generation at w = 0 reproduces `sample(probs(gpt2_logprobs))` token for token.
+top-p and draws with a seeded generator. It does so for a whole batch of stories at
+once: every function here works on rows (B, V) with per-row parameters, and every
+operation is row by row, so a story's tokens do not depend on which stories share its
+batch. The one-row functions (`blend`, `sample`, ...) are the same code on a batch of one.
 
-Everything works in float64: 50k float32 probabilities summed in float32 lose the
-tail, and the draw compares a uniform number against a cumulative sum.
+Every step takes the same path whatever w is: the blend is always computed, and at w = 0
+or w = 1 it is *exactly* (bit for bit) one model's probabilities, because 1.0·x + 0.0·y
+== x in floating point. So a blended generation at w = 0 reproduces
+`sample(probs(gpt2_logprobs))` token for token.
+
+Probabilities are float32 elements with float64 sums: 50k float32 probabilities summed
+in float32 lose the tail, and the draw compares a uniform number against a cumulative
+sum. Top-k and top-p never sort the whole vocabulary: only candidate tokens are sorted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,113 +52,266 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+# ---- distributions -------------------------------------------------------------------
+
+
 def _as_scores(x: np.ndarray, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1 or a.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {a.shape}")
-    if np.isnan(a).any() or np.isposinf(a).any():
-        raise ValueError(f"{name} contains NaN or +inf")
-    return np.maximum(a, _LOG_FLOOR)
+    a = np.asarray(x)
+    if a.ndim not in (1, 2) or a.shape[-1] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D (V,) or 2-D (B, V) array, got shape {a.shape}")
+    return a
 
 
 def probs(scores: np.ndarray, name: str = "scores") -> np.ndarray:
-    """Softmax of log-probabilities (or logits: the same thing up to a constant) → float64."""
-    s = _as_scores(scores, name)
-    s = s - s.max()
-    p = np.exp(s)
-    return p / p.sum()
+    """Softmax of log-probabilities (or logits: the same thing up to a constant), per row.
+
+    float32 elements (exp in float32 is 4x cheaper than in float64 and its 1e-7 relative
+    error is far below anything sampling can tell), normalised by a float64 sum."""
+    s = np.array(_as_scores(scores, name), dtype=np.float32)  # a copy we may overwrite
+    m = s.max(axis=-1, keepdims=True)
+    if not np.isfinite(m).all():  # NaN propagates into the max, and so does +inf
+        raise ValueError(f"{name} contains NaN or +inf")
+    s -= m
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    return s
 
 
-def _check_weight(w: float) -> float:
-    w = float(w)
-    if not 0.0 <= w <= 1.0:
-        raise ValueError(f"logic_weight must be in [0, 1], got {w}")
+def _check_weights(w) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float32)
+    if not (np.all(w >= 0.0) and np.all(w <= 1.0)):  # NaN fails both
+        raise ValueError(f"logic_weight must be in [0, 1], got {w.tolist()}")
     return w
 
 
-def blend(gpt2: np.ndarray, bdh: np.ndarray, w: float, mode: str = "linear") -> np.ndarray:
-    """Blend two distributions given as log-probs or logits (V,) → probabilities (V,).
+def blend_rows(gpt2: np.ndarray, bdh: np.ndarray, weights, modes: Sequence[str]) -> np.ndarray:
+    """Blend rows of two distributions (log-probs or logits, (B, V)) → probabilities (B, V).
 
     linear:    p = (1 − w)·p_gpt2 + w·p_bdh
     geometric: p ∝ p_gpt2^(1 − w) · p_bdh^w   (a product of experts; sharper than linear)
     """
-    w = _check_weight(w)
-    g, b = np.asarray(gpt2), np.asarray(bdh)
+    g, b = _as_scores(gpt2, "gpt2"), _as_scores(bdh, "bdh")
     if g.shape != b.shape:
         raise ValueError(f"distributions differ in size: gpt2 {g.shape} vs bdh {b.shape}")
-    if mode == "linear":
+    w = _check_weights(weights).reshape(-1, 1)
+    bad = [m for m in modes if m not in BLENDS]
+    if bad:
+        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {bad[0]!r}")
+    geometric = np.array([m == "geometric" for m in modes])
+    out = np.empty(g.shape, dtype=np.float32)
+    lin = ~geometric
+    if lin.all():  # the common case, without row copies
         # Not renormalised: a mixture of two distributions already sums to 1 (up to
         # rounding, which the draw tolerates), and dividing again would break exactness
         # at the endpoints.
-        return (1.0 - w) * probs(g, "gpt2") + w * probs(b, "bdh")
-    if mode == "geometric":
+        pb = probs(b, "bdh")
+        np.multiply(probs(g, "gpt2"), 1.0 - w, out=out)
+        out += np.multiply(pb, w, out=pb)
+        return out
+    if lin.any():
+        out[lin] = (1.0 - w[lin]) * probs(g[lin], "gpt2") + w[lin] * probs(b[lin], "bdh")
+    if geometric.any():
         # Softmax of the weighted sum: each model's normalising constant cancels, so
-        # logits and log-probs give the same result.
-        return probs((1.0 - w) * _as_scores(g, "gpt2") + w * _as_scores(b, "bdh"))
-    raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {mode!r}")
+        # logits and log-probs give the same result. The floor keeps 0·(−inf) out.
+        gg = np.maximum(probs_check(g[geometric], "gpt2"), _LOG_FLOOR)
+        bb = np.maximum(probs_check(b[geometric], "bdh"), _LOG_FLOOR)
+        out[geometric] = probs((1.0 - w[geometric]) * gg + w[geometric] * bb)
+    return out
 
 
-def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
-    """p^(1/T), renormalised. T = 1 returns p unchanged; T = 0 is handled by the caller (argmax)."""
-    if temperature == 1.0:
+def probs_check(scores: np.ndarray, name: str) -> np.ndarray:
+    """scores as float32, refusing NaN and +inf (what `probs` checks on its own)."""
+    a = np.asarray(scores, dtype=np.float32)
+    if np.isnan(a).any() or np.isposinf(a).any():
+        raise ValueError(f"{name} contains NaN or +inf")
+    return a
+
+
+def blend(gpt2: np.ndarray, bdh: np.ndarray, w: float, mode: str = "linear") -> np.ndarray:
+    """blend_rows for one pair of distributions (V,) → probabilities (V,)."""
+    g, b = np.asarray(gpt2), np.asarray(bdh)
+    if g.shape != b.shape:
+        raise ValueError(f"distributions differ in size: gpt2 {g.shape} vs bdh {b.shape}")
+    if g.ndim != 1:
+        raise ValueError(f"blend takes one distribution (V,), got shape {g.shape}; use blend_rows")
+    return blend_rows(g[None], b[None], [w], [mode])[0]
+
+
+# ---- temperature, top-k, top-p ---------------------------------------------------------
+#
+# A row's filters leave either the whole vocabulary or a set of kept token ids with their
+# (tempered) weights. Top-k and top-p only need the most probable tokens, and their
+# order does not change with temperature, so candidates are found first (argpartition
+# for top-k, a mass bound for top-p: O(V) passes over the batch), and only they are
+# sorted and tempered. The weights need no normalising: the draw scales its uniform
+# number by their sum.
+
+
+def apply_temperature(p: np.ndarray, temperature) -> np.ndarray:
+    """p^(1/T), renormalised, per row. T = 1 returns p unchanged; T = 0 is the caller's (argmax)."""
+    t = np.asarray(temperature, dtype=np.float64)
+    if t.ndim == 0 and t == 1.0:
         return p
     with np.errstate(divide="ignore", over="ignore"):
-        logp = np.log(p)
+        logp = np.log(np.asarray(p, dtype=np.float64))
         # Shift so the best token sits at 0 before dividing: with a tiny temperature the
         # others then run to -inf (greedy, as the limit should be) instead of every score
         # overflowing to -inf alike (which would read as uniform).
-        return probs((logp - logp.max()) / temperature)
+        t = t.reshape(-1, 1) if t.ndim else t
+        q = np.exp((logp - logp.max(axis=-1, keepdims=True)) / t)
+    return q / q.sum(axis=-1, keepdims=True)
+
+
+def _largest(ids: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest vals, ties broken by lower id, most probable first."""
+    order = np.lexsort((ids, -vals))
+    return order[:k]
+
+
+def _kept(p: np.ndarray, sp: SamplingParams, top_k_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """One row's filters → (kept ids sorted by id, their weights), or None to keep all.
+
+    p (V,) is the row's blended probabilities; top_k_ids, when top-k applies, holds at
+    least its k most probable ids (from one argpartition over the batch)."""
+    V = p.shape[0]
+    k = sp.top_k if 0 < sp.top_k < V else 0
+    if not k and sp.top_p >= 1.0:
+        return None
+    if k:
+        ids = top_k_ids
+        vals = p[ids].astype(np.float64)
+        kth = np.sort(vals)[-k]
+        # exact ties at the k-th value may sit outside the candidates: look at the row
+        tied = np.flatnonzero(p == p.dtype.type(kth))
+        ids = np.union1d(ids[vals > kth], tied)
+        vals = p[ids].astype(np.float64)
+        pos = _largest(ids, vals, k)
+        ids, vals = ids[pos], vals[pos]
+        if sp.temperature not in (0.0, 1.0):
+            vals = _tempered(vals, sp.temperature)
+        total = vals.sum()
+    else:
+        q = p
+        if sp.temperature not in (0.0, 1.0):  # the nucleus's mass needs every token
+            q = _tempered(p, sp.temperature)
+        total = q.sum(dtype=np.float64)
+        # Tokens below `floor` hold less than (1 − top_p) of the mass all together, so
+        # the nucleus lies within the tokens at or above it.
+        floor = (1.0 - sp.top_p) * total / V * 0.5
+        ids = np.flatnonzero(q >= floor)
+        vals = q[ids].astype(np.float64)
+        order = _largest(ids, vals, len(ids))
+        ids, vals = ids[order], vals[order]
+    if sp.top_p < 1.0:
+        mass_before = np.cumsum(vals) - vals  # mass of the strictly more probable tokens
+        n = max(int((mass_before < sp.top_p * total).sum()), 1)
+        ids, vals = ids[:n], vals[:n]
+    order = np.argsort(ids)
+    return ids[order], vals[order]
+
+
+def _tempered(vals: np.ndarray, temperature: float) -> np.ndarray:
+    """vals^(1/T) up to a constant, in vals' own precision (float32 for whole rows)."""
+    with np.errstate(divide="ignore", over="ignore"):
+        logv = np.log(vals)
+        return np.exp((logv - logv.max()) / temperature)
+
+
+def _top_k_candidates(p: np.ndarray, params: Sequence[SamplingParams]) -> list[np.ndarray | None]:
+    """Per row, at least its top_k most probable ids (one argpartition over the batch)."""
+    V = p.shape[1]
+    ks = [sp.top_k if 0 < sp.top_k < V else 0 for sp in params]
+    rows = [i for i, k in enumerate(ks) if k]
+    out: list[np.ndarray | None] = [None] * len(params)
+    if rows:
+        kmax = max(ks)
+        cand = np.argpartition(-p[rows], kmax - 1, axis=1)[:, :kmax]
+        for r, c in zip(rows, cand):
+            out[r] = c
+    return out
 
 
 def top_k_mask(p: np.ndarray, k: int) -> np.ndarray:
     """Boolean mask of the k most probable tokens (ties broken by lower id). k = 0 keeps all."""
-    if k <= 0 or k >= p.size:
-        return np.ones(p.size, dtype=bool)
-    order = np.argsort(-p, kind="stable")
-    keep = np.zeros(p.size, dtype=bool)
-    keep[order[:k]] = True
-    return keep
+    return _mask(p, SamplingParams(top_k=k))
 
 
 def top_p_mask(p: np.ndarray, top_p: float) -> np.ndarray:
     """Boolean mask of the smallest most-probable set whose mass reaches top_p (≥ 1 token)."""
-    if top_p >= 1.0:
-        return np.ones(p.size, dtype=bool)
-    order = np.argsort(-p, kind="stable")
-    mass_before = np.cumsum(p[order]) - p[order]  # mass of strictly more probable tokens
-    keep = np.zeros(p.size, dtype=bool)
-    keep[order[mass_before < top_p * p.sum()]] = True
-    keep[order[0]] = True  # top_p tiny: still keep the single best token
+    return _mask(p, SamplingParams(top_p=top_p))
+
+
+def _mask(p: np.ndarray, sp: SamplingParams) -> np.ndarray:
+    p = np.asarray(p)
+    kept = _kept(p, sp, _top_k_candidates(p[None], [sp])[0])
+    keep = np.ones(p.size, dtype=bool)
+    if kept is not None:
+        keep[:] = False
+        keep[kept[0]] = True
     return keep
 
 
 def filtered(p: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """Temperature, then top-k, then top-p; returns the renormalised distribution."""
-    q = apply_temperature(p, params.temperature) if params.temperature > 0 else p
-    if params.top_k:
-        q = np.where(top_k_mask(q, params.top_k), q, 0.0)
-    if params.top_p < 1.0:
-        q = np.where(top_p_mask(q, params.top_p), q, 0.0)  # nucleus within the top-k set
+    """Temperature, then top-k, then top-p (within the top-k set); renormalised (V,) float64."""
+    p = np.asarray(p)
+    kept = _kept(p, params, _top_k_candidates(p[None], [params])[0])
+    if kept is None:
+        q = p
+        if params.temperature not in (0.0, 1.0):
+            q = _tempered(q, params.temperature)
+        q = q.astype(np.float64)
+    else:
+        q = np.zeros(p.size)
+        q[kept[0]] = kept[1]
     return q / q.sum()
 
 
-def draw(p: np.ndarray, rng: np.random.Generator) -> int:
-    """Inverse-CDF draw in token-id order with one uniform number per token."""
-    c = np.cumsum(p)
-    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+# ---- the draw ----------------------------------------------------------------------------
+
+
+def _draw(ids: np.ndarray | None, weights: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw in token-id order over weights (ids None: the whole vocabulary)."""
+    c = np.cumsum(weights, dtype=np.float64)
+    i = int(np.searchsorted(c, u * c[-1], side="right"))
     # Rounding can put u·total at the very end; never return an id past the vocabulary
     # or one with zero probability.
-    i = min(i, p.size - 1)
-    while p[i] == 0.0 and i > 0:
+    i = min(i, len(weights) - 1)
+    while weights[i] == 0.0 and i > 0:
         i -= 1
-    return i
+    return i if ids is None else int(ids[i])
+
+
+def draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """Draw one token from p (V,) with one number from rng."""
+    return _draw(None, np.asarray(p), rng.random())
+
+
+def sample_rows(p: np.ndarray, params: Sequence[SamplingParams], rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """Choose the next token of each row of p (B, V), already blended → ids (B,).
+
+    Greedy rows (temperature 0) take the argmax and consume no randomness; every other
+    row takes exactly one number from its own generator, so its story depends on its
+    seed alone.
+    """
+    ids = np.empty(len(params), dtype=np.int64)
+    candidates = _top_k_candidates(p, params)
+    for row, sp in enumerate(params):
+        if sp.temperature == 0:
+            ids[row] = int(np.argmax(p[row]))
+            continue
+        kept = _kept(p[row], sp, candidates[row])
+        u = rngs[row].random()
+        if kept is None:
+            q = p[row] if sp.temperature == 1.0 else _tempered(p[row], sp.temperature)
+            ids[row] = _draw(None, q, u)
+        else:
+            ids[row] = _draw(*kept, u)
+    return ids
 
 
 def sample(p: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Choose the next token from a probability vector (already blended)."""
-    if params.temperature == 0:
-        return int(np.argmax(p))  # greedy: no randomness consumed
-    return draw(filtered(p, params), rng)
+    """sample_rows for one distribution (V,)."""
+    return int(sample_rows(np.asarray(p)[None], [params], [rng])[0])
 
 
 def make_rng(seed: int) -> np.random.Generator:
