@@ -2,7 +2,7 @@
 training curves, written as a Markdown report with a PNG beside it (DESIGN.md §8.3).
 
     python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 \
-        --data data/tinystories --logs checkpoints/logs --samples 3 --out results/compare.md
+        --data data/tinystories --logs checkpoints/logs --samples 3 --out results/compare.md --device cuda
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from plotarmour.checkpoint import CheckpointError, load_checkpoint
 from plotarmour.tokenizer import eot_id, fingerprint
 
 from .data import DataError, open_tokens
-from .evaluate import default_block_size, open_checked, perplexity, unigram_loss
+from .evaluate import default_block_size, open_checked, perplexity, resolve_device, token_bytes, unigram_loss
 from .prepare import PrepareError, encode_text_file
 
 PROMPTS = ["Once upon a time", "One day, a little girl named Lily", "Tom and his dog went to the park.",
@@ -41,7 +41,7 @@ def sample_story(ckpt, prompt: str, max_new_tokens: int = 150, temperature: floa
     out: list[int] = []
     try:
         for _ in range(max_new_tokens):
-            scaled = logits / max(temperature, 1e-6)
+            scaled = logits.float().cpu() / max(temperature, 1e-6)  # the draw runs on CPU, wherever the model is
             kth = torch.topk(scaled, min(top_k, scaled.numel())).values[-1]
             probs = torch.softmax(scaled.masked_fill(scaled < kth, -math.inf), dim=-1)
             token = int(torch.multinomial(probs, 1, generator=gen))
@@ -109,17 +109,24 @@ def build_report(ckpts: dict, scores: dict, unigram: dict | None, source: str, s
                  png_name: str | None) -> str:
     lines = ["# BDH vs GPT-2", "", f"Scored on `{source}` ({scores['gpt2']['tokens']:,} target tokens, "
              f"windows of {scores['gpt2']['block_size']} tokens).", "",
-             "| model | parameters | steps | tokens seen | val loss | perplexity |", "|---|---:|---:|---:|---:|---:|"]
+             "| model | parameters | steps | tokens seen | val loss (nats/token) | perplexity | bits/byte |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for m in MODELS:
         run, s = ckpts[m].run, scores[m]
         params = sum(p.numel() for p in ckpts[m].model.parameters())
         lines.append(f"| {NAMES[m]} | {params:,} | {run.get('steps', '?')} | {run.get('tokens_seen', 0):,} | "
-                     f"{s['loss']:.4f} | {s['perplexity']:.2f} |")
+                     f"{s['loss']:.4f} | {s['perplexity']:.2f} | {s['bits_per_byte']:.4f} |")
     if unigram:
         lines.append(f"| unigram baseline | {ckpts['gpt2'].config['vocab_size']:,} | | | "
-                     f"{unigram['loss']:.4f} | {unigram['perplexity']:.2f} |")
+                     f"{unigram['loss']:.4f} | {unigram['perplexity']:.2f} | {unigram['bits_per_byte']:.4f} |")
     ratio = scores["bdh"]["loss"] / scores["gpt2"]["loss"]
-    lines += ["", f"BDH / GPT-2 loss ratio: **{ratio:.3f}** ({(ratio - 1) * 100:+.1f}%).", ""]
+    lines += ["", f"BDH / GPT-2 loss ratio: **{ratio:.3f}** ({(ratio - 1) * 100:+.1f}%).", "",
+              "Loss by position in the window (nats/token):", "",
+              "| model | " + " | ".join(b["band"] for b in scores["gpt2"]["bands"]) + " |",
+              "|---|" + "---:|" * len(scores["gpt2"]["bands"])]
+    for m in MODELS:
+        lines.append(f"| {NAMES[m]} | " + " | ".join(f"{b['loss']:.4f}" for b in scores[m]["bands"]) + " |")
+    lines.append("")
     if png_name:
         lines += ["## Training curves", "", f"![training curves]({png_name})", ""]
     if samples:
@@ -149,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--block-size", type=int, help="window length (default: the smaller of the two trained ones)")
     ap.add_argument("--max-windows", type=int, help="score at most this many windows")
+    ap.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ...")
+    ap.add_argument("--batch-size", type=int, default=16, help="windows per forward pass when scoring")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--out", default="results/compare.md", help="Markdown report; the PNG goes beside it")
     return ap
 
@@ -180,9 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             bin_path = out.with_suffix(".tokens.bin")
             encode_text_file(args.text, tok, bin_path)
             tokens = open_tokens(bin_path, np.uint16 if tok.get_vocab_size() <= 1 << 16 else np.uint32)
-        scores = {m: perplexity(c, tokens, block, max_windows=args.max_windows) for m, c in ckpts.items()}
-        unigram = (unigram_loss(train_tokens, tokens, tok.get_vocab_size(), block, args.max_windows)
-                   if train_tokens is not None else None)
+        device = resolve_device(args.device)
+        scores = {m: perplexity(c, tokens, block, args.batch_size, args.max_windows, device, not args.quiet)
+                  for m, c in ckpts.items()}
+        unigram = (unigram_loss(train_tokens, tokens, tok.get_vocab_size(), block, args.max_windows,
+                                token_bytes(tok)) if train_tokens is not None else None)
         samples = []
         for i in range(args.samples):
             prompt = PROMPTS[i % len(PROMPTS)]
@@ -201,9 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(build_report(ckpts, scores, unigram, source, samples, png.name if png else None))
     print(f"wrote {out}" + (f" and {png}" if png else ""))
     for m in MODELS:
-        print(f"{NAMES[m]}: loss {scores[m]['loss']:.4f}, perplexity {scores[m]['perplexity']:.2f}")
+        print(f"{NAMES[m]}: loss {scores[m]['loss']:.4f} nats/token, perplexity {scores[m]['perplexity']:.2f}, "
+              f"{scores[m]['bits_per_byte']:.4f} bits/byte")
     if unigram:
-        print(f"unigram: loss {unigram['loss']:.4f}, perplexity {unigram['perplexity']:.2f}")
+        print(f"unigram: loss {unigram['loss']:.4f}, perplexity {unigram['perplexity']:.2f}, "
+              f"{unigram['bits_per_byte']:.4f} bits/byte")
     return 0
 
 

@@ -2,31 +2,34 @@
 
     python -m training.train --model bdh --config training/configs/tiny_cpu.json
     python -m training.train --resume results/state/bdh          # continue exactly
+    python -m training.train --resume results/state/bdh --set max_tokens=5000000   # and train longer
     torchrun --nproc_per_node 4 -m training.train --model gpt2 --config training/configs/gpu_large.json
 
-A preset holds one architecture block per family ("bdh", "gpt2") and a "train" block
-(see TrainConfig); `--set key=value` overrides a train key, `--set bdh.n_layer=4` an
-architecture key. The best checkpoint (lowest validation loss) goes to `out`; the
-latest state for resuming goes to `state_dir`; a CSV log goes under `log_dir`.
+A preset holds one architecture block per family and a "train" block (see TrainConfig);
+`--set key=value` overrides a train key, `--set bdh.n_layer=4` an architecture key. The
+best checkpoint (lowest validation loss) goes to `out`; the latest state for resuming
+goes to `state_dir`; a CSV log goes under `log_dir`. A new run refuses an `out` or
+`state_dir` that already holds files (another run's, or the shipped pair) unless --force.
 
 Exact resume: the learning rate is a function of the step, the data windows and the
 dropout masks are functions of (seed, rank, step), and the optimizer's moments are saved
 as safetensors beside the model; so a resumed run repeats, bit for bit on CPU, what an
-uninterrupted one would have done.
+uninterrupted one would have done. Ctrl-C stops after the current optimizer step, saves
+the state and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
@@ -36,96 +39,20 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from plotarmour.checkpoint import load_checkpoint, save_checkpoint
+from plotarmour.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from plotarmour.models import FAMILIES
 from plotarmour.tokenizer import fingerprint, load_tokenizer
 
-from .data import RandomWindows, eval_windows, open_tokens, read_meta
-from .modeling import build_model, context_limit, loss_on_windows, next_token_loss, num_parameters
+from .config import ConfigError, TrainConfig, load_preset, parse_override, resume_config  # noqa: F401 (API)
+from .data import DataError, RandomWindows, eval_windows, open_tokens, read_meta
+from .modeling import (build_model, context_limit, enable_grad_checkpointing, loss_on_windows, next_token_loss,
+                       num_parameters)
+from .runlog import CsvLog, StopFlag, TrainingInterrupted
+from .runtime import Runtime, RuntimeSetupError, forward_flops_per_token, mfu, setup_runtime
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
-
-
-@dataclass
-class TrainConfig:
-    data: str = "data/tinystories"  # directory written by training.prepare
-    out: str = "results/checkpoints/{model}"  # best checkpoint; {model} is replaced
-    state_dir: str = "results/state/{model}"  # latest state, for --resume
-    log_dir: str = "results"  # CSV logs
-    block_size: int = 256
-    batch_size: int = 16  # windows per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 1000
-    max_tokens: int | None = None  # if set, max_steps = the steps that see this many tokens
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 = off
-    eval_interval: int = 100
-    eval_windows: int = 200  # validation windows (evenly spread, the same every time)
-    log_interval: int = 10
-    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
-    min_delta: float = 0.0
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast; GPU only)
-    compile: str = "auto"  # auto | true | false (torch.compile; GPU only)
-    device: str = "auto"
-    seed: int = 1337
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown train setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
-
-
-# --------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------
-
-
-def parse_override(item: str) -> tuple[list[str], object]:
-    """'lr=3e-4' -> (['lr'], 0.0003); 'bdh.n_layer=4' -> (['bdh', 'n_layer'], 4). Values are JSON, else strings."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set {item!r}: expected key=value")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.split("."), value
-
-
-def load_preset(path: str | Path, model: str, overrides: Sequence[str] = ()) -> tuple[dict, TrainConfig]:
-    """Read a preset file and apply overrides -> (architecture of `model`, TrainConfig)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: config file not found")
-    try:
-        preset = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
-    if model not in preset:
-        raise ValueError(f"{path}: has no {model!r} architecture block (it has {sorted(preset)})")
-    arch, train = dict(preset[model]), dict(preset.get("train", {}))
-    for item in overrides:
-        keys, value = parse_override(item)
-        if len(keys) == 1:
-            train[keys[0]] = value
-        elif len(keys) == 2 and keys[0] == model:
-            arch[keys[1]] = value
-        elif len(keys) == 2 and keys[0] in FAMILIES:
-            continue  # the other family's setting
-        else:
-            raise ValueError(f"--set {item!r}: use a train key or {model}.<architecture key>")
-    cfg = TrainConfig.from_dict(train)
-    cfg.out, cfg.state_dir = cfg.out.format(model=model), cfg.state_dir.format(model=model)
-    return arch, cfg
+EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -138,56 +65,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1)[0])
-
-
-# --------------------------------------------------------------------------
-# Device, precision, processes
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    amp_dtype: torch.dtype | None = None  # None: plain float32
-    compile: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-
-def setup_runtime(cfg: TrainConfig) -> Runtime:
-    """Single process, or one process per GPU when started by torchrun (it sets WORLD_SIZE etc.)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rt = Runtime(device, rank, world, local_rank)
-    if device.type == "cuda":
-        # bf16 on Ampere and newer; T4/P100 have no bf16, so fp16 with loss scaling.
-        want = {"auto": "bfloat16" if torch.cuda.is_bf16_supported() else "float16"}.get(cfg.dtype, cfg.dtype)
-        rt.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[want]
-        # Triton (torch.compile's GPU backend) needs compute capability 7.0+: not on a P100.
-        capable = torch.cuda.get_device_capability(device)[0] >= 7
-        rt.compile = {"auto": capable, "true": True, "false": False}[str(cfg.compile).lower()]
-    else:
-        # CPU: autocast and compile cost more than they give for these small models.
-        rt.compile = str(cfg.compile).lower() == "true"
-    return rt
 
 
 # --------------------------------------------------------------------------
@@ -231,29 +108,51 @@ def optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 
 # --------------------------------------------------------------------------
-# The run
+# Checks before anything is written
 # --------------------------------------------------------------------------
 
 
-class CsvLog:
-    COLUMNS = ["time", "step", "tokens", "lr", "train_loss", "val_loss", "tokens_per_s"]
+def check_output_dir(path: str | Path, what: str, run_id: str | None, force: bool) -> None:
+    """Refuse a path that is a file (or lies under one); refuse a non-empty directory that
+    is not this run's (its run.json carries another run_id, or none) unless forced."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {p} is a file, not a directory")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {p}: {parent} is a file, not a directory")
+            break
+    if not p.is_dir() or not any(p.iterdir()) or force:
+        return
+    owner = None
+    for marker in (p / "run.json", p / STATE_JSON):
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(marker.read_text(encoding="utf-8"))
+            owner = data.get("run_id") or data.get("progress", {}).get("run_id")
+            break
+    if run_id is None or owner != run_id:
+        raise ConfigError(f"{what} {p} already holds files from another run; choose another directory "
+                          f"or pass --force to overwrite them")
 
-    def __init__(self, path: Path):
-        self.path = path
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", newline="")
-        self._w = csv.writer(self._fh)
-        if new:
-            self._w.writerow(self.COLUMNS)
 
-    def row(self, **values) -> None:
-        values["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._w.writerow(["" if values.get(c) is None else values[c] for c in self.COLUMNS])
-        self._fh.flush()
+def check_tokenizers(data_dir: str, meta: dict, data_tokenizer, model_vocab: int,
+                     checkpoint_tokenizer=None) -> None:
+    """The data, the model and (on resume) the checkpoint must all use one tokenizer."""
+    fp = fingerprint(data_tokenizer)
+    if fp != meta["tokenizer_fingerprint"]:
+        raise DataError(f"{data_dir}: tokenizer.json does not match the fingerprint in meta.json")
+    if checkpoint_tokenizer is not None and fingerprint(checkpoint_tokenizer) != fp:
+        raise DataError(f"{data_dir} was tokenized with another tokenizer than the checkpoint being resumed "
+                        f"(fingerprints {fp[:12]}… and {fingerprint(checkpoint_tokenizer)[:12]}…); "
+                        f"prepare the data with the checkpoint's tokenizer.json")
+    if model_vocab != meta["vocab_size"]:
+        raise DataError(f"{data_dir}: vocabulary of {meta['vocab_size']} tokens, the model has {model_vocab}")
 
-    def close(self) -> None:
-        self._fh.close()
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
 
 
 @dataclass
@@ -268,29 +167,38 @@ class Progress:
     bad_evals: int = 0  # evaluations in a row without improvement
     train_seconds: float = 0.0
     csv: str = ""
+    run_id: str = ""  # marks the directories this run owns
 
 
 class Trainer:
     def __init__(self, model_type: str, model: torch.nn.Module, cfg: TrainConfig, rt: Runtime,
-                 arch: dict | None = None):
+                 arch: dict | None = None, checkpoint_tokenizer=None):
         self.model_type, self.cfg, self.rt = model_type, cfg, rt
         self.meta = read_meta(cfg.data)
         self.tokenizer = load_tokenizer(Path(cfg.data) / self.meta["tokenizer"])
-        if fingerprint(self.tokenizer) != self.meta["tokenizer_fingerprint"]:
-            raise ValueError(f"{cfg.data}: tokenizer.json does not match the fingerprint in meta.json")
+        vocab = int(FAMILIES[model_type].config_dict(model)["vocab_size"])
+        check_tokenizers(cfg.data, self.meta, self.tokenizer, vocab, checkpoint_tokenizer)
         self.train_tokens = open_tokens(Path(cfg.data) / "train.bin", self.meta["dtype"])
         self.val_tokens = open_tokens(Path(cfg.data) / "val.bin", self.meta["dtype"])
         limit = context_limit(model, model_type)
         if limit is not None and cfg.block_size > limit:
-            raise ValueError(f"block_size {cfg.block_size} is longer than the model's context {limit} (n_positions)")
+            raise ConfigError(f"block_size {cfg.block_size} is longer than the model's context {limit} (n_positions)")
         self.tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * rt.world
         if cfg.max_tokens:
             cfg.max_steps = math.ceil(cfg.max_tokens / self.tokens_per_step)
+        if cfg.max_steps <= cfg.warmup_steps and rt.main:
+            print(f"train: warning: max_steps {cfg.max_steps} <= warmup_steps {cfg.warmup_steps}: the learning rate "
+                  f"never finishes warming up and never decays", file=sys.stderr)
         self.model = model.to(rt.device)  # the plain module: what gets saved
         self.arch = arch or {}
+        # Counted before compile/DDP wrap it, on the plain module; x3 for forward + backward.
+        self.train_flops_per_token = 3 * forward_flops_per_token(
+            self.model, FAMILIES[model_type].logits, cfg.block_size, rt.device)
+        if cfg.grad_checkpointing:
+            enable_grad_checkpointing(self.model, model_type)
         self.opt = make_optimizer(self.model, cfg, rt.device)
-        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
-        self.progress = Progress()
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.grad_scaling)
+        self.progress = Progress(run_id=uuid.uuid4().hex[:16])
         self.sampler = RandomWindows(self.train_tokens, cfg.block_size, cfg.batch_size, cfg.seed, rt.rank)
         self.val_starts = eval_windows(self.val_tokens, cfg.block_size, cfg.eval_windows)
         net = torch.compile(self.model) if rt.compile else self.model
@@ -314,20 +222,23 @@ class Trainer:
     def load_state(self, directory: str | Path, state: dict) -> None:
         d = Path(directory)
         optimizer_from_files(self.opt, load_file(str(d / STATE_TENSORS)), state["optimizer"])
-        if state.get("scaler"):
+        if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        self.progress.run_id = self.progress.run_id or uuid.uuid4().hex[:16]
 
     def run_info(self) -> dict:
         p = self.progress
         return {
             "model_type": self.model_type,
+            "run_id": p.run_id,
             "steps": p.step,
             "tokens_seen": p.tokens,
             "val_loss": p.last_val,
             "best_val_loss": None if math.isinf(p.best_val) else p.best_val,
             "best_step": p.best_step,
-            "train_tokens_per_s": round(p.tokens / p.train_seconds / self.rt.world, 1) if p.train_seconds else None,
+            "train_tokens_per_s": round(p.tokens / p.train_seconds, 1) if p.train_seconds else None,
+            "train_flops_per_token": self.train_flops_per_token,
             "num_parameters": num_parameters(self.model),
             "world_size": self.rt.world,
             "device": str(self.rt.device),
@@ -352,7 +263,8 @@ class Trainer:
             total, count = float(t[0]), int(t[1])
         return total / count
 
-    def train_step(self) -> float:
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step -> (this rank's mean loss, gradient norm before clipping)."""
         cfg, rt, step = self.cfg, self.rt, self.progress.step
         lr = lr_at(step, cfg)
         for group in self.opt.param_groups:
@@ -371,15 +283,31 @@ class Trainer:
                     loss = next_token_loss(self.net, self.model_type, x, y) / cfg.grad_accum
                 self.scaler.scale(loss).backward()
             loss_sum += float(loss.detach())
-        if cfg.grad_clip:
-            self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.unscale_(self.opt)  # true gradients, for the norm and the clip
+        # max_norm inf measures without clipping; an inf/nan norm (fp16 overflow) makes the scaler skip the step
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.progress.step += 1
         self.progress.tokens += self.tokens_per_step
-        return loss_sum
+        return loss_sum, float(norm)
+
+    def _mean_over_ranks(self, value: float) -> float:
+        """The train loss the bar and the CSV show: every rank's, averaged (rank 0's alone is one sample)."""
+        if self.rt.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.rt.device)
+        dist.all_reduce(t)
+        return float(t[0]) / self.rt.world
+
+    def _any_rank_stopping(self, flag: StopFlag) -> bool:
+        """Every rank must stop at the same step, or DDP's next all-reduce would hang."""
+        if self.rt.world == 1:
+            return flag.requested
+        t = torch.tensor([int(flag.requested)], device=self.rt.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t[0])
 
     def fit(self, stop_after: int | None = None, quiet: bool = False) -> Progress:
         cfg, rt, p = self.cfg, self.rt, self.progress
@@ -388,41 +316,57 @@ class Trainer:
             if not p.csv:
                 stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
                 p.csv = str(Path(cfg.log_dir) / f"{self.model_type}-{stamp}.csv")
-            log = CsvLog(Path(p.csv))
+            log = CsvLog(Path(p.csv), keep_through=p.step)
+        if p.step == 0:  # where the run starts from: the baseline every curve is read against
+            val = self.evaluate()
+            self.after_eval(val)
+            if log:
+                log.row(step=0, tokens=0, lr=repr(lr_at(0, cfg)), val_loss=repr(val))
         bar = tqdm(total=cfg.max_steps, initial=p.step, unit="step", desc=self.model_type,
                    disable=quiet or not rt.main, dynamic_ncols=True)
-        window_losses, window_start, window_tokens = [], time.perf_counter(), 0
+        window_losses, window_norms, window_start, window_tokens = [], [], time.perf_counter(), 0
         stopped_early = False
         try:
-            while p.step < cfg.max_steps:
-                t0 = time.perf_counter()
-                loss = self.train_step()
-                p.train_seconds += time.perf_counter() - t0
-                window_losses.append(loss)
-                window_tokens += self.tokens_per_step
-                do_eval = p.step % cfg.eval_interval == 0 or p.step == cfg.max_steps
-                do_log = p.step % cfg.log_interval == 0 or do_eval
-                # Training throughput only: taken before validation runs.
-                tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                val = self.evaluate() if do_eval else None
-                if val is not None:
-                    stopped_early = self.after_eval(val)
-                if do_log:
-                    if log:
-                        log.row(step=p.step, tokens=p.tokens, lr=repr(lr_at(p.step - 1, cfg)),
-                                train_loss=repr(float(np.mean(window_losses))),
-                                val_loss=None if val is None else repr(val), tokens_per_s=round(tps, 1))
-                    bar.set_postfix(loss=f"{np.mean(window_losses):.3f}", val=f"{p.last_val or math.nan:.3f}",
-                                    tok_s=f"{tps:,.0f}", refresh=False)
-                    window_losses, window_start, window_tokens = [], time.perf_counter(), 0
-                bar.update(1)
-                if stopped_early or (stop_after and p.step >= stop_after):
-                    break
-        except KeyboardInterrupt:
-            if rt.main:
-                print(f"\ninterrupted at step {p.step}; saving state to {cfg.state_dir}", file=sys.stderr)
-                self.save_state(cfg.state_dir)
-            raise
+            with StopFlag() as flag:
+                while p.step < cfg.max_steps:
+                    t0 = time.perf_counter()
+                    loss, norm = self.train_step()
+                    p.train_seconds += time.perf_counter() - t0
+                    window_losses.append(loss)
+                    window_norms.append(norm)
+                    window_tokens += self.tokens_per_step
+                    do_eval = p.step % cfg.eval_interval == 0 or p.step == cfg.max_steps
+                    do_log = p.step % cfg.log_interval == 0 or do_eval
+                    # Training throughput only: taken before validation runs.
+                    tps = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    val = self.evaluate() if do_eval else None
+                    if val is not None:
+                        stopped_early = self.after_eval(val)
+                    if do_log:
+                        train_loss = self._mean_over_ranks(float(np.mean(window_losses)))
+                        util = mfu(self.train_flops_per_token, tps, rt.world, rt.peak_tflops)
+                        norm_mean = float(np.mean(window_norms))
+                        if log:
+                            log.row(step=p.step, tokens=p.tokens, lr=repr(lr_at(p.step - 1, cfg)),
+                                    train_loss=repr(train_loss), val_loss=None if val is None else repr(val),
+                                    tokens_per_s=round(tps, 1), mfu=None if util is None else round(util, 4),
+                                    grad_norm=round(norm_mean, 4))
+                        shown = {"loss": f"{train_loss:.3f}", "val": f"{p.last_val or math.nan:.3f}",
+                                 "tok_s": f"{tps:,.0f}", "gnorm": f"{norm_mean:.2f}"}
+                        if util is not None:
+                            shown["mfu"] = f"{util:.1%}"
+                        bar.set_postfix(shown, refresh=False)
+                        window_losses, window_norms, window_start, window_tokens = [], [], time.perf_counter(), 0
+                    # The state is saved after the step's CSV row: a kill never loses a row it keeps.
+                    if do_eval and rt.main:
+                        self.save_state(cfg.state_dir)
+                    bar.update(1)
+                    if self._any_rank_stopping(flag):
+                        if rt.main:
+                            self.save_state(cfg.state_dir)
+                        raise TrainingInterrupted(p.step, cfg.state_dir)
+                    if stopped_early or (stop_after and p.step >= stop_after):
+                        break
         finally:
             bar.close()
             if log:
@@ -443,8 +387,6 @@ class Trainer:
                 save_checkpoint(cfg.out, self.model, self.tokenizer, self.run_info())
         else:
             p.bad_evals += 1
-        if self.rt.main and p.step % cfg.eval_interval == 0:
-            self.save_state(cfg.state_dir)
         return bool(cfg.patience) and p.bad_evals >= cfg.patience
 
 
@@ -459,8 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", choices=sorted(FAMILIES), help="model family (not needed with --resume)")
     ap.add_argument("--config", help="preset JSON, e.g. training/configs/tiny_cpu.json")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a train setting (lr=3e-4) or an architecture one (bdh.n_layer=4); repeatable")
+                    help="override a train setting (lr=3e-4) or an architecture one (bdh.n_layer=4); repeatable. "
+                         "With --resume only settings that leave the model alone (budget, evaluation, paths)")
     ap.add_argument("--resume", metavar="STATE_DIR", help="continue the run saved in this state directory")
+    ap.add_argument("--force", action="store_true",
+                    help="write into an `out` or `state_dir` that already holds another run's files")
     ap.add_argument("--stop-after", type=int, metavar="STEP",
                     help="stop (saving state) once this step is reached, as if interrupted; the schedule still "
                          "runs to max_steps")
@@ -468,21 +413,45 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _read_state(state_dir: str) -> dict:
+    path = Path(state_dir) / STATE_JSON
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; not a training state directory")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    if state.get("model_type") not in FAMILIES:
+        raise ConfigError(f"{path}: model_type {state.get('model_type')!r} is not one of {sorted(FAMILIES)}")
+    return state
+
+
 def build_trainer(args: argparse.Namespace) -> Trainer:
+    """Settings are checked first (names, types, what a resume may change), then the output
+    directories, and only then is data or a checkpoint read."""
     if args.resume:
-        state_path = Path(args.resume) / STATE_JSON
-        if not state_path.is_file():
-            raise ValueError(f"{state_path}: missing; not a training state directory")
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        cfg = TrainConfig.from_dict(state["config"])
+        state = _read_state(args.resume)
+        cfg = resume_config(state["config"], state["model_type"], args.overrides)
+        run_id = state["progress"].get("run_id")
+        if "state_dir" not in {parse_override(item)[0][0] for item in args.overrides}:
+            cfg.state_dir = str(args.resume)  # where it was found, even if moved since
+        own_state = Path(cfg.state_dir).resolve() == Path(args.resume).resolve()
+        for path, what, force in ((cfg.out, "out", args.force), (cfg.state_dir, "state_dir", args.force or own_state),
+                                  (cfg.log_dir, "log_dir", True)):
+            check_output_dir(path, what, run_id, force)
         rt = setup_runtime(cfg)
         ckpt = load_checkpoint(args.resume)
-        trainer = Trainer(state["model_type"], ckpt.model.train(), cfg, rt, state["arch"])
+        trainer = Trainer(state["model_type"], ckpt.model.train(), cfg, rt, state["arch"], ckpt.tokenizer)
         trainer.load_state(args.resume, state)
         return trainer
     if not args.model or not args.config:
-        raise ValueError("give --model and --config (or --resume STATE_DIR)")
+        raise ConfigError("give --model and --config (or --resume STATE_DIR)")
     arch, cfg = load_preset(args.config, args.model, args.overrides)
+    if Path(cfg.out).resolve() == Path(cfg.state_dir).resolve():
+        raise ConfigError(f"out and state_dir are both {cfg.out}: the best model and the latest state need "
+                          f"directories of their own")
+    for path, what in ((cfg.out, "out"), (cfg.state_dir, "state_dir"), (cfg.log_dir, "log_dir")):
+        check_output_dir(path, what, None, args.force or what == "log_dir")  # logs: one new file per run
     rt = setup_runtime(cfg)
     meta = read_meta(cfg.data)
     torch.manual_seed(cfg.seed)  # the initial weights; identical on every DDP rank
@@ -494,18 +463,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         trainer = build_trainer(args)
-    except (ValueError, OSError) as e:
+    except (ConfigError, DataError, CheckpointError, RuntimeSetupError, ValueError, OSError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     rt = trainer.rt
     if rt.main and not args.quiet:
         print(f"{trainer.model_type}: {num_parameters(trainer.model):,} parameters on {rt.device} "
               f"(x{rt.world}), {trainer.tokens_per_step:,} tokens/step, {trainer.cfg.max_steps} steps, "
-              f"autocast {rt.amp_dtype or 'off'}, compile {'on' if rt.compile else 'off'}", file=sys.stderr)
+              f"autocast {rt.amp_dtype or 'off'}{' + GradScaler' if rt.grad_scaling else ''}, "
+              f"compile {'on' if rt.compile else 'off'}", file=sys.stderr)
     try:
         p = trainer.fit(args.stop_after, args.quiet)
+    except TrainingInterrupted as e:
+        if rt.main:
+            print(f"train: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last saved state stays
+        if rt.main:
+            print(f"train: stopped at once; resume from the last saved state: "
+                  f"python -m training.train --resume {trainer.cfg.state_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
-        if rt.world > 1:
+        if rt.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     if rt.main:
         print(f"step {p.step}: best val loss {p.best_val:.4f} at step {p.best_step} -> {trainer.cfg.out}; "

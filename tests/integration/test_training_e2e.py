@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
 import zipfile
 from pathlib import Path
 
@@ -67,8 +69,15 @@ def test_train_evaluate_and_serve(tmp_path, data_dir, model, capsys):
     assert info["steps"] in (3, 6) and info["tokens_seen"] == info["steps"] * 4 * 32
     assert info["train_config"]["block_size"] == 32 and info["best_val_loss"] == info["val_loss"]
     rows = losses(run)
-    assert [r[0] for r in rows] == [str(s) for s in range(1, 7)]
-    assert float(rows[-1][1]) < float(rows[0][1])  # it learns something in 6 steps
+    assert [r[0] for r in rows] == [str(s) for s in range(0, 7)]  # step 0: the untrained model's validation
+    assert rows[0][1] == "" and float(rows[0][2]) > float(rows[-1][2])
+    assert float(rows[-1][1]) < float(rows[1][1])  # it learns something in 6 steps
+    [log] = (run / "logs").glob("*.csv")
+    with open(log, newline="") as fh:
+        last = list(csv.DictReader(fh))[-1]
+    assert float(last["tokens_per_s"]) > 0 and float(last["grad_norm"]) > 0
+    assert last["mfu"] == ""  # CPU: no peak to measure against unless peak_tflops is set
+    assert info["train_flops_per_token"] > 0
 
     # The engine the servers use runs the trained weights.
     engine = ckpt.engine(max_context=64)
@@ -82,6 +91,9 @@ def test_train_evaluate_and_serve(tmp_path, data_dir, model, capsys):
                           "--unigram", str(data_dir / "train.bin")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["loss"] == pytest.approx(info["best_val_loss"], rel=1e-5)
+    # bits per byte are the same total loss over the scored text's bytes
+    assert result["bits_per_byte"] * math.log(2) * result["bytes"] == pytest.approx(result["loss"] * result["tokens"])
+    assert [b["band"] for b in result["bands"]] == ["0-31"]
     assert result["unigram"]["tokens"] == result["tokens"] == 16 * 32
     assert 0 < result["unigram"]["loss"] < math.log(300)
     # A text file is tokenized with the checkpoint's own tokenizer.
@@ -94,7 +106,7 @@ def test_train_evaluate_and_serve(tmp_path, data_dir, model, capsys):
 def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, data_dir, model):
     straight = run_train(tmp_path, data_dir, model, "straight")
     cut = run_train(tmp_path, data_dir, model, "cut", "--stop-after", "4")
-    assert len(losses(cut)) == 4
+    assert len(losses(cut)) == 5  # steps 0-4
     assert train.main(["--resume", str(cut / "state"), "--quiet"]) == 0
     assert losses(cut) == losses(straight)  # same strings: bit-exact floats, dropout included
     a, b = load_file(str(straight / "state" / "model.safetensors")), load_file(str(cut / "state" / "model.safetensors"))
@@ -105,9 +117,10 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path, data_dir, capsys)
     # lr 0: the weights never change, so validation never improves after the first evaluation.
     run = run_train(tmp_path, data_dir, "gpt2", "stall", "--set", "lr=0", "--set", "min_lr=0",
                     "--set", "max_steps=20", "--set", "eval_interval=2", "--set", "patience=2")
-    assert "early stop at step 6" in capsys.readouterr().err
-    assert load_checkpoint(run / "best").run["best_step"] == 2
-    assert json.loads((run / "state" / "trainer_state.json").read_text())["progress"]["step"] == 6
+    # evaluations at 0 (the best), 2 and 4: two without improvement
+    assert "early stop at step 4" in capsys.readouterr().err
+    assert load_checkpoint(run / "best").run["best_step"] == 0
+    assert json.loads((run / "state" / "trainer_state.json").read_text())["progress"]["step"] == 4
 
 
 def test_compare_writes_report_and_curves(tmp_path, data_dir, capsys):
@@ -143,6 +156,103 @@ def test_bad_training_inputs_are_named(tmp_path, data_dir, capsys):
         assert message in capsys.readouterr().err, message
     assert evaluate.main([str(tmp_path / "nope"), "--data", str(data_dir)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_wrong_types_exit_2_naming_the_key(tmp_path, data_dir, capsys):
+    preset = write_preset(tmp_path / "p.json", data_dir)
+    cases = [("lr=fast", "'lr' must be a number"), ("batch_size=2.5", "'batch_size' must be an integer"),
+             ('block_size="64"', "'block_size' must be an integer"), ("dtype=fp8", "'dtype' must be one of"),
+             ("bdh.n_layer=two", "'n_layer' must be a number"), ("eval_interval=0", "must be positive")]
+    for item, message in cases:
+        assert train.main(["--model", "bdh", "--config", str(preset), "--set", item, "--quiet"]) == 2, item
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_output_directories_are_checked_before_training(tmp_path, data_dir, capsys):
+    preset = write_preset(tmp_path / "p.json", data_dir)
+    argv = ["--model", "gpt2", "--config", str(preset), "--quiet", "--set", f"state_dir={tmp_path / 'state'}",
+            "--set", f"log_dir={tmp_path / 'logs'}"]
+    (tmp_path / "a_file").write_text("x")
+    assert train.main([*argv, "--set", f"out={tmp_path / 'a_file'}"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # refused before any training
+    taken = tmp_path / "taken"  # e.g. the shipped pair
+    taken.mkdir()
+    (taken / "model.safetensors").write_text("precious")
+    assert train.main([*argv, "--set", f"out={taken}"]) == 2
+    assert "already holds files from another run" in capsys.readouterr().err
+    assert (taken / "model.safetensors").read_text() == "precious"
+    assert train.main([*argv, "--set", f"out={taken}", "--set", "max_steps=2", "--force"]) == 0
+    assert load_checkpoint(taken).model_type == "gpt2"
+
+
+def test_resume_takes_budget_overrides_and_refuses_model_changes(tmp_path, data_dir, capsys):
+    run = run_train(tmp_path, data_dir, "gpt2", "r", "--stop-after", "3")
+    state = str(run / "state")
+    for item in ("gpt2.n_layer=3", "block_size=16", "lr=1"):
+        assert train.main(["--resume", state, "--set", item, "--quiet"]) == 2
+        assert "--resume cannot change" in capsys.readouterr().err
+    assert train.main(["--resume", state, "--set", "max_steps=8", "--set", "eval_interval=4", "--quiet"]) == 0
+    assert [r[0] for r in losses(run)] == [str(s) for s in range(0, 9)]
+    assert load_checkpoint(run / "state").run["steps"] == 8
+
+
+def test_data_from_another_tokenizer_is_refused(tmp_path, data_dir, capsys):
+    other = tmp_path / "other"
+    assert prepare.main(["--train", str(data_dir.parent / "train.txt"), "--vocab-size", "280",
+                         "--out", str(other), "--quiet"]) == 0
+    run = run_train(tmp_path, data_dir, "bdh", "t", "--stop-after", "2")
+    assert train.main(["--resume", str(run / "state"), "--set", f"data={other}", "--quiet"]) == 2
+    assert "another tokenizer than the checkpoint" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_between_steps_and_resume_repeats_the_run(tmp_path, data_dir, monkeypatch, capsys):
+    straight = run_train(tmp_path, data_dir, "gpt2", "straight")
+    step = train.Trainer.train_step
+
+    def interrupted_step(self):
+        out = step(self)
+        if self.progress.step == 4:  # the signal lands mid-step; the step still completes
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(train.Trainer, "train_step", interrupted_step)
+    preset = write_preset(tmp_path / "c.json", data_dir)
+    cut = tmp_path / "cut"
+    argv = ["--model", "gpt2", "--config", str(preset), "--quiet", "--set", f"out={cut / 'best'}",
+            "--set", f"state_dir={cut / 'state'}", "--set", f"log_dir={cut / 'logs'}"]
+    assert train.main(argv) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("train: interrupted at step 4; state saved") and "--resume" in last
+    assert json.loads((cut / "state" / "trainer_state.json").read_text())["progress"]["step"] == 4
+    monkeypatch.setattr(train.Trainer, "train_step", step)
+    assert train.main(["--resume", str(cut / "state"), "--quiet"]) == 0
+    assert losses(cut) == losses(straight)
+
+
+def test_a_killed_run_resumes_without_duplicate_log_rows(tmp_path, data_dir, monkeypatch):
+    straight = run_train(tmp_path, data_dir, "bdh", "straight")
+    step = train.Trainer.train_step
+
+    def dies_at_step_5(self):
+        if self.progress.step == 5:
+            raise SystemExit("killed")  # after rows 0-5 were logged; the last state saved is step 3
+        return step(self)
+
+    monkeypatch.setattr(train.Trainer, "train_step", dies_at_step_5)
+    with pytest.raises(SystemExit):
+        run_train(tmp_path, data_dir, "bdh", "killed")
+    killed = tmp_path / "killed"
+    assert [r[0] for r in losses(killed)] == ["0", "1", "2", "3", "4", "5"]
+    monkeypatch.setattr(train.Trainer, "train_step", step)
+    assert train.main(["--resume", str(killed / "state"), "--quiet"]) == 0
+    assert losses(killed) == losses(straight)
+
+
+def test_warns_when_the_run_ends_inside_its_warm_up(tmp_path, data_dir, capsys):
+    run_train(tmp_path, data_dir, "gpt2", "short", "--set", "max_steps=2", "--set", "warmup_steps=5")
+    assert "max_steps 2 <= warmup_steps 5" in capsys.readouterr().err
 
 
 def test_every_command_has_help(capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.config import ConfigError, resume_config
 from training.train import (TrainConfig, load_preset, lr_at, optimizer_from_files, optimizer_to_files,
                             parse_override)
 
@@ -76,3 +77,39 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
     for idx, state in a["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["state"][idx][name]), (idx, name)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("lr=fast", "'lr' must be a number, got \"fast\" (str)"),
+    ("batch_size=2.5", "'batch_size' must be an integer, got 2.5 (float)"),
+    ('block_size="64"', "'block_size' must be an integer, got \"64\" (str)"),
+    ("max_tokens=true", "'max_tokens' must be an integer or null"),
+    ("grad_checkpointing=1", "'grad_checkpointing' must be true or false"),
+    ("compile=maybe", "'compile' must be one of"),
+    ("warmup_steps=-1", "must not be negative"),
+    ("bdh.n_embd=wide", "bdh architecture setting 'n_embd' must be a number"),
+])
+def test_wrong_types_are_named_with_the_expected_type(tmp_path, item, message):
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"bdh": {"n_layer": 2}, "train": {}}))
+    with pytest.raises(ConfigError) as e:
+        load_preset(preset, "bdh", [item])
+    assert message in str(e.value)
+
+
+def test_good_values_pass(tmp_path):
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"bdh": {"n_layer": 2}, "train": {}}))
+    _, cfg = load_preset(preset, "bdh", ["lr=3", "max_tokens=null", "compile=true", "grad_checkpointing=true"])
+    assert cfg.lr == 3 and cfg.max_tokens is None and cfg.compile is True and cfg.grad_checkpointing
+
+
+def test_resume_overrides():
+    saved = {**TrainConfig().__dict__, "max_tokens": 1000}
+    cfg = resume_config(saved, "bdh", ["max_steps=50", "eval_interval=5", "out=elsewhere", "lr=0.001"])
+    assert cfg.max_steps == 50 and cfg.max_tokens is None and cfg.out == "elsewhere"  # lr unchanged: allowed
+    cfg = resume_config(saved, "bdh", ["max_tokens=5000"])
+    assert cfg.max_tokens == 5000
+    for item in ("bdh.n_layer=3", "batch_size=2", "seed=1", "lr=0.5"):
+        with pytest.raises(ConfigError, match="--resume cannot change"):
+            resume_config(saved, "bdh", [item])
