@@ -88,10 +88,12 @@ class GPT2Engine(DecodeEngine):
         order = sorted(range(len(sessions)), key=lambda i: sessions[i].state.index)
         slots = [sessions[i].state.index for i in order]
         starts = [sessions[i].position for i in order]
+        for sess in sessions:
+            sess.state.length = sess.position + 1
+        if order == list(range(len(order))):  # already in slot order (the usual case)
+            return self._forward(tokens[:, None], slots, starts, "last")  # (B, V)
         perm = torch.tensor(order, device=tokens.device)
         logits = self._forward(tokens[perm, None], slots, starts, "last")  # (B, V), slot order
-        for i in order:
-            sessions[i].state.length = sessions[i].position + 1
         out = torch.empty_like(logits)
         out[perm] = logits  # back to the caller's order
         return out

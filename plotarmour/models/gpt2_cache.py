@@ -123,6 +123,8 @@ class PoolCache(Cache):
         Returns the position ids (B, T) and the additive attention mask (B, 1, T, kv_len)
         to pass to the model: row b's query t sees key positions 0..starts[b]+t.
         """
+        if query_len > 1 and len(slots) > 1:
+            raise ValueError("a pass of several tokens per row runs one session (a prompt chunk)")
         self.slots, self.start_list, self.query_len = slots, starts, query_len
         self.kv_len = max(starts) + query_len
         contiguous = slots[-1] - slots[0] + 1 == len(slots) and all(b > a for a, b in zip(slots, slots[1:]))

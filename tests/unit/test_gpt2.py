@@ -213,3 +213,19 @@ def test_context_limit_is_the_position_table(model):
     with pytest.raises(InvalidInput, match="context limit"):
         small.step({sid: 4})
     assert small.position(sid) == 8
+
+
+def test_eager_attention_and_the_pool_in_the_models_dtype():
+    torch.manual_seed(1)
+    m = GPT2LMHeadModel(gpt2_config(vocab_size=V, eot_id=0, n_layer=2, n_embd=32, n_head=2, dropout=0.0)).eval()
+    ids = rand_ids(30, 9)
+    full = full_logits(m, ids)
+    m.set_attn_implementation("eager")  # the additive mask works for eager attention as for sdpa
+    engine = GPT2Engine(m)
+    sid, first = engine.open(ids[:20])
+    stepped = torch.stack([first] + [engine.step({sid: t})[0] for t in ids[20:-1]])
+    assert close(stepped, full[19:-1])
+    half = GPT2Engine(m.to(torch.bfloat16))
+    assert half.pool.keys.dtype == half.pool.values.dtype == torch.bfloat16
+    sid, first = half.open(ids[:20])
+    assert first.dtype == torch.float32 and half.step({sid: ids[20]}).shape == (1, V)
