@@ -7,3 +7,15 @@ class InvalidArgument(ValueError):
 
 class Overloaded(RuntimeError):
     """A bound (sessions, queued work) is reached; the caller may retry later."""
+
+
+class SessionGone(RuntimeError):
+    """The session was closed (by its owner, or by the idle timeout) before this step."""
+
+
+class SchedulerDown(RuntimeError):
+    """The scheduling loop has stopped (shutdown or a fault): nothing more will run."""
+
+
+class FingerprintMismatch(ValueError):
+    """The client expects another tokenizer than the one this server serves."""

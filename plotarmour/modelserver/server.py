@@ -2,7 +2,7 @@
 
     server = create_server(settings)   # inside a running event loop; binds (port 0 is fine)
     await server.start()                # gRPC + metrics up, health NOT_SERVING
-    await server.load()                 # checkpoint → engine → batcher, health SERVING
+    await server.load()                 # checkpoint → engine → scheduler, health SERVING
     ...
     await server.drain(grace); await server.stop()
 
@@ -56,8 +56,8 @@ class ModelServer:
         self._checkpoint = checkpoint
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
-        self.servicer = LanguageModelServicer(max_sessions=settings.max_sessions, metrics=self.metrics)
-        self.batcher = None
+        self.servicer = LanguageModelServicer(metrics=self.metrics)
+        self.scheduler = None
         self.grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         pb_grpc.add_LanguageModelServicer_to_server(self.servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -79,15 +79,18 @@ class ModelServer:
             self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
 
     async def load(self) -> None:
-        """Load the checkpoint on a thread, start the batcher, then report SERVING."""
+        """Load the checkpoint on a thread, start the scheduler, then report SERVING."""
         ckpt, engine = await asyncio.to_thread(self._load_engine)
-        from .batcher import Batcher  # imports torch
+        from .scheduler import Scheduler  # imports torch
 
         from plotarmour.tokenizer import eot_id, fingerprint
 
-        self.batcher = Batcher(engine, self.metrics, max_batch_size=self.settings.max_batch_size,
-                               max_queued=self.settings.max_queued, batch_wait=self.settings.batch_wait_ms / 1e3)
-        self.batcher.start()
+        s = self.settings
+        self.scheduler = Scheduler(
+            engine, self.metrics, max_batch_size=s.max_batch_size, chunk_size=s.prefill_chunk,
+            max_sessions=s.max_sessions, max_scores=s.max_scores, idle_timeout_s=s.idle_timeout_s,
+            batch_wait_s=s.batch_wait_ms / 1e3, on_fatal=self._scheduler_died)
+        self.scheduler.start()
         mi = engine.info
         info = pb.ModelInfo(
             name=self.settings.name or (ckpt.path.name if ckpt.path else mi.model_type),
@@ -95,7 +98,7 @@ class ModelServer:
             max_context=min(mi.max_context, 2**32 - 1), device=mi.device, dtype=mi.dtype,
             num_parameters=mi.num_parameters, eot_token_id=eot_id(ckpt.tokenizer),
             max_sessions=self.settings.max_sessions)
-        self.servicer.attach(self.batcher, info, ckpt.tokenizer.to_str())
+        self.servicer.attach(self.scheduler, info, ckpt.tokenizer.to_str())
         self.metrics.model.info({"name": info.name, "model_type": info.model_type, "device": info.device,
                                  "dtype": info.dtype, "num_parameters": str(info.num_parameters)})
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -110,8 +113,8 @@ class ModelServer:
             torch.set_num_threads(s.threads)
         ckpt = self._checkpoint or load_checkpoint(s.checkpoint, device=resolve_device(s.device),
                                                    dtype=getattr(torch, s.dtype))
-        kwargs = {"max_context": s.max_context} if s.max_context else {}
-        return ckpt, ckpt.engine(**kwargs)
+        engine = ckpt.engine(max_context=s.max_context or s.default_max_context)
+        return ckpt, engine
 
     @property
     def info(self) -> pb.ModelInfo | None:
@@ -122,7 +125,7 @@ class ModelServer:
         self.servicer.draining = True
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         deadline = time.monotonic() + grace
-        while self.servicer.active and time.monotonic() < deadline:
+        while self.scheduler and self.scheduler.open_sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
     async def stop(self, grace: float | None = 0.5) -> None:
@@ -130,9 +133,15 @@ class ModelServer:
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(grace)
-        if self.batcher is not None:
-            await self.batcher.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         self.metrics.close()
+
+    def _scheduler_died(self, error: BaseException) -> None:
+        # Nothing will be computed any more: say so at once, so a load balancer or the
+        # gateway stops sending work here (and an orchestrator restarts the process).
+        log.error("scheduler failed, reporting NOT_SERVING: %r", error)
+        asyncio.get_running_loop().create_task(self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
 
     async def _set_health(self, status) -> None:
         for service in ("", SERVICE_NAME):
@@ -185,7 +194,7 @@ async def serve(settings: ModelServerSettings) -> int:
                  server.metrics_port if server.metrics_port is not None else "off")
     await stopping
     log.info("shutting down: NOT_SERVING, no new sessions, %d open get up to %.1f s",
-             server.servicer.active, settings.grace_period)
+             server.scheduler.open_sessions if server.scheduler else 0, settings.grace_period)
     await server.drain(settings.grace_period)
     await server.stop(0)
     if not loading.done():

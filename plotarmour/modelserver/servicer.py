@@ -1,5 +1,5 @@
-"""The LanguageModel RPCs. Thin: protocol checks, limits and status codes; the batcher
-and the engine behind it do the model work.
+"""The LanguageModel RPCs. Thin: protocol checks and status codes; the scheduler and the
+engine behind it do the model work (and own the limits).
 
 Status codes: a caller's mistake is INVALID_ARGUMENT, a full server RESOURCE_EXHAUSTED,
 a server still loading or shutting down UNAVAILABLE; INTERNAL only for real faults.
@@ -7,52 +7,47 @@ a server still loading or shutting down UNAVAILABLE; INTERNAL only for real faul
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
 import grpc
+import numpy as np
 
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
-from .errors import InvalidArgument, Overloaded
+from .errors import FingerprintMismatch, InvalidArgument, Overloaded, SchedulerDown, SessionGone
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 class LanguageModelServicer(pb_grpc.LanguageModelServicer):
-    def __init__(self, *, max_sessions: int, metrics: Metrics):
-        self.max_sessions = max_sessions
+    def __init__(self, *, metrics: Metrics):
         self.metrics = metrics
-        self.batcher = None  # set by attach() once the model has loaded
+        self.scheduler = None  # set by attach() once the model has loaded
         self.info: pb.ModelInfo | None = None
         self.tokenizer_json = ""
         self.draining = False  # after SIGTERM: no new sessions
-        self.active = 0  # Decode streams in progress
+        self.streams = 0  # Decode and Batch streams in progress
 
-    def attach(self, batcher, info: pb.ModelInfo, tokenizer_json: str) -> None:
-        self.batcher, self.info, self.tokenizer_json = batcher, info, tokenizer_json
+    def attach(self, scheduler, info: pb.ModelInfo, tokenizer_json: str) -> None:
+        self.scheduler, self.info, self.tokenizer_json = scheduler, info, tokenizer_json
 
     # -- RPCs ----------------------------------------------------------------------
     async def GetInfo(self, request: pb.InfoRequest, context) -> pb.ModelInfo:
         await self._require_loaded(context, "GetInfo")
         info = pb.ModelInfo()
         info.CopyFrom(self.info)
-        info.open_sessions = self.active
+        info.open_sessions = self.scheduler.open_sessions
         if request.include_tokenizer:
             info.tokenizer_json = self.tokenizer_json
         return info
 
     async def Decode(self, requests, context):
-        await self._require_loaded(context, "Decode")
-        if self.draining:
-            await self._abort(context, "Decode", grpc.StatusCode.UNAVAILABLE,
-                              "the server is shutting down and takes no new sessions")
-        if self.active >= self.max_sessions:
-            await self._abort(context, "Decode", grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"{self.active} sessions are open, the limit is {self.max_sessions}; retry later")
-        self.active += 1
+        await self._require_open(context, "Decode")
+        self.streams += 1
         session = None
         try:
             async with self._errors(context, "Decode"):
@@ -62,41 +57,232 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
                         if given != "prompt":
                             raise InvalidArgument(
                                 f"the first DecodeRequest of a stream must carry `prompt`, got {given or 'nothing'}")
-                        session, data = await self.batcher.open(list(request.prompt.token_ids))
+                        session, row = await self.scheduler.open(list(request.prompt.token_ids))
                     else:
                         if given != "token":
                             raise InvalidArgument(
                                 f"after the prompt every DecodeRequest must carry `token`, got {given or 'nothing'}"
                                 " (one stream is one session: open a new stream for a new prompt)")
-                        data = await session.step(request.token)
-                    yield pb.DecodeResponse(next=pb.Distribution(data=data, kind=pb.LOG_PROBS),
+                        row = await session.step(request.token)
+                    yield pb.DecodeResponse(next=pb.Distribution(data=row.tobytes(), kind=pb.LOG_PROBS),
                                             position=session.position)
         finally:
             # Runs when the stream ends, fails, or is cancelled (client gone): the
             # session's state is freed in every case.
-            self.active -= 1
+            self.streams -= 1
             if session is not None:
                 session.close()
+
+    async def Batch(self, requests, context):
+        await self._require_open(context, "Batch")
+        self.streams += 1
+        stream = BatchStream(self)
+        reader = asyncio.ensure_future(stream.read(requests))
+        try:
+            async with self._errors(context, "Batch"):
+                while (response := await stream.next_response(reader)) is not None:
+                    yield response
+        finally:
+            # The client closed, failed or vanished (its connection dropped): every
+            # session of this stream is freed, and unfinished prefills stop at the next chunk.
+            self.streams -= 1
+            reader.cancel()
+            stream.close_all()
 
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         await self._require_loaded(context, "Score")
         async with self._errors(context, "Score"):
-            return pb.ScoreResponse(log_probs=await self.batcher.score(list(request.token_ids)))
+            logp = await self.scheduler.score(list(request.token_ids))
+            return pb.ScoreResponse(log_probs=logp.tobytes())
 
     # -- helpers -------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _errors(self, context, rpc: str):
         try:
             yield
-        except InvalidArgument as e:
-            await self._abort(context, rpc, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except Overloaded as e:
-            await self._abort(context, rpc, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except Exception as e:
+            code = status_of(e)
+            if code is None:
+                raise
+            await self._abort(context, rpc, code, str(e))
 
     async def _require_loaded(self, context, rpc: str) -> None:
-        if self.batcher is None:
+        if self.scheduler is None:
             await self._abort(context, rpc, grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
+
+    async def _require_open(self, context, rpc: str) -> None:
+        await self._require_loaded(context, rpc)
+        if self.draining:
+            await self._abort(context, rpc, grpc.StatusCode.UNAVAILABLE,
+                              "the server is shutting down and takes no new sessions")
 
     async def _abort(self, context, rpc: str, code: grpc.StatusCode, message: str):
         self.metrics.errors.labels(rpc, code.name).inc()
         await context.abort(code, message)
+
+
+_STATUS = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    SessionGone: grpc.StatusCode.ABORTED,
+    SchedulerDown: grpc.StatusCode.UNAVAILABLE,
+    FingerprintMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_of(e: BaseException) -> grpc.StatusCode | None:
+    """The status code a failure is reported with; None for faults (INTERNAL via grpc)."""
+    return next((code for kind, code in _STATUS.items() if isinstance(e, kind)), None)
+
+
+class BatchStream:
+    """The server's side of one Batch stream: the client's session ids, and the answers.
+
+    Requests are read by one task; each open and each step runs as its own task, so a
+    long prefill never holds back the steps behind it. Answers queue up for the handler
+    to send. A malformed request, or a task that fails with no per-session answer to
+    give (the scheduler down, a bug), ends the whole stream with its status: the client
+    must not wait for an answer that will never come.
+    """
+
+    def __init__(self, servicer: LanguageModelServicer):
+        self.servicer = servicer
+        self.scheduler, self.info, self.metrics = servicer.scheduler, servicer.info, servicer.metrics
+        self.sessions: dict[int, Session | None] = {}  # client id → session (None while prefilling)
+        self.tasks: set[asyncio.Task] = set()
+        self.out: asyncio.Queue[pb.BatchResponse] = asyncio.Queue()
+        self.failure: BaseException | None = None  # what ends the stream
+
+    async def read(self, requests) -> None:
+        async for request in requests:
+            kind = request.WhichOneof("kind")
+            if kind == "open":
+                self._spawn(self._open(request.open))
+            elif kind == "step":
+                step = request.step
+                if len(step.sessions) != len(step.tokens):
+                    raise InvalidArgument(
+                        f"step {step.step} has {len(step.sessions)} sessions but {len(step.tokens)} tokens")
+                self._spawn(self._step(step))
+            elif kind == "close":
+                for sid in request.close.sessions:
+                    session = self.sessions.pop(sid, None)
+                    if session is not None:
+                        session.close()
+            else:
+                raise InvalidArgument("a BatchRequest must carry open, step or close")
+
+    async def next_response(self, reader: asyncio.Task) -> pb.BatchResponse | None:
+        """The next answer to send; None once the client has finished and all is answered.
+        Raises what ends the stream: a malformed request or a failed task."""
+        while True:
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                self.failure = self.failure or reader.exception()
+            if self.failure is not None:
+                raise self.failure
+            if not self.out.empty():
+                return self.out.get_nowait()
+            if reader.done() and not self.tasks:
+                return None
+            getter = asyncio.ensure_future(self.out.get())
+            waits = {getter, *(t for t in self.tasks if not t.done())} | (set() if reader.done() else {reader})
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                return getter.result()
+            getter.cancel()
+
+    def close_all(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for session in self.sessions.values():
+            if session is not None:
+                session.close()
+        self.sessions.clear()
+
+    # -- the requests ------------------------------------------------------------------
+    async def _open(self, req: pb.OpenSession) -> None:
+        sid = req.session
+        try:
+            if self.servicer.draining:
+                raise SchedulerDown("the server is shutting down and takes no new sessions")
+            if sid in self.sessions:
+                # Refused without touching the session already under this id.
+                raise InvalidArgument(f"session {sid} is already open on this stream")
+            want, have = req.tokenizer_fingerprint, self.info.tokenizer_fingerprint
+            if want and want != have:
+                raise FingerprintMismatch(
+                    f"tokenizer mismatch: the client expects fingerprint {want}, but this server "
+                    f"({self.info.model_type} model {self.info.name!r}) serves {have}")
+        except Exception as e:
+            self._error(sid, e)
+            return
+        self.sessions[sid] = None
+        try:
+            session, row = await self.scheduler.open(list(req.prompt_ids))
+        except Exception as e:
+            if self.sessions.get(sid, 0) is None:  # still ours (not closed, not reopened)
+                del self.sessions[sid]
+            self._error(sid, e)
+            return
+        if sid not in self.sessions:  # closed by the client while it prefilled
+            session.close()
+            return
+        self.sessions[sid] = session
+        session.on_expire = lambda s, why: self._expired(sid, s, why)
+        self.out.put_nowait(pb.BatchResponse(opened=pb.SessionOpened(
+            session=sid, next=pb.Distribution(data=row.tobytes(), kind=pb.LOG_PROBS), position=session.position)))
+
+    async def _step(self, req: pb.StepSessions) -> None:
+        errors, ids, sessions, tokens = [], [], [], []
+        for sid, token in zip(req.sessions, req.tokens):
+            session = self.sessions.get(sid)
+            if session is None:
+                why = "is still being prefilled" if sid in self.sessions else "is not open on this stream"
+                errors.append(self._error_proto(sid, InvalidArgument(f"session {sid} {why}")))
+                continue
+            ids.append(sid)
+            sessions.append(session)
+            tokens.append(token)
+        results = await self.scheduler.step(sessions, tokens) if sessions else []
+        rows, stepped = [], []
+        for sid, session, result in zip(ids, sessions, results):
+            if isinstance(result, Exception):
+                if status_of(result) is None:
+                    raise result
+                errors.append(self._error_proto(sid, result))
+                self.sessions.pop(sid, None)
+                session.close()
+            else:
+                rows.append(result)
+                stepped.append(sid)
+        data = np.stack(rows).tobytes() if rows else b""
+        self.out.put_nowait(pb.BatchResponse(stepped=pb.StepResult(
+            step=req.step, sessions=stepped, data=data, kind=pb.LOG_PROBS, errors=errors)))
+
+    # -- helpers -----------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            if status_of(e) is None:
+                log.error("Batch stream task failed", exc_info=e)
+            self.failure = self.failure or e  # next_response raises it
+
+    def _expired(self, sid: int, session: Session, why: str) -> None:
+        if self.sessions.get(sid) is session:
+            del self.sessions[sid]
+            self.out.put_nowait(pb.BatchResponse(error=self._error_proto(sid, SessionGone(why))))
+
+    def _error(self, sid: int, e: Exception) -> None:
+        if status_of(e) is None:
+            raise e
+        self.out.put_nowait(pb.BatchResponse(error=self._error_proto(sid, e)))
+
+    def _error_proto(self, sid: int, e: Exception) -> pb.SessionError:
+        code = status_of(e)
+        self.metrics.errors.labels("Batch", code.name).inc()
+        return pb.SessionError(session=sid, code=code.value[0], message=str(e))

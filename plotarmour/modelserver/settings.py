@@ -39,14 +39,22 @@ class ModelServerSettings(BaseSettings):
     device: str = Field("auto", description="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
-    max_sessions: int = Field(64, ge=1, description="Decode streams open at once")
-    max_context: int | None = Field(None, ge=1,
-                                    description="tokens per session, prompt included (default: the model's limit)")
-    max_batch_size: int = Field(32, ge=1, description="sessions stepped in one forward pass")
-    max_queued: int = Field(256, ge=1, description="prefills, steps and scores waiting or running at once")
+    max_sessions: int = Field(64, ge=1, description="sessions open at once (Decode streams and Batch-stream "
+                                                   "sessions together); beyond: RESOURCE_EXHAUSTED")
+    max_context: int | None = Field(None, ge=1, description="tokens per session, prompt included (default: "
+                                                            "the model's limit, capped at default_max_context)")
+    default_max_context: int = Field(1 << 20, ge=1, description="cap on a model's own context limit when "
+                                                                 "max_context is not given")
+    max_batch_size: int = Field(64, ge=1, description="decode rows stepped in one forward pass")
+    prefill_chunk: int = Field(256, ge=1, description="prompt or Score tokens run per scheduler iteration: a "
+                                                      "running story waits for at most one chunk")
+    max_scores: int = Field(16, ge=1, description="Score calls waiting or running at once; beyond: "
+                                                  "RESOURCE_EXHAUSTED (steps are never refused)")
+    idle_timeout_s: float = Field(300.0, ge=0, description="free a session nobody has stepped for this long "
+                                                           "(0: never)")
     batch_wait_ms: float = Field(
         0.0, ge=0, description="when fewer sessions wait for a step than are open, wait up to this long "
-                               "for the others to join the batch (trades a little latency for throughput)")
+                               "for the others to join the batch (for per-session Decode clients)")
     grace_period: float = Field(10.0, ge=0, description="seconds open sessions get to finish after SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
 

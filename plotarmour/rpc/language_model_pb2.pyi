@@ -91,3 +91,83 @@ class ScoreResponse(_message.Message):
     LOG_PROBS_FIELD_NUMBER: _ClassVar[int]
     log_probs: bytes
     def __init__(self, log_probs: _Optional[bytes] = ...) -> None: ...
+
+class OpenSession(_message.Message):
+    __slots__ = ("session", "prompt_ids", "tokenizer_fingerprint")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    prompt_ids: _containers.RepeatedScalarFieldContainer[int]
+    tokenizer_fingerprint: str
+    def __init__(self, session: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ...) -> None: ...
+
+class StepSessions(_message.Message):
+    __slots__ = ("step", "sessions", "tokens")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    sessions: _containers.RepeatedScalarFieldContainer[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CloseSessions(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sessions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BatchRequest(_message.Message):
+    __slots__ = ("open", "step", "close")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    open: OpenSession
+    step: StepSessions
+    close: CloseSessions
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., step: _Optional[_Union[StepSessions, _Mapping]] = ..., close: _Optional[_Union[CloseSessions, _Mapping]] = ...) -> None: ...
+
+class SessionError(_message.Message):
+    __slots__ = ("session", "code", "message")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    code: int
+    message: str
+    def __init__(self, session: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SessionOpened(_message.Message):
+    __slots__ = ("session", "next", "position")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    next: Distribution
+    position: int
+    def __init__(self, session: _Optional[int] = ..., next: _Optional[_Union[Distribution, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
+
+class StepResult(_message.Message):
+    __slots__ = ("step", "sessions", "data", "kind", "errors")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    sessions: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    kind: DistributionKind
+    errors: _containers.RepeatedCompositeFieldContainer[SessionError]
+    def __init__(self, step: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., kind: _Optional[_Union[DistributionKind, str]] = ..., errors: _Optional[_Iterable[_Union[SessionError, _Mapping]]] = ...) -> None: ...
+
+class BatchResponse(_message.Message):
+    __slots__ = ("opened", "stepped", "error")
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    STEPPED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    opened: SessionOpened
+    stepped: StepResult
+    error: SessionError
+    def __init__(self, opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., stepped: _Optional[_Union[StepResult, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class LanguageModelStub:
                 request_serializer=plotarmour_dot_v1_dot_language__model__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=plotarmour_dot_v1_dot_language__model__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.stream_stream(
+                '/plotarmour.v1.LanguageModel/Batch',
+                request_serializer=plotarmour_dot_v1_dot_language__model__pb2.BatchRequest.SerializeToString,
+                response_deserializer=plotarmour_dot_v1_dot_language__model__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class LanguageModelServicer:
@@ -78,6 +83,17 @@ class LanguageModelServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request_iterator, context):
+        """The fast path: one long-lived stream between a gateway and a server carries many
+        sessions. The client opens sessions (ids of its own choosing), steps many of them in
+        one message and closes them; the server answers every step with one message holding
+        every stepped session's next-token distribution. All sessions of a stream are freed
+        when the stream ends, whatever the reason (a crashed client included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LanguageModelServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +111,11 @@ def add_LanguageModelServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=plotarmour_dot_v1_dot_language__model__pb2.ScoreRequest.FromString,
                     response_serializer=plotarmour_dot_v1_dot_language__model__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Batch': grpc.stream_stream_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=plotarmour_dot_v1_dot_language__model__pb2.BatchRequest.FromString,
+                    response_serializer=plotarmour_dot_v1_dot_language__model__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +199,33 @@ class LanguageModel:
             '/plotarmour.v1.LanguageModel/Score',
             plotarmour_dot_v1_dot_language__model__pb2.ScoreRequest.SerializeToString,
             plotarmour_dot_v1_dot_language__model__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/plotarmour.v1.LanguageModel/Batch',
+            plotarmour_dot_v1_dot_language__model__pb2.BatchRequest.SerializeToString,
+            plotarmour_dot_v1_dot_language__model__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,3 +19,6 @@ class Settings(ModelServerSettings):
     checkpoint: CheckpointDir = Path("checkpoints/bdh")
     port: Port = 50051
     metrics_port: MetricsPort = 9101
+    # BDH's state has no length limit, so its cap is a serving choice: it bounds what one
+    # request may cost. Raise it with --default-max-context.
+    default_max_context: int = 8192

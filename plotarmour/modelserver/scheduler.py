@@ -1,0 +1,440 @@
+"""One scheduling loop owns the engine (TGI's and vLLM's design).
+
+Engines are not thread-safe and torch work must not block the event loop, so the loop
+hands each iteration to ONE worker thread. An iteration is
+
+    every decode row waiting now (up to max_batch_size), stepped as one batch
+    + at most one chunk (chunk_size tokens) of pending prefill or Score work
+
+so a long prompt or Score delays a running story by one chunk at most (vLLM's chunked
+prefill). Chunk work takes turns, round robin, so a short prompt is not queued behind a
+20,000-token Score. Work whose caller has gone is dropped at the next chunk boundary.
+
+Limits: a running session's steps are never refused; only new sessions
+(`max_sessions`) and Score calls (`max_scores`) meet a bound. Sessions nobody steps for
+`idle_timeout_s` are freed. If the loop dies, every waiter gets the error at once, later
+calls fail at once, and `on_fatal` lets the server turn its health NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from plotarmour.models import DecodeEngine, InvalidInput
+from plotarmour.models.base import score_chunk
+
+from .errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def log_probs(logits: torch.Tensor) -> np.ndarray:
+    """logits (B, V) → float32 log-probabilities (B, V), little-endian, C-contiguous."""
+    return torch.log_softmax(logits.float(), dim=-1).numpy().astype("<f4", copy=False)
+
+
+@dataclass(eq=False)
+class Session:
+    """A session of the engine, as the servicer sees it."""
+
+    id: int  # the engine's session id
+    position: int  # tokens consumed so far
+    scheduler: Scheduler
+    last_active: float = field(default_factory=time.monotonic)
+    on_expire: Callable[[Session, str], None] | None = None  # told when the idle timeout frees it
+    closed: bool = False
+
+    async def step(self, token: int) -> np.ndarray:
+        """The next-token log-probs (V,) after feeding `token`."""
+        result = (await self.scheduler.step([self], [token]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self.scheduler.close(self)
+
+
+@dataclass(eq=False)
+class _Work:
+    """A prompt to prefill or a sequence to score, run chunk by chunk on the worker."""
+
+    kind: str  # "prefill" | "score"
+    ids: list[int]
+    future: asyncio.Future
+    done: int = 0  # tokens fed so far
+    sid: int | None = None  # the engine session it runs in
+    parts: list[torch.Tensor] = field(default_factory=list)  # score: log-probs so far
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def end(self) -> int:
+        # A score never feeds its last token: it predicts nothing.
+        return len(self.ids) - 1 if self.kind == "score" else len(self.ids)
+
+
+class Scheduler:
+    def __init__(self, engine: DecodeEngine, metrics: Metrics, *, max_batch_size: int = 64, chunk_size: int = 256,
+                 max_sessions: int = 64, max_scores: int = 16, idle_timeout_s: float = 300.0,
+                 batch_wait_s: float = 0.0, on_fatal: Callable[[BaseException], None] | None = None):
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.chunk_size = chunk_size
+        self.max_sessions = max_sessions
+        self.max_scores = max_scores
+        self.idle_timeout_s = idle_timeout_s
+        self.batch_wait_s = batch_wait_s
+        self.on_fatal = on_fatal
+        self.vocab_size = engine.vocab_size
+        self.max_context = engine.max_context
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._rows: dict[Session, tuple[int, asyncio.Future]] = {}  # waiting decode rows: session → (token, result)
+        self._work: deque[_Work] = deque()  # prefill and score, taking turns
+        self._sessions: set[Session] = set()
+        self._admitted = 0  # sessions open or being prefilled: what max_sessions bounds
+        self._scores = 0
+        self._closing: list[int] = []  # engine sessions to free on the next iteration
+        # What the worker runs now: out of _rows and _work, yet its waiters must hear
+        # of it if the loop dies or stops mid-iteration.
+        self._inflight: tuple[dict, _Work | None] = ({}, None)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.failure: BaseException | None = None  # what killed the loop
+        self._down: SchedulerDown | None = None  # set once nothing more will run
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        self._down = self._down or SchedulerDown("the server is shutting down")
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_all(self._down)
+        await asyncio.to_thread(self._worker.shutdown, wait=True)
+
+    @property
+    def open_sessions(self) -> int:
+        return self._admitted
+
+    # -- the operations (event loop side) ----------------------------------------------
+    async def open(self, prompt: list[int]) -> tuple[Session, np.ndarray]:
+        """Prefill a prompt; returns the session and the log-probs (V,) after it."""
+        self._check_up()
+        ids = self._checked(self.engine.check_prompt, prompt)
+        if self._admitted >= self.max_sessions:
+            raise Overloaded(f"{self._admitted} sessions are open, the limit is {self.max_sessions}; retry later")
+        self._admitted += 1
+        self._gauge()
+        work = self._submit("prefill", ids)
+        try:
+            sid, row = await work.future
+        except BaseException:
+            # Cancelled or failed: the loop drops the work and frees its engine session,
+            # or, when the prefill had just finished, the session it opened.
+            self._admitted -= 1
+            self._gauge()
+            fut = work.future
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._closing.append(fut.result()[0])
+                self._wake.set()
+            raise
+        session = Session(sid, len(ids), self)
+        self._sessions.add(session)
+        return session, row
+
+    async def step(self, sessions: list[Session], tokens: list[int]) -> list[np.ndarray | Exception]:
+        """Feed one token to each session; all of them join the next batch together.
+
+        Returns, per session, its log-probs (V,) or the error that closed it. Never
+        refused for load: a running story always gets its step.
+        """
+        self._check_up()
+        loop = asyncio.get_running_loop()
+        results: list[np.ndarray | Exception | asyncio.Future] = []
+        for s, token in zip(sessions, tokens):
+            problem = self._step_problem(s, token)
+            if problem is not None:
+                results.append(problem)
+                continue
+            fut = loop.create_future()
+            self._rows[s] = (token, fut)
+            s.last_active = time.monotonic()
+            results.append(fut)
+        self._wake.set()
+        try:
+            for i, r in enumerate(results):
+                if isinstance(r, asyncio.Future):
+                    try:
+                        results[i] = await r
+                    except Exception as e:  # this row failed; the others stand
+                        results[i] = e
+        except asyncio.CancelledError:
+            for s in sessions:  # the caller left: its rows need not run
+                entry = self._rows.pop(s, None)
+                if entry is not None:
+                    entry[1].cancel()
+            raise
+        return results
+
+    def close(self, session: Session) -> None:
+        """Free a session. Never blocks: the loop frees it at its next iteration."""
+        if session.closed:
+            return
+        session.closed = True
+        entry = self._rows.pop(session, None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_exception(SessionGone("the session was closed while its step waited"))
+        self._sessions.discard(session)
+        self._admitted -= 1
+        self._gauge()
+        self._closing.append(session.id)
+        self._wake.set()
+
+    async def score(self, ids: list[int]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t ≥ 1, float32 (T-1,), computed chunk by chunk."""
+        self._check_up()
+        ids = self._checked(self.engine.check_score, ids)
+        if self._scores >= self.max_scores:
+            raise Overloaded(f"{self._scores} Score calls are running, the limit is {self.max_scores}; retry later")
+        self._scores += 1
+        try:
+            return await self._submit("score", ids).future
+        finally:
+            self._scores -= 1
+
+    # -- the loop -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not (self._rows or self._work or self._closing):
+                    self._wake.clear()
+                    with _suppress_timeout():
+                        await asyncio.wait_for(self._wake.wait(), timeout=self._idle_check_interval())
+                    self._expire_idle()
+                    continue
+                await self._gather_stragglers(loop)
+                rows = self._take_rows()
+                work = self._take_work()
+                closing, self._closing = self._closing, []
+                self._inflight = (rows, work)
+                out = await loop.run_in_executor(self._worker, self._iterate, closing, rows, work)
+                self._inflight = ({}, None)
+                self._deliver(rows, work, out)
+                self._expire_idle()
+                # One turn of the event loop first: a caller just answered that steps again
+                # at once (in-process) joins the next batch instead of waiting a chunk.
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a bug or a device fault: nobody may hang on us
+            log.exception("the scheduling loop died")
+            self.failure = e
+            self._down = SchedulerDown(f"the model server's scheduler failed: {e!r}")
+            self._fail_all(self._down)
+            if self.on_fatal is not None:
+                self.on_fatal(e)
+
+    def _take_rows(self) -> dict[Session, tuple[int, asyncio.Future]]:
+        rows = {}
+        for s in list(self._rows)[: self.max_batch_size]:
+            token, fut = self._rows.pop(s)
+            if not fut.done():  # a caller that left is skipped
+                rows[s] = (token, fut)
+        return rows
+
+    def _take_work(self) -> _Work | None:
+        while self._work:
+            work = self._work.popleft()
+            if not work.future.done():
+                return work
+            self._drop(work)  # its caller has gone: stop at this chunk boundary
+        return None
+
+    def _drop(self, work: _Work) -> None:
+        if work.sid is not None:
+            self._closing.append(work.sid)
+            work.sid = None
+
+    async def _gather_stragglers(self, loop) -> None:
+        """With batch_wait_s > 0 and fewer rows waiting than sessions open, wait a little
+        for the others (per-session Decode streams arrive out of phase)."""
+        if not self.batch_wait_s or not self._rows:
+            return
+        want = min(len(self._sessions), self.max_batch_size)
+        deadline = loop.time() + self.batch_wait_s
+        while len(self._rows) < want and (left := deadline - loop.time()) > 0:
+            self._wake.clear()
+            with _suppress_timeout():
+                await asyncio.wait_for(self._wake.wait(), left)
+
+    # -- on the worker thread ------------------------------------------------------------
+    def _iterate(self, closing: list[int], rows: dict, work: _Work | None):
+        for sid in closing:
+            self.engine.close(sid)
+        stepped = self._step_rows(rows) if rows else None
+        chunk = self._run_chunk(work) if work is not None else None
+        return stepped, chunk
+
+    def _step_rows(self, rows: dict) -> tuple[np.ndarray | None, dict | None]:
+        t0 = time.perf_counter()
+        tokens = {s.id: token for s, (token, _) in rows.items()}
+        try:
+            out = log_probs(self.engine.step(tokens)), None
+        except InvalidInput:
+            # Pre-checks make this unreachable for caller mistakes we know of; should one
+            # slip through, step the rows one by one so only its own session fails.
+            out = None, {s: self._step_one(s.id, token) for s, (token, _) in rows.items()}
+        self.metrics.step_latency.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(len(rows))
+        self.metrics.steps.inc(len(rows))
+        return out
+
+    def _step_one(self, sid: int, token: int) -> np.ndarray | Exception:
+        try:
+            return log_probs(self.engine.step({sid: token}))[0]
+        except InvalidInput as e:
+            return InvalidArgument(str(e))
+
+    def _run_chunk(self, work: _Work) -> np.ndarray | Exception | None:
+        """One chunk of `work`; returns its result when finished, None while not."""
+        try:
+            if work.sid is None:
+                work.sid = self.engine.begin()
+            a = work.done
+            b = min(a + self.chunk_size, work.end)
+            last = b == work.end
+            if work.kind == "prefill":
+                logits = self.engine.feed(work.sid, work.ids[a:b], "last" if last else "none")
+            else:
+                logits = self.engine.feed(work.sid, work.ids[a:b], "all")
+                work.parts.append(score_chunk(logits, work.ids, a))
+            work.done = b
+            self.metrics.prompt_tokens.inc(b - a)
+            if not last:
+                return None
+            if work.kind == "prefill":
+                self.metrics.prefill_latency.observe(time.perf_counter() - work.t0)
+                return log_probs(logits[None])[0]
+            self.engine.close(work.sid)
+            work.sid = None
+            return torch.cat(work.parts).numpy().astype("<f4", copy=False)
+        except InvalidInput as e:
+            return InvalidArgument(str(e))
+
+    # -- back on the event loop --------------------------------------------------------------
+    def _deliver(self, rows: dict, work: _Work | None, out) -> None:
+        stepped, result = out
+        if stepped is not None:
+            batch, singles = stepped
+            for i, (s, (_, fut)) in enumerate(rows.items()):
+                value = batch[i] if batch is not None else singles[s]
+                if not isinstance(value, Exception):
+                    # The engine has advanced, whether or not its caller still waits:
+                    # keep the session's position in step with the engine's.
+                    s.position += 1
+                if fut.done():
+                    continue
+                if isinstance(value, Exception):
+                    fut.set_exception(value)
+                else:
+                    fut.set_result(value)
+        if work is None:
+            return
+        if result is None:  # more chunks to go: back in line
+            if work.future.done():
+                self._drop(work)
+            else:
+                self._work.append(work)
+            return
+        if isinstance(result, Exception):
+            self._drop(work)
+            if not work.future.done():
+                work.future.set_exception(result)
+            return
+        if work.kind == "prefill":
+            if work.future.done():  # the caller left during the last chunk
+                self._drop(work)
+            else:
+                work.future.set_result((work.sid, result))
+        elif not work.future.done():
+            work.future.set_result(result)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _submit(self, kind: str, ids: list[int]) -> _Work:
+        work = _Work(kind, ids, asyncio.get_running_loop().create_future())
+        self._work.append(work)
+        self._wake.set()
+        return work
+
+    def _checked(self, check, ids):
+        try:
+            return check(ids)
+        except InvalidInput as e:
+            raise InvalidArgument(str(e)) from None
+
+    def _step_problem(self, s: Session, token: int) -> Exception | None:
+        if s.closed:
+            return SessionGone("the session is closed")
+        if not 0 <= token < self.vocab_size:
+            return InvalidArgument(f"token id {token} is outside the vocabulary [0, {self.vocab_size})")
+        if s.position >= self.max_context:
+            return InvalidArgument(f"the session has reached the context limit of {self.max_context} tokens")
+        if s in self._rows:
+            return InvalidArgument("a step for this session is already waiting")
+        return None
+
+    def _expire_idle(self) -> None:
+        if not self.idle_timeout_s:
+            return
+        cutoff = time.monotonic() - self.idle_timeout_s
+        for s in [s for s in self._sessions if s.last_active < cutoff and s not in self._rows]:
+            log.info("closing session %d: no step for %.0f s (idle_timeout_s)", s.id, self.idle_timeout_s)
+            self.close(s)
+            if s.on_expire is not None:
+                s.on_expire(s, f"the session was closed after {self.idle_timeout_s:g} s without a step "
+                               "(idle_timeout_s)")
+
+    def _idle_check_interval(self) -> float | None:
+        return min(1.0, self.idle_timeout_s) if self.idle_timeout_s and self._sessions else None
+
+    def _check_up(self) -> None:
+        if self._down is not None:
+            raise SchedulerDown(str(self._down))  # a fresh one: raising one instance again grows its traceback
+
+    def _fail_all(self, err: Exception) -> None:
+        rows, work = self._inflight
+        self._inflight = ({}, None)
+        for _, fut in [*self._rows.values(), *rows.values()]:
+            if not fut.done():
+                fut.set_exception(err)
+        self._rows.clear()
+        for w in [*self._work, *([work] if work is not None else [])]:
+            if not w.future.done():
+                w.future.set_exception(err)
+        self._work.clear()
+
+    def _gauge(self) -> None:
+        self.metrics.open_sessions.set(self._admitted)
+        self.metrics.queued.set(len(self._work))
+
+
+class _suppress_timeout:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is not None and issubclass(kind, TimeoutError)
