@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from plotarmour.sampling import SamplingParams
 
 from .backends import GatewayError, IncompatibleModels, ModelPair, ModelUnavailable
-from .generation import GenerationParams, Registry, generate
+from .generation import GenerationParams, Registry, Scheduler, generate
 from .metrics import GatewayMetrics, MetricsMiddleware, StepTimer
 from .schemas import CompletionRequest, GenerateRequest, SteerRequest, ValidateRequest
 from .security import install as install_guards
@@ -130,6 +130,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         pair = holder["pair"] = ModelPair(settings)
+        holder["scheduler"] = Scheduler(pair)
         try:
             await pair.refresh()
         except IncompatibleModels:
@@ -143,6 +144,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             retry.cancel()
+            await holder["scheduler"].stop()
             await pair.aclose()
 
     app = FastAPI(title="PlotArmour gateway", version="0.1.0", lifespan=lifespan)
@@ -206,7 +208,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def run(params: GenerationParams, gen, slot: Slot):
         t0, timer = time.perf_counter(), StepTimer(metrics.step)
         try:
-            async for ev in generate(pair(), gen, params):
+            async for ev in generate(holder["scheduler"], gen, params):
                 if ev["type"] == "token":
                     metrics.tokens.inc()
                     timer.tick()

@@ -9,6 +9,7 @@ bounded by a timeout so a dead server becomes a `ModelUnavailable` (HTTP 503), n
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import dataclass
 
 import grpc
@@ -84,54 +85,123 @@ def to_logprobs(dist: pb.Distribution, vocab_size: int) -> np.ndarray:
     return x
 
 
-class DecodeSession:
-    """One long-lived Decode stream: the server keeps this generation's state while it is open."""
+def status_error(role: str, address: str, code: int, message: str) -> GatewayError:
+    """A SessionError from a Batch stream as the error the routes report."""
+    try:
+        status = next(c for c in grpc.StatusCode if c.value[0] == code)
+    except StopIteration:
+        status = grpc.StatusCode.UNKNOWN
+    return _translate(role, address, grpc.aio.AioRpcError(status, None, None, details=message))
+
+
+class BatchStream:
+    """One Batch stream to a model server: many sessions ride on it.
+
+    Requests go out through a queue that grpc drains (one writer, in order); one reader
+    task routes every answer to whoever waits for it. When the stream fails, every
+    waiter gets the error and the stream is retired; the server frees its sessions.
+    """
 
     def __init__(self, backend: ModelBackend):
-        self._backend = backend
-        self._call = backend.stub.Decode(wait_for_ready=False)
-        self.position = 0
+        self.backend = backend
+        self._outbox: asyncio.Queue[pb.BatchRequest | None] = asyncio.Queue()
+        self.call = backend.stub.Batch(self._requests(), wait_for_ready=False)
+        self.sessions: set[int] = set()  # open on this stream (what "least loaded" counts)
+        self.opened = 0
+        self.lost: dict[int, GatewayError] = {}  # sessions the server closed (idle timeout)
+        self._opens: dict[int, asyncio.Future] = {}
+        self._steps: dict[int, asyncio.Future] = {}
+        self._step_ids = itertools.count(1)
+        self.failure: GatewayError | None = None
+        self._reader = asyncio.ensure_future(self._read())
 
-    async def send_prompt(self, ids: list[int]) -> None:
-        await self._write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=ids)))
+    async def _requests(self):
+        while (req := await self._outbox.get()) is not None:
+            yield req
 
-    async def send_token(self, token: int) -> None:
-        await self._write(pb.DecodeRequest(token=token))
-
-    async def _write(self, req: pb.DecodeRequest) -> None:
-        b = self._backend
+    async def _read(self) -> None:
+        b = self.backend
         try:
-            async with asyncio.timeout(b.settings.step_timeout_s):
-                await self._call.write(req)
-        except Exception as e:  # AioRpcError, TimeoutError, or a write to a call that already ended
-            raise await self._failure(e) from None
+            async for resp in self.call:
+                kind = resp.WhichOneof("kind")
+                if kind == "opened":
+                    fut = self._opens.pop(resp.opened.session, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(to_logprobs(resp.opened.next, b.vocab_size))
+                elif kind == "stepped":
+                    fut = self._steps.pop(resp.stepped.step, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(resp.stepped)
+                elif kind == "error":
+                    e = resp.error
+                    err = status_error(b.role, b.address, e.code, e.message)
+                    self.sessions.discard(e.session)
+                    fut = self._opens.pop(e.session, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(err)
+                    else:
+                        self.lost[e.session] = err
+            raise RuntimeError("the server ended the stream")
+        except asyncio.CancelledError:
+            self._fail(ModelUnavailable(f"{b.role} model server at {b.address}: the stream was closed"))
+            raise
+        except Exception as e:  # AioRpcError or the stream's end: nothing more will come
+            self._fail(_translate(b.role, b.address, e, b.step_deadline))
 
-    async def receive(self) -> np.ndarray:
-        """The next-token log-probs (V,) the server sends after each write."""
-        b = self._backend
+    def _fail(self, err: GatewayError) -> None:
+        self.failure = self.failure or err
+        for fut in [*self._opens.values(), *self._steps.values()]:
+            if not fut.done():
+                fut.set_exception(self.failure)
+        self._opens.clear()
+        self._steps.clear()
+
+    async def open(self, session: int, prompt_ids: list[int], fingerprint: str) -> np.ndarray:
+        """Prefill a prompt as `session`; returns the next-token log-probs (V,)."""
+        if self.failure is not None:
+            raise self.failure
+        fut = asyncio.get_running_loop().create_future()
+        self._opens[session] = fut
+        self.sessions.add(session)
+        self.opened += 1
+        self._outbox.put_nowait(pb.BatchRequest(open=pb.OpenSession(
+            session=session, prompt_ids=prompt_ids, tokenizer_fingerprint=fingerprint)))
         try:
-            async with asyncio.timeout(b.settings.step_timeout_s):
-                resp = await self._call.read()
-        except (grpc.aio.AioRpcError, TimeoutError) as e:
-            raise await self._failure(e) from None
-        if resp is grpc.aio.EOF:
-            raise await self._failure(RuntimeError("stream ended early"))
-        self.position = resp.position
-        return to_logprobs(resp.next, b.vocab_size)
+            return await fut
+        except BaseException:
+            self.close([session])
+            raise
 
-    async def _failure(self, e: BaseException) -> GatewayError:
-        # A failed write hides the reason; the call's own status carries the server's message.
-        if not isinstance(e, (grpc.aio.AioRpcError, TimeoutError)) and self._call.done():
-            code = await self._call.code()
-            if code != grpc.StatusCode.OK:
-                e = grpc.aio.AioRpcError(code, None, None, details=await self._call.details())
-        b = self._backend
-        return _translate(b.role, b.address, e, b.step_deadline)
+    async def step(self, sessions: list[int], tokens: list[int]) -> tuple[dict[int, np.ndarray], dict[int, GatewayError]]:
+        """Step sessions by one token each, in one message → (log-probs by session, errors by session)."""
+        if self.failure is not None:
+            raise self.failure
+        errors = {s: self.lost.pop(s) for s in sessions if s in self.lost}
+        step = next(self._step_ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._steps[step] = fut
+        self._outbox.put_nowait(pb.BatchRequest(step=pb.StepSessions(step=step, sessions=sessions, tokens=tokens)))
+        result = await fut
+        b = self.backend
+        rows = np.frombuffer(result.data, dtype="<f4").reshape(len(result.sessions), b.vocab_size)
+        for e in result.errors:
+            errors[e.session] = status_error(b.role, b.address, e.code, e.message)
+            self.sessions.discard(e.session)
+        return dict(zip(result.sessions, rows)), errors
 
-    def close(self) -> None:
-        """End the stream so the server frees the session. Synchronous on purpose: it runs in
-        `finally` blocks of cancelled tasks, where awaiting is no longer possible."""
-        self._call.cancel()
+    def close(self, sessions: list[int]) -> None:
+        """Free sessions on the server. Never blocks (it runs in `finally` blocks)."""
+        sessions = [s for s in sessions if s in self.sessions or s in self._opens]
+        for s in sessions:
+            self.sessions.discard(s)
+            self.lost.pop(s, None)
+        if sessions and self.failure is None:
+            self._outbox.put_nowait(pb.BatchRequest(close=pb.CloseSessions(sessions=sessions)))
+
+    def shutdown(self) -> None:
+        self._outbox.put_nowait(None)  # a clean end of the request stream
+        self.call.cancel()
+        self._reader.cancel()
 
 
 @dataclass
@@ -165,6 +235,8 @@ class ModelBackend:
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.info: ServerInfo | None = None
         self.step_deadline = f"step_timeout_s = {settings.step_timeout_s:g} s"
+        self.streams: list[BatchStream] = []
+        self._session_ids = itertools.count(1)
         self.connect_deadline = f"connect_timeout_s = {settings.connect_timeout_s:g} s"
 
     @property
@@ -192,8 +264,21 @@ class ModelBackend:
             return f"{self.role} model server at {self.address} is {health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)}"
         return None
 
-    def session(self) -> DecodeSession:
-        return DecodeSession(self)
+    def stream(self) -> BatchStream:
+        """The least-loaded healthy Batch stream, opening `streams_per_server` of them at
+        first: with round_robin and several replicas behind one address, each stream
+        lands on its own replica, so sessions spread over the replicas."""
+        self.streams = [s for s in self.streams if s.failure is None]
+        while len(self.streams) < self.settings.streams_per_server:
+            self.streams.append(BatchStream(self))
+        # Ties go to the stream that has opened fewest sessions, so that short
+        # generations one after another still take turns over the replicas.
+        return min(self.streams, key=lambda s: (len(s.sessions), s.opened))
+
+    async def open(self, prompt_ids: list[int], fingerprint: str) -> tuple[BatchStream, int, np.ndarray]:
+        """A new session on the least-loaded stream → (its stream, its id, next-token log-probs)."""
+        stream, session = self.stream(), next(self._session_ids)
+        return stream, session, await stream.open(session, prompt_ids, fingerprint)
 
     async def score(self, ids: list[int]) -> np.ndarray:
         try:
@@ -203,6 +288,8 @@ class ModelBackend:
         return np.frombuffer(r.log_probs, dtype="<f4")
 
     async def aclose(self) -> None:
+        for stream in self.streams:
+            stream.shutdown()
         await self.channel.close()
 
 

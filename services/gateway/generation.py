@@ -1,14 +1,15 @@
-"""The blending loop: two Decode streams, one token at a time.
+"""The blending loop: one scheduler steps every live generation together.
 
-Each step writes the sampled token to both servers before reading either answer, so
-both compute at once and a step costs the slower of the two, not their sum. The loop
-yields plain dict events (start, token..., end); the routes turn them into JSON, SSE or
-OpenAI chunks. Errors are raised, never swallowed: the caller decides between an HTTP
-status and an SSE `error` event.
+Per iteration it blends and samples all live rows in one vectorised call, hands each
+token to its client, and sends one step message per model-server stream. `generate`
+turns one generation's share into plain dict events (start, token..., end); the routes
+turn them into JSON, SSE or OpenAI chunks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,9 @@ import numpy as np
 from plotarmour import sampling
 from plotarmour.tokenizer import IncrementalDetokenizer
 
-from .backends import ModelPair
+from .backends import BatchStream, GatewayError, ModelPair, ModelUnavailable
+
+log = logging.getLogger("plotarmour.gateway")
 
 
 @dataclass
@@ -95,72 +98,236 @@ class StopText:
         return text
 
 
-async def generate(pair: ModelPair, gen: Generation, params: GenerationParams) -> AsyncIterator[dict]:
-    """Yield {"type": "start"|"token"|"end", ...} events for one generation."""
-    tok = pair.tokenizer
-    eot, max_context = pair.eot_id, pair.max_context
-    rng = sampling.make_rng(params.seed)
-    t_start = time.perf_counter()
-    sessions = (pair.gpt2.session(), pair.bdh.session())
-    waited = 0.0  # seconds spent waiting on the model servers; the rest is the gateway's own work
+@dataclass(eq=False)
+class Live:
+    """One generation inside the scheduler: its sessions, its next-token distributions,
+    and what it has written so far."""
+
+    gen: Generation
+    params: GenerationParams
+    rng: np.random.Generator
+    sessions: list[tuple[BatchStream, int]]  # (stream, session id) on the gpt2 then the bdh server
+    lp: list[np.ndarray]  # next-token log-probs (V,) of gpt2, then bdh
+    detok: IncrementalDetokenizer
+    stopper: StopText
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    text_parts: list[str] = field(default_factory=list)
+    position: int = 0
+    t_start: float = field(default_factory=time.perf_counter)
+    t_first: float | None = None
+    waited: float = 0.0  # seconds spent waiting on the model servers
+    weight: float = 0.0  # the logic weight of the token being sampled
+    gone: bool = False  # the client left: leave at the next step
+
+    def close(self) -> None:
+        for stream, sid in self.sessions:
+            stream.close([sid])
+
+
+class Scheduler:
+    """One loop steps every live generation of a model pair together (TGI's router).
+
+    Each iteration blends and samples every live row at once, hands each token to its
+    client, then sends ONE step message per model-server stream (both servers asked at
+    once, so a step costs the slower of the two) and waits for all answers. A new
+    generation prefills on its own (its open is answered whenever the servers finish it)
+    and joins at the next iteration; a finished, failed or abandoned one leaves then.
+    """
+
+    def __init__(self, pair: ModelPair):
+        self.pair = pair
+        self.live: list[Live] = []
+        self.joining: list[Live] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def admit(self, gen: Generation, params: GenerationParams) -> Live:
+        """Prefill on both servers; the generation then waits for the next iteration.
+        Raises (as an HTTP status) whatever fails before the first token."""
+        pair = self.pair
+        opens = [asyncio.ensure_future(b.open(params.prompt_ids, pair.fingerprint)) for b in pair]
+        try:
+            done = await asyncio.gather(*opens)
+        except BaseException:
+            # One failed or the caller left: close whatever the other opened.
+            for task in opens:
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    stream, sid, _ = task.result()
+                    stream.close([sid])
+                task.cancel()
+            raise
+        live = Live(gen, params, sampling.make_rng(params.seed), sessions=[(st, sid) for st, sid, _ in done],
+                    lp=[lp for _, _, lp in done], detok=IncrementalDetokenizer(pair.tokenizer, params.prompt_ids),
+                    stopper=StopText(params.stop), position=len(params.prompt_ids))
+        self.joining.append(live)
+        self.wake()
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return live
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for live in self.live + self.joining:
+            live.close()
+
+    # -- the loop -----------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                self.live += self.joining
+                self.joining = []
+                for live in [x for x in self.live if x.gone]:
+                    live.close()
+                self.live = [x for x in self.live if not x.gone]
+                if not self.live:
+                    await self._wake.wait()
+                    continue
+                tokens, p_blend = await self._sample(self.live)
+                stepping = [(x, t) for x, t, p in zip(self.live, tokens, p_blend) if self._emit(x, int(t), p)]
+                self.live = [x for x, _ in stepping]
+                if stepping:
+                    await self._step(stepping)
+        except Exception as e:  # a bug: no client may hang on it
+            log.exception("the generation loop failed")
+            for live in self.live + self.joining:
+                live.events.put_nowait({"type": "error", "error": e})
+                live.close()
+            self.live, self.joining = [], []
+            raise
+
+    async def _sample(self, rows: list[Live]) -> tuple[np.ndarray, np.ndarray]:
+        """Blend and sample every row at once → (tokens (B,), blended probability of each)."""
+        weights = [x.gen.logic_weight for x in rows]  # read once per step: a steer applies from the next token
+        for x, w in zip(rows, weights):
+            x.weight = w
+
+        def work():
+            g = np.stack([x.lp[0] for x in rows])
+            b = np.stack([x.lp[1] for x in rows])
+            p = sampling.blend_rows(g, b, weights, [x.params.blend for x in rows])
+            ids = sampling.sample_rows(p, [x.params.sampling for x in rows], [x.rng for x in rows])
+            return ids, p[np.arange(len(rows)), ids]
+
+        if len(rows) * rows[0].lp[0].size < _INLINE_SAMPLING:
+            return work()
+        return await asyncio.to_thread(work)  # large batches stay off the event loop
+
+    def _emit(self, x: Live, token: int, p_token: float) -> bool:
+        """Hand the token to its client; True when the generation goes on."""
+        params, index = x.params, x.gen.tokens_done
+        eot, max_context = self.pair.eot_id, self.pair.max_context
+        x.position += 1
+        x.t_first = x.t_first or time.perf_counter()
+        finish = None
+        if token == eot:
+            finish, piece = "eos_token", ""
+        else:
+            piece, hit = x.stopper.push(x.detok.push(token))
+            if hit:
+                finish = "stop_sequence"
+            elif index + 1 == params.max_new_tokens or x.position >= max_context:
+                finish = "length"
+        if finish in ("eos_token", "length"):
+            # Nothing more will come: release what the detokenizer and stop check held back.
+            tail, hit = x.stopper.push(x.detok.flush())
+            piece += tail if hit else tail + x.stopper.flush()
+            finish = "stop_sequence" if hit else finish
+        x.text_parts.append(piece)
+        x.gen.tokens_done = index + 1
+        x.events.put_nowait({
+            "type": "token", "index": index, "id": token, "text": piece, "p_blend": float(p_token),
+            "p_gpt2": float(np.exp(x.lp[0][token])), "p_bdh": float(np.exp(x.lp[1][token])),
+            "logic_weight": x.weight, "special": token == eot})
+        if finish:
+            x.events.put_nowait(self._end(x, finish))
+            x.close()
+            return False
+        return True
+
+    async def _step(self, stepping: list[tuple[Live, int]]) -> None:
+        """One message per stream, every stream of both servers at once; each row gets its
+        two new distributions, or its error."""
+        calls: dict[tuple[int, BatchStream], list[tuple[Live, int, int]]] = {}
+        for x, token in stepping:
+            for role, (stream, sid) in enumerate(x.sessions):
+                calls.setdefault((role, stream), []).append((x, sid, token))
+        t0 = time.perf_counter()
+        keys = list(calls)
+        timeout = self.pair.settings.step_timeout_s
+        results = await asyncio.gather(
+            *(asyncio.wait_for(stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows]), timeout)
+              for (_, stream), rows in calls.items()),
+            return_exceptions=True)
+        waited = time.perf_counter() - t0
+        failed: dict[Live, BaseException] = {}
+        for (role, stream), result in zip(keys, results):
+            backend = stream.backend
+            if isinstance(result, BaseException):
+                if isinstance(result, (TimeoutError, asyncio.TimeoutError)):
+                    result = ModelUnavailable(f"{backend.role} model server at {backend.address} did not answer "
+                                              f"in time ({backend.step_deadline})")
+                elif not isinstance(result, GatewayError):
+                    raise result
+                for x, _, _ in calls[(role, stream)]:
+                    failed.setdefault(x, result)
+                continue
+            rows, errors = result
+            for x, sid, _ in calls[(role, stream)]:
+                if sid in rows:
+                    x.lp[role] = rows[sid]
+                else:
+                    failed.setdefault(x, errors.get(sid) or ModelUnavailable(
+                        f"{backend.role} model server at {backend.address} did not step session {sid}"))
+        for x, _ in stepping:
+            x.waited += waited
+            if x in failed:
+                x.events.put_nowait({"type": "error", "error": failed[x]})
+                x.close()
+        if failed:
+            self.live = [x for x in self.live if x not in failed]
+
+    def _end(self, x: Live, finish: str) -> dict:
+        t_end, n, prompt = time.perf_counter(), x.gen.tokens_done, len(x.params.prompt_ids)
+        return {
+            "type": "end", "id": x.gen.id, "finish_reason": finish, "text": "".join(x.text_parts),
+            "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n},
+            "timings": {"time_to_first_token_ms": round((x.t_first - x.t_start) * 1e3, 3),
+                        "total_ms": round((t_end - x.t_start) * 1e3, 3),
+                        "tokens_per_s": round(n / (t_end - x.t_start), 2) if t_end > x.t_start else None,
+                        # Per token, outside the waits for the servers: blending and sampling
+                        # (for the whole batch), detokenizing, and the other stories' turns.
+                        "gateway_ms_per_token": round((t_end - x.t_first - x.waited) * 1e3 / n, 4)},
+        }
+
+
+# Below this many (rows × vocabulary) values, sampling on the event loop costs less than
+# a hop to a thread.
+_INLINE_SAMPLING = 256 * 1024
+
+
+async def generate(scheduler: Scheduler, gen: Generation, params: GenerationParams) -> AsyncIterator[dict]:
+    """Yield {"type": "start"|"token"|"end", ...} events for one generation.
+
+    Errors are raised, never swallowed: the caller decides between an HTTP status and an
+    SSE `error` event. Leaving early (the client disconnected) ends the generation at the
+    scheduler's next step, which frees both servers' sessions."""
+    live = await scheduler.admit(gen, params)
     try:
-        for s in sessions:  # both prefill at once
-            await s.send_prompt(params.prompt_ids)
-        lp_gpt2, lp_bdh = [await s.receive() for s in sessions]
-        t_first = None
         yield {"type": "start", "id": gen.id, "logic_weight": gen.logic_weight, "blend": params.blend,
                "seed": params.seed, "prompt_tokens": len(params.prompt_ids)}
-
-        detok = IncrementalDetokenizer(tok, params.prompt_ids)
-        stopper = StopText(params.stop)
-        text_parts: list[str] = []
-        position = len(params.prompt_ids)
-        finish = None
-        for index in range(params.max_new_tokens):
-            w = gen.logic_weight  # read once per step: a steer applies from the next token
-            p = sampling.blend(lp_gpt2, lp_bdh, w, params.blend)
-            token = sampling.sample(p, params.sampling, rng)
-            position += 1
-            t_first = t_first or time.perf_counter()
-            if token == eot:
-                finish, piece = "eos_token", ""
-            else:
-                piece, hit = stopper.push(detok.push(token))
-                if hit:
-                    finish = "stop_sequence"
-                elif index + 1 == params.max_new_tokens or position >= max_context:
-                    finish = "length"
-            if finish in ("eos_token", "length"):
-                # Nothing more will come: release what the detokenizer and stop check held back.
-                tail, hit = stopper.push(detok.flush())
-                piece += tail if hit else tail + stopper.flush()
-                finish = "stop_sequence" if hit else finish
-            text_parts.append(piece)
-            gen.tokens_done = index + 1
-            yield {"type": "token", "index": index, "id": token, "text": piece,
-                   "p_blend": float(p[token]), "p_gpt2": float(np.exp(lp_gpt2[token])),
-                   "p_bdh": float(np.exp(lp_bdh[token])), "logic_weight": w, "special": token == eot}
-            if finish:
-                break
-            t_wait = time.perf_counter()
-            for s in sessions:
-                await s.send_token(token)
-            lp_gpt2, lp_bdh = [await s.receive() for s in sessions]
-            waited += time.perf_counter() - t_wait
-
-        t_end = time.perf_counter()
-        n = gen.tokens_done
-        yield {
-            "type": "end", "id": gen.id, "finish_reason": finish or "length", "text": "".join(text_parts),
-            "usage": {"prompt_tokens": len(params.prompt_ids), "completion_tokens": n,
-                      "total_tokens": len(params.prompt_ids) + n},
-            "timings": {"time_to_first_token_ms": round((t_first - t_start) * 1e3, 3),
-                        "total_ms": round((t_end - t_start) * 1e3, 3),
-                        "tokens_per_s": round(n / (t_end - t_start), 2) if t_end > t_start else None,
-                        # Per token, outside the waits for the servers: blend, sample, detokenize,
-                        # and handing the event on (SSE encoding and sending included when streaming).
-                        "gateway_ms_per_token": round((t_end - t_first - waited) * 1e3 / n, 4)},
-        }
+        while True:
+            ev = await live.events.get()
+            if ev["type"] == "error":
+                raise ev["error"]
+            yield ev
+            if ev["type"] == "end":
+                return
     finally:
-        for s in sessions:
-            s.close()
+        live.gone = True
+        scheduler.wake()

@@ -25,6 +25,10 @@ class GatewaySettings(BaseSettings):
     lb_policy: Literal["pick_first", "round_robin"] = Field(
         "pick_first", description="gRPC load balancing over a target's addresses: pick_first or round_robin")
 
+    streams_per_server: int = Field(
+        1, ge=1, le=64, description="Batch streams kept to each model-server address; with round_robin and N "
+                                    "replicas behind one address, set N so every replica gets a stream")
+
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 to serve other machines)")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
 

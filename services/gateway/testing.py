@@ -81,6 +81,51 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
             with self._lock:
                 self.open_sessions -= 1
 
+    def Batch(self, request_iterator, context):
+        sessions: dict[int, list[int]] = {}  # id → [position, last token, steps]
+        try:
+            for req in request_iterator:
+                kind = req.WhichOneof("kind")
+                if kind == "open":
+                    o = req.open
+                    ids = list(o.prompt_ids)
+                    if o.tokenizer_fingerprint and o.tokenizer_fingerprint != self.fp:
+                        yield pb.BatchResponse(error=pb.SessionError(
+                            session=o.session, code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
+                            message=f"tokenizer mismatch: client {o.tokenizer_fingerprint}, server {self.fp}"))
+                        continue
+                    if not ids or max(ids) >= self.vocab_size:
+                        yield pb.BatchResponse(error=pb.SessionError(
+                            session=o.session, code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message="bad prompt"))
+                        continue
+                    with self._lock:
+                        self.open_sessions += 1
+                        self.sessions_opened += 1
+                    sessions[o.session] = [len(ids), ids[-1], 0]
+                    yield pb.BatchResponse(opened=pb.SessionOpened(session=o.session, position=len(ids), next=pb.Distribution(
+                        data=self.dist(ids[-1], len(ids)).tobytes(), kind=pb.LOG_PROBS)))
+                elif kind == "step":
+                    rows = []
+                    for sid, token in zip(req.step.sessions, req.step.tokens):
+                        state = sessions[sid]
+                        state[0], state[1], state[2] = state[0] + 1, token, state[2] + 1
+                        if self.fail_at_step is not None and state[2] >= self.fail_at_step:
+                            context.abort(grpc.StatusCode.INTERNAL, f"fake failure at step {state[2]}")
+                        rows.append(self.dist(token, state[0]))
+                    if self.step_delay_s:
+                        time.sleep(self.step_delay_s)
+                    yield pb.BatchResponse(stepped=pb.StepResult(
+                        step=req.step.step, sessions=list(req.step.sessions), kind=pb.LOG_PROBS,
+                        data=np.stack(rows).tobytes() if rows else b""))
+                else:
+                    for sid in req.close.sessions:
+                        if sessions.pop(sid, None) is not None:
+                            with self._lock:
+                                self.open_sessions -= 1
+        finally:
+            with self._lock:
+                self.open_sessions -= len(sessions)
+
     def Score(self, request, context):
         ids = list(request.token_ids)
         lp = [self.dist(ids[t - 1], t)[ids[t]] for t in range(1, len(ids))]

@@ -24,7 +24,7 @@ def test_round_robin_spreads_generations_over_replicas(tiny_pair, gpt2_server, s
     replicas = [start_model_server(tiny_pair["bdh"], metrics_port=0) for _ in range(2)]
     target = "ipv4:" + ",".join(r.address for r in replicas)  # one name, two addresses
     gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=target,
-                                       lb_policy="round_robin", port=0))
+                                       lb_policy="round_robin", streams_per_server=2, port=0))
     try:
         with httpx.Client(base_url=gw.url, timeout=60) as client:
             for seed in range(6):
