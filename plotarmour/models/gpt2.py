@@ -5,8 +5,10 @@ slot per session. The model reads and writes it through a transformers `Cache`
 (`PoolCache`) whose `update` writes each row's new keys/values in place at that row's
 own position and returns the pool's rows up to the batch's longest length; a 4-D
 attention mask hides, per row, what lies past that row's own length. So a batched step
-never pads, concatenates or copies caches: sessions at different positions step
-together as one batch, each with its own position id.
+never pads or concatenates caches: sessions at different positions step together as
+one batch, each with its own position id, reading views of the pool (live slots are
+kept dense, so a batch of every live session is one range of slots; only a batch over
+scattered slots gathers its rows).
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ class KVPool:
     def capacity(self) -> int:
         return self.keys.shape[1]
 
+    # Under inference mode whether or not the caller is, so that growing and moving work
+    # on a pool made either way (an inference tensor cannot be written outside it).
+    @torch.inference_mode()
     def take(self) -> Slot:
         """The lowest free slot (the pool is dense, so that is the first past the live ones)."""
         if len(self.live) == self.capacity:  # grow by doubling: amortised, and rare once warm
@@ -53,6 +56,7 @@ class KVPool:
         self.live.append(slot)
         return slot
 
+    @torch.inference_mode()
     def release(self, slot: Slot) -> None:
         """Free a slot; the highest live slot moves into the hole (one copy of its length)."""
         last = self.live.pop()
