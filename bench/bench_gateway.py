@@ -11,7 +11,13 @@ Three ways to produce the same kind of blended story (w = 0.5), measured in one 
 Prints tokens/s for each, the ratio gateway : in-process, the gateway's overhead per
 token (gateway − raw gRPC), and the time to first token for a 64-token prompt.
 
+Then concurrency: aggregate blended tokens/s with 1, 16 and 64 stories streaming at once
+through the gateway (its limit raised for the run), and the ratio to one story. With
+`--against REV` the same is measured, in the same run, for the code of a git revision
+(checked out into a temporary worktree), for a before/after comparison.
+
     python bench/bench_gateway.py [--checkpoints checkpoints] [--tokens 200] [--repeats 3]
+    python bench/bench_gateway.py --concurrency-only --against 7308a48
 
 Uses <checkpoints>/bdh and <checkpoints>/gpt2 when both exist and share a tokenizer,
 else random ~4M-parameter models (vocabulary 4096) in a temp dir. Asserts nothing.
@@ -142,13 +148,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(gpt2: str, bdh: str) -> tuple[subprocess.Popen, str]:
+def start_gateway(gpt2: str, bdh: str, root: Path = ROOT, max_concurrent: int = 8) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PLOTARMOUR_GATEWAY_GPT2_ADDRESS": gpt2, "PLOTARMOUR_GATEWAY_BDH_ADDRESS": bdh,
            "PLOTARMOUR_GATEWAY_HOST": "127.0.0.1", "PLOTARMOUR_GATEWAY_PORT": str(port),
            "PLOTARMOUR_GATEWAY_LOG_LEVEL": "warning", "PLOTARMOUR_GATEWAY_MAX_NEW_TOKENS_LIMIT": "4096",
-           "PLOTARMOUR_GATEWAY_MAX_PROMPT_TOKENS": "4096"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env)
+           "PLOTARMOUR_GATEWAY_MAX_PROMPT_TOKENS": "4096",
+           "PLOTARMOUR_GATEWAY_MAX_CONCURRENT": str(max_concurrent), "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=root, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -183,6 +190,69 @@ def via_gateway(client: httpx.Client, prompt: str, n: int, seed: int) -> dict:
     return {"s_per_token": spt, "ttft": stamps[0] - t0, "prompt_tokens": start["prompt_tokens"], **end["timings"]}
 
 
+def start_server(root: Path, service: str, checkpoint: Path, threads: int, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A model server of the code under `root` (this checkout or an old worktree)."""
+    port_file = tmp / f"{service}-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", f"services.{service}", "--checkpoint", str(checkpoint), "--port", "0",
+           "--metrics-port", "-1", "--device", "cpu", "--threads", str(threads), "--max-sessions", "256",
+           "--port-file", str(port_file)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{service} server under {root} did not start")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
+
+
+async def concurrent_stories(url: str, prompt: str, streams: int, n: int) -> tuple[float, int]:
+    """`streams` stories at once over /generate_stream → (aggregate tokens/s, tokens)."""
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        async def one(seed: int) -> int:
+            body = {"prompt": prompt, "logic_weight": W, "max_new_tokens": n, "seed": seed}
+            count, failed = 0, False
+            async with client.stream("POST", "/generate_stream", json=body) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if line.startswith("event: token"):
+                        count += 1
+                    elif line.startswith("event: error"):
+                        failed = True
+                    elif failed and line.startswith("data:"):
+                        raise RuntimeError(f"story {seed} failed: {line[5:]}")
+            return count
+
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*(one(s) for s in range(streams)))
+        return sum(counts) / (time.perf_counter() - t0), sum(counts)
+
+
+def concurrency(root: Path, pair: dict[str, Path], prompt: str, levels: list[int], n: int, threads: int) -> dict:
+    """Aggregate tokens/s at each concurrency level, for the code under `root`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        try:
+            g, ga = start_server(root, "gpt2", pair["gpt2"], threads, Path(tmp))
+            procs.append(g)
+            b, ba = start_server(root, "bdh", pair["bdh"], threads, Path(tmp))
+            procs.append(b)
+            gw, url = start_gateway(ga, ba, root=root, max_concurrent=max(levels))
+            procs.append(gw)
+            asyncio.run(concurrent_stories(url, prompt, 2, 8))  # warm-up
+            return {k: asyncio.run(concurrent_stories(url, prompt, k, n))[0] for k in levels}
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(10)
+
+
+def print_concurrency(label: str, rates: dict) -> None:
+    one = rates[min(rates)]
+    cells = ", ".join(f"{k} streams {r:7.1f} tok/s ({r / one:4.2f}x)" for k, r in rates.items())
+    print(f"{label:<10}: {cells}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
@@ -191,9 +261,36 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for the in-process loop and for each model server (on a small shared "
                          "machine more threads than free cores make torch much slower)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64], help="stories at once")
+    ap.add_argument("--concurrency-tokens", type=int, default=64, help="tokens per story in the concurrency runs")
+    ap.add_argument("--concurrency-only", action="store_true", help="skip the single-story comparison")
+    ap.add_argument("--against", metavar="REV", help="also measure concurrency for this git revision's code")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    if not args.concurrency_only:
+        single_story(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        pair = pick_pair(args.checkpoints, Path(tmp))
+        tok = load_checkpoint(pair["gpt2"]).tokenizer
+        prompt = tok.decode(prompt_ids(tok, 16))
+        print(f"concurrency: {args.concurrency_tokens} tokens per story, w={W}, {args.threads} torch thread(s) "
+              "per server")
+        old = None
+        if args.against:
+            old = Path(tmp) / "old"
+            subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against], cwd=ROOT, check=True,
+                           capture_output=True)
+        try:
+            for label, root in [("this code", ROOT)] + ([(args.against, old)] if old else []):
+                print_concurrency(label, concurrency(root, pair, prompt, args.concurrency, args.concurrency_tokens,
+                                                     args.threads))
+        finally:
+            if old is not None:
+                subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, capture_output=True)
+
+
+def single_story(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pair = pick_pair(args.checkpoints, Path(tmp))
         ckpts = [load_checkpoint(pair[m]) for m in ("gpt2", "bdh")]
