@@ -6,6 +6,7 @@
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from plotarmour.modelserver.settings import CheckpointDir, MetricsPort, ModelServerSettings, Port
@@ -20,5 +21,6 @@ class Settings(ModelServerSettings):
     port: Port = 50051
     metrics_port: MetricsPort = 9101
     # BDH's state has no length limit, so its cap is a serving choice: it bounds what one
-    # request may cost. Raise it with --default-max-context.
-    default_max_context: int = 8192
+    # request may cost.
+    default_max_context: int = Field(8192, ge=1, description="context cap when max_context is not given (BDH's "
+                                                             "state has no length limit; this bounds one request)")
