@@ -24,6 +24,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+# The blend's two roles (logic, creativity), each a service of its own. Which model family
+# a role serves is its checkpoint's business (config.json's model_type, looked up in
+# plotarmour.models.FAMILIES by the server), so no family is named here.
 MODELS = ("bdh", "gpt2")
 DEFAULT_PORTS = {"gateway": 8000, "bdh": 50051, "gpt2": 50052}
 
