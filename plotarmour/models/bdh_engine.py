@@ -1,47 +1,46 @@
 """Serving a BDH model: sessions, their decode states in one pool, deferred writes.
 
 A decode step is memory-bound: every token reads a session's whole state S (N × D per
-layer and head). Writing S += q xᵀ at once would read and write S again, tripling the
-traffic. Instead each session keeps its last `pending` (q, x) pairs beside S, and a
-token reads qᵀS + Σ_j (q·q_j) x_j, which is the same sum; when a session has `pending`
-pairs they are folded into S as one rank-`pending` update. The cost per token stays
-constant in position.
+layer and head). Three choices keep that read as small as it can be:
 
-The pool holds live sessions in slots 0..n-1 with no holes: closing a session moves the
-highest slot into the freed one (one state copy per close). So a step over every live
-session reads S through one view of the pool, and a step over some of them either
-reads their whole slot range with zero queries for the others (no copy of S) or, when
-they are few and spread out, gathers their states. No Python loop over sessions.
+- Deferred writes. Writing S += q xᵀ at once would read and write S again, tripling
+  the traffic. Instead each session keeps its last `pending` (q, x) pairs beside S, and
+  a token reads qᵀS + Σ_j (q·q_j) x_j, which is the same sum; when a session has
+  `pending` pairs they are folded into S as one rank-`pending` update.
+- Reads straight from the pool, wherever the sessions sit. qᵀS = Σ_n q_n S[n, :] is a
+  weighted sum of rows of S, which is what `F.embedding_bag` computes: one bag per
+  (session, head), its rows named by index into the whole pool. So a batch over any
+  slots, in any order, is one call per layer with no copy of any state and no loop over
+  sessions; the pool needs no compaction. Measured with bench/bench_decode.py on the
+  shipped shape, it is also faster than a batched matmul over a contiguous slice of the
+  pool. (Listing only the non-zero q_n per bag, to skip silent neurons' rows, did not
+  pay: q is 50-70% non-zero in the shipped model, and finding them costs more.)
+
+The cost per token stays constant in position.
 """
 
 from __future__ import annotations
 
+import heapq
+
 import torch
+import torch.nn.functional as F
 
 from .base import DecodeEngine, _Session
 from .bdh import BDH
-
-# A step over B sessions spread over a range of R slots reads all R states in place when
-# R <= RANGE_FACTOR·B; otherwise it gathers the B states, which costs a copy of each
-# (read + write) before the read. Measured by bench/bench_decode.py (see its --sparse).
-RANGE_FACTOR = 2.0
-
-
-class _Slot:
-    """A session's place in the pool. Mutable: compaction moves sessions between slots."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int):
-        self.index = index
 
 
 class BDHEngine(DecodeEngine):
     """Sessions over a BDH model (see the module docstring).
 
-    Pools, indexed by slot: S (L, slots, H, N, D), pending q (L, slots, H, K, N),
-    pending x (L, slots, K, D) and the number of pending pairs per slot (slots,), all
-    float32 whatever the weights' dtype; unused pending rows are zero.
+    Pools, indexed by slot, all float32 whatever the weights' dtype:
+      S  (L, slots, H, N, D)  the folded state
+      q  (L, slots, H, N, K)  pending queries, K last so that a bag's row n holds q_j[n]
+                              for every pending j (read with the same indices as S)
+      x  (L, slots, K, D)     pending inputs
+      fill (slots,)           pending pairs per slot; unused pending entries are zero.
+    A session's state is its slot number. Freed slots are reused lowest-first, and the
+    pool doubles when full.
     """
 
     model_type = "bdh"
@@ -52,105 +51,85 @@ class BDHEngine(DecodeEngine):
         self.pending = pending
         slots = max(1, initial_slots)
         self._S = model.new_state(slots, device=self.device)
-        self._q = torch.zeros(c.n_layer, slots, c.n_head, pending, c.n_neurons, device=self.device)
+        self._q = torch.zeros(c.n_layer, slots, c.n_head, c.n_neurons, pending, device=self.device)
         self._x = torch.zeros(c.n_layer, slots, pending, c.n_embd, device=self.device)
         self._fill = torch.zeros(slots, dtype=torch.long, device=self.device)
-        self._live: list[_Slot] = []  # _live[i].index == i
+        self._free = list(range(slots))  # a heap: lowest slot first keeps the busy ones together
 
     @property
     def vocab_size(self) -> int:
         return self.model.config.vocab_size
 
     # -- the pool --------------------------------------------------------------------
-    def _new_state(self) -> _Slot:
-        n = len(self._live)
-        if n == self._S.shape[1]:  # grow by doubling: amortised, and rare once warm
+    def _new_state(self) -> int:
+        if not self._free:  # grow by doubling: amortised, and rare once warm
+            old = self._S.shape[1]
             self._S, self._q, self._x = (torch.cat([t, torch.zeros_like(t)], dim=1) for t in (self._S, self._q, self._x))
             self._fill = torch.cat([self._fill, torch.zeros_like(self._fill)])
+            self._free = list(range(old, 2 * old))
+        slot = heapq.heappop(self._free)
         for t in (self._S, self._q, self._x):  # the slot may hold a closed session's state
-            t[:, n].zero_()
-        self._fill[n] = 0
-        slot = _Slot(n)
-        self._live.append(slot)
+            t[:, slot].zero_()
+        self._fill[slot] = 0
         return slot
 
-    def _release(self, slot: _Slot) -> None:
-        hole, last = slot.index, len(self._live) - 1
-        if hole != last:  # keep live slots dense: the last one moves into the hole
-            for t in (self._S, self._q, self._x):
-                t[:, hole] = t[:, last]
-            self._fill[hole] = self._fill[last]
-            moved = self._live[last]
-            moved.index = hole
-            self._live[hole] = moved
-        self._live.pop()
-        slot.index = -1
+    def _release(self, slot: int) -> None:
+        heapq.heappush(self._free, slot)
 
     def _fold(self, slots: torch.Tensor) -> None:
         """S += Σ_j q_j x_jᵀ over the pending pairs of `slots` (G,), then clear them."""
-        L, _, H, K, N = self._q.shape
+        L, _, H, N, K = self._q.shape
         D = self._x.shape[-1]
         G = len(slots)
-        q = self._q[:, slots].reshape(L * G * H, K, N)
+        q = self._q[:, slots].reshape(L * G * H, N, K)
         x = self._x[:, slots].unsqueeze(2).expand(L, G, H, K, D).reshape(L * G * H, K, D)
-        # One batched rank-K product for all layers, heads and slots; its temporary is G
+        # One batched rank-K product for every layer, head and slot; its temporary is G
         # states, once every K tokens per session.
-        self._S.index_add_(1, slots, torch.bmm(q.transpose(-1, -2), x).view(L, G, H, N, D))
+        self._S.index_add_(1, slots, torch.bmm(q, x).view(L, G, H, N, D))
         self._q.index_fill_(1, slots, 0)
         self._x.index_fill_(1, slots, 0)
         self._fill.index_fill_(0, slots, 0)
 
     # -- prompt chunks ---------------------------------------------------------------
     def _feed(self, sess: _Session, ids: torch.Tensor, want: str) -> torch.Tensor | None:
-        s = sess.state.index
-        if int(self._fill[s]):  # the chunk writes S directly, so S must hold every earlier token
-            self._fold(torch.tensor([s], device=self.device))
+        slot = sess.state
+        if int(self._fill[slot]):  # the chunk writes S directly, so S must hold every earlier token
+            self._fold(torch.tensor([slot], device=self.device))
         T = len(ids)
         positions = torch.arange(sess.position, sess.position + T, device=self.device)
-        # A chunk is written into S at once (dense path): the view is the session's slot.
-        logits = self.model.extend(ids[None], positions[None], self._S[:, s : s + 1], logits=want)
+        # A chunk is written into S at once (the model's dense path), through a view of the slot.
+        logits = self.model.extend(ids[None], positions[None], self._S[:, slot : slot + 1], logits=want)
         return None if logits is None else logits[0]
 
     # -- one token per session ---------------------------------------------------------
     def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
-        slots = [sess.state.index for sess in sessions]
+        idx = torch.tensor([sess.state for sess in sessions], device=self.device)  # (B,) slots
         positions = torch.tensor([[sess.position] for sess in sessions], device=self.device)  # (B, 1)
-        batch = _Batch(self, slots)
+        batch = _Batch(self, idx)
         memories = [_DeferredMemory(self, layer, batch) for layer in range(self.model.config.n_layer)]
         logits = self.model.extend(tokens[:, None], positions, memories)[:, 0]  # (B, V)
         fill = batch.fill + 1
-        self._fill[batch.idx] = fill
-        full = batch.idx[fill == self.pending]
+        self._fill[idx] = fill
+        full = idx[fill == self.pending]
         if len(full):
             self._fold(full)
         return logits
 
 
 class _Batch:
-    """Where one step's sessions sit in the pool; shared by every layer's memory.
+    """Where one step's sessions sit in the pool: shared by every layer's memory."""
 
-    Three layouts, cheapest first:
-      view:   the slots are lo..hi in order: pool slices are the batch, no copies;
-      range:  the slots cover lo..hi loosely (R <= RANGE_FACTOR·B): queries are placed in
-              R zero rows and the R states read in place;
-      gather: the B states are copied out of the pool (few sessions, far apart).
-    """
-
-    def __init__(self, engine: BDHEngine, slots: list[int]):
-        B = len(slots)
-        self.idx = torch.tensor(slots, device=engine.device)  # (B,)
-        self.fill = engine._fill[self.idx]  # (B,) pending pairs before this token
-        lo, hi = min(slots), max(slots)
-        self.rows = slice(lo, hi + 1)
-        self.rel = None  # (B,) row of each session within lo..hi, for the range layout
-        if slots == list(range(lo, hi + 1)):
-            self.layout = "view"
-        elif hi - lo + 1 <= RANGE_FACTOR * B:
-            self.layout = "range"
-            self.rel = self.idx - lo
-        else:
-            self.layout = "gather"
-        self.R = hi - lo + 1
+    def __init__(self, e: BDHEngine, idx: torch.Tensor):
+        _, _, H, N, K = e._q.shape
+        B = len(idx)
+        self.idx = idx  # (B,)
+        self.fill = e._fill[idx]  # (B,) pending pairs before this token
+        # Row of neuron n of head h of slot s in a layer's S viewed as (slots·H·N, D), and
+        # in its pending q viewed as (slots·H·N, K).
+        rows = ((idx[:, None] * H + torch.arange(H, device=idx.device)) * N)[..., None] \
+            + torch.arange(N, device=idx.device)  # (B, H, N)
+        self.rows = rows.flatten()  # (B·H·N,)
+        self.offsets = torch.arange(B * H, device=idx.device) * N  # (B·H,): one bag per (session, head)
 
 
 class _DeferredMemory:
@@ -161,23 +140,16 @@ class _DeferredMemory:
 
     def __call__(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         e, layer, b = self.e, self.layer, self.b
-        qf, xf = q.float(), x.float()  # (B, H, 1, N), (B, 1, 1, D)
-        if b.layout == "gather":
-            S, pq, px = e._S[layer, b.idx], e._q[layer, b.idx], e._x[layer, b.idx]
-            qr = qf
-        else:  # views of the pools, no copies
-            S, pq, px = e._S[layer, b.rows], e._q[layer, b.rows], e._x[layer, b.rows]
-            if b.layout == "range":  # zero queries for the slots not in this batch
-                qr = qf.new_zeros(b.R, *qf.shape[1:])  # (R, H, 1, N)
-                qr[b.rel] = qf
-            else:
-                qr = qf
-        # S (rows, H, N, D); pq (rows, H, K, N); px (rows, K, D)
-        a = qr @ S  # (rows, H, 1, D)
-        a += (qr @ pq.transpose(-1, -2)) @ px.unsqueeze(1)  # Σ_j (q·q_j) x_j
-        if b.layout == "range":
-            a = a[b.rel]  # (B, H, 1, D)
+        B, H, _, N = q.shape
+        D, K = x.shape[-1], e.pending
+        qf, xf = q.float()[:, :, 0], x.float()[:, 0, 0]  # (B, H, N), (B, D)
+        w = qf.flatten()  # (B·H·N,): bag weights
+        # qᵀS: per (session, head), Σ_n q_n S[n, :] read straight from the pool.
+        a = F.embedding_bag(b.rows, e._S[layer].view(-1, D), b.offsets, mode="sum", per_sample_weights=w)  # (B·H, D)
+        # q·q_j for the pending pairs, with the same bags: row n of the q pool holds q_j[n].
+        dots = F.embedding_bag(b.rows, e._q[layer].view(-1, K), b.offsets, mode="sum", per_sample_weights=w)  # (B·H, K)
+        a = a.view(B, H, D) + torch.bmm(dots.view(B, H, K), e._x[layer].index_select(0, b.idx))  # + Σ_j (q·q_j) x_j
         # This token joins the pending pairs; it is folded into S later.
-        e._q[layer, b.idx, :, b.fill] = qf[:, :, 0]
-        e._x[layer, b.idx, b.fill] = xf[:, 0, 0]
-        return a
+        e._q[layer, b.idx, :, :, b.fill] = qf
+        e._x[layer, b.idx, b.fill] = xf
+        return a.unsqueeze(2)  # (B, H, 1, D)
