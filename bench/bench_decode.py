@@ -2,10 +2,16 @@
 
 For each model, the time of one decode step at positions 16, 256 and 1024 — through
 the engine (BDH state, GPT-2 KV cache) and by running the whole prefix again, which is
-what the original BDH code does for every token. Prints figures and ratios; asserts
-nothing.
+what the original BDH code does for every token. Then BDH batches of 1/4/16/64 sessions
+in three layouts of its state pool: contiguous (every open session steps), after holes
+(2B opened, every other one closed, the rest step) and interleaved (2B open, every other
+one steps), the engine against the one of commit 7308a48 (per-session reads of holed
+pools) in one run; with `--reads`, the state read those steps rest on (embedding_bag
+over the pool) against batched matmuls over a slice or a gather of it. Prints figures
+and ratios; asserts nothing.
 
     python bench/bench_decode.py [--checkpoints checkpoints] [--repeats 20] [--threads 1]
+                                 [--models bdh,gpt2] [--batches 1,4,16,64] [--reads]
 
 By default random models of the shipped pair's shape (the cost does not depend on the
 weights' values), GPT-2 with 1100 positions so that position 1024 fits; `--checkpoints`
@@ -26,27 +32,34 @@ from plotarmour.models import BDH, BDHConfig, BDHEngine, GPT2Engine, gpt2_config
 POSITIONS = (16, 256, 1024)
 
 
-def engines(checkpoints: Path | None):
+def engines(checkpoints: Path | None, names: list[str]):
     if checkpoints is not None:
         from plotarmour.checkpoint import load_checkpoint
 
-        return {k: load_checkpoint(checkpoints / k).engine() for k in ("bdh", "gpt2")}
+        return {k: load_checkpoint(checkpoints / k).engine() for k in names}
     from transformers import GPT2LMHeadModel
 
     print("random models of the shipped shape (training/configs/tiny_cpu.json)")
-    bdh = BDH(BDHConfig(n_layer=6, n_embd=256, n_head=4, mlp_internal_dim_multiplier=8, vocab_size=4096, dropout=0))
-    gpt2 = GPT2LMHeadModel(gpt2_config(vocab_size=4096, eot_id=0, n_layer=4, n_embd=256, n_head=4,
-                                       n_positions=1100, dropout=0))
-    return {"bdh": BDHEngine(bdh), "gpt2": GPT2Engine(gpt2)}
+    out = {}
+    if "bdh" in names:
+        out["bdh"] = BDHEngine(BDH(BDHConfig(n_layer=6, n_embd=256, n_head=4, mlp_internal_dim_multiplier=8,
+                                             vocab_size=4096, dropout=0)))
+    if "gpt2" in names:
+        out["gpt2"] = GPT2Engine(GPT2LMHeadModel(gpt2_config(vocab_size=4096, eot_id=0, n_layer=4, n_embd=256,
+                                                             n_head=4, n_positions=1100, dropout=0)))
+    return out
+
+
+CLOCK = time.perf_counter
 
 
 def median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times) * 1e3
 
 
@@ -56,16 +69,127 @@ def full_forward(model, ids: torch.Tensor):
     return out
 
 
+OLD_BDH = "7308a48"  # the last BDH engine that read non-contiguous slots one session at a time
+
+
+def old_bdh_engine(model):
+    """The BDH engine of commit OLD_BDH over the same weights, with that commit's base class.
+
+    Both files come from git into a throwaway package, so the old engine runs beside the
+    new one in this process; None where git or the commit is not at hand."""
+    import importlib
+    import subprocess
+    import sys
+    import tempfile
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "_bdh_before_pool"
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        for name in ("base", "bdh"):
+            shown = subprocess.run(["git", "show", f"{OLD_BDH}:plotarmour/models/{name}.py"], cwd=repo,
+                                   capture_output=True, text=True)
+            if shown.returncode != 0:
+                return None
+            (package / f"{name}.py").write_text(shown.stdout)
+        sys.path.insert(0, tmp)
+        try:
+            old = importlib.import_module("_bdh_before_pool.bdh")
+        finally:
+            sys.path.remove(tmp)
+    twin = old.BDH(old.BDHConfig(**{k: v for k, v in model.config.to_dict().items() if k != "model_type"}))
+    twin.load_state_dict(model.state_dict())
+    return old.BDHEngine(twin.to(next(model.parameters()).device).eval())
+
+
+def bdh_batches(engine, sizes: list[int], repeats: int, prompt: int = 64) -> None:
+    """ms per batched step of B sessions at position ~prompt, per layout of the pool (see
+    the module docstring): old engine against new, measured in alternating rounds so that
+    a busy machine slows both alike."""
+    vocab = engine.vocab_size
+    engines = {"new": engine}
+    old = old_bdh_engine(engine.model)
+    if old is not None:
+        engines = {"old": old, "new": engine}
+    print(f"\nBDH batched step, sessions at position ~{prompt}: ms per step, median of {repeats} (new: tokens/s)")
+    print(f"{'B':>4} {'layout':12} " + " ".join(f"{k:>8}" for k in engines) + f" {'old/new':>8} {'tokens/s':>9}")
+    for B in sizes:
+        for layout in ("contiguous", "after holes", "interleaved"):
+            batches = {}
+            for name, e in engines.items():
+                g = torch.Generator().manual_seed(B)
+                sids = [e.open(torch.randint(0, vocab, (prompt,), generator=g).tolist())[0]
+                        for _ in range(B if layout == "contiguous" else 2 * B)]
+                if layout == "after holes":
+                    for s in sids[1::2]:
+                        e.close(s)
+                batches[name] = (sids, sids if layout == "contiguous" else sids[::2])
+            times = {name: [] for name in engines}
+            for r in range(repeats + 1):  # round 0 warms up
+                for name, e in engines.items():
+                    step = {s: (r * 31 + s) % vocab for s in batches[name][1]}
+                    t0 = CLOCK()
+                    e.step(step)
+                    if r:
+                        times[name].append(CLOCK() - t0)
+            ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            ratio = f"{ms['old'] / ms['new']:7.2f}x" if "old" in ms else ""
+            print(f"{B:4d} {layout:12} " + " ".join(f"{m:8.2f}" for m in ms.values())
+                  + f" {ratio:>8} {B / ms['new'] * 1e3:9.0f}", flush=True)
+            for name, e in engines.items():
+                for s in batches[name][0]:
+                    e.close(s)  # closing a closed session is a no-op
+
+
+def bdh_reads(engine, sizes: list[int], repeats: int) -> None:
+    """One layer's qᵀS for B sessions of a pool of 2B: the engine's embedding_bag read against
+    a batched matmul over a contiguous slice (the old contiguous path) and over a gather."""
+    import torch.nn.functional as F
+
+    c = engine.model.config
+    H, N, D = c.n_head, c.n_neurons, c.n_embd
+    print(f"\nBDH state read, one layer, B of 2B slots: ms (matmul or gather / embedding_bag)")
+    print(f"{'B':>4} {'embedding_bag':>14} {'matmul slice':>13} {'gather+matmul':>14}")
+    for B in sizes:
+        S = torch.randn(2 * B, H, N, D, device=engine.device)  # (slots, H, N, D)
+        q = torch.relu(torch.randn(B, H, 1, N, device=engine.device))  # (B, H, 1, N)
+        idx = torch.arange(0, 2 * B, 2, device=engine.device)  # every other slot
+        rows = (((idx[:, None] * H + torch.arange(H, device=engine.device)) * N)[..., None]
+                + torch.arange(N, device=engine.device)).flatten()  # (B·H·N,)
+        offsets = torch.arange(B * H, device=engine.device) * N
+        bag = median_ms(lambda: F.embedding_bag(rows, S.view(-1, D), offsets, mode="sum",
+                                                per_sample_weights=q.flatten()), repeats)
+        mm = median_ms(lambda: q @ S[:B], repeats)
+        gather = median_ms(lambda: q @ S[idx], repeats)
+        print(f"{B:4d} {bag:14.2f} {mm:8.2f} ({mm / bag:.1f}x) {gather:8.2f} ({gather / bag:.1f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", type=Path, default=None, help="directory holding bdh/ and gpt2/")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this process's CPU time, steadier on a shared machine (with --threads 1)")
+    ap.add_argument("--models", default="bdh,gpt2", help="comma-separated: bdh, gpt2")
+    ap.add_argument("--batches", default="1,4,16,64", help="BDH batch sizes; empty to skip")
+    ap.add_argument("--no-positions", action="store_true", help="skip the per-position table")
+    ap.add_argument("--reads", action="store_true", help="BDH: the state read alone, against matmuls")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    models = engines(args.checkpoints)
+    if args.clock == "cpu":
+        global CLOCK
+        CLOCK = time.process_time
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
+    models = engines(args.checkpoints, args.models.split(","))
+    if "bdh" in models and args.batches:
+        bdh_batches(models["bdh"], [int(b) for b in args.batches.split(",")], args.repeats)
+    if "bdh" in models and args.reads and args.batches:
+        bdh_reads(models["bdh"], [int(b) for b in args.batches.split(",")], args.repeats)
+    if args.no_positions:
+        return
     print(f"{'model':6} {'pos':>5} {'step ms':>9} {'recompute ms':>13} {'speed-up':>9}")
     for name, engine in models.items():
         vocab = engine.vocab_size
