@@ -194,7 +194,7 @@ def test_golden_loss(golden):
     assert abs(loss.item() - cases["short_loss_next_token"].item()) <= 1e-4
 
 
-@pytest.mark.parametrize("length", [40, 700])  # 700: longer than a prefill chunk, scored through a state
+@pytest.mark.parametrize("length", [40, 700])  # 700: three chunks of the default 256, through one state
 def test_score_is_teacher_forced_log_probs(length):
     model = small_bdh()
     ids = torch.randint(0, 61, (length,), generator=torch.Generator().manual_seed(5))
@@ -210,7 +210,7 @@ def test_chunked_feed_equals_one_pass_prefill():
     ids = torch.randint(0, 61, (45,), generator=torch.Generator().manual_seed(6)).tolist()
     follow = [3, 14, 15, 9, 26]
     full = exact_logits(model, torch.tensor(ids + follow))
-    for chunk in (1, 7, 16, 45):  # 7 does not divide 45: the last chunk is short
+    for chunk in (1, 7, 16, 45):  # 7 does not divide 45 (the last chunk is short); 45: one pass
         engine = BDHEngine(model, pending=3)
         sid = engine.begin()
         for start in range(0, len(ids), chunk):
@@ -334,7 +334,7 @@ def test_score_over_several_chunks():
 # -- reduced precision ------------------------------------------------------------------
 
 def test_bf16_keeps_rope_in_float32():
-    from plotarmour.models.bdh import rope, rope_frequencies
+    from plotarmour.models.bdh import ROPE_THETA, rope, rope_frequencies
 
     model = small_bdh().to(torch.bfloat16)
     N = model.config.n_neurons
@@ -343,7 +343,7 @@ def test_bf16_keeps_rope_in_float32():
     assert model.half().rope_freqs.dtype == torch.float32 and model.double().rope_freqs.dtype == torch.float32
     # The phase at position 1000, read back from turning unit vectors (1, 0), against float64.
     i = torch.arange(N // 2, dtype=torch.float64)
-    want = torch.remainder(1000 * ROPE_THETA_F64 ** (-2 * i / N), 2 * torch.pi)
+    want = torch.remainder(1000 * ROPE_THETA ** (-2 * i / N), 2 * torch.pi)
     unit = torch.zeros(1, 1, 1, N)
     unit[..., 0::2] = 1.0
     out = rope(unit, torch.tensor([[1000]]), model.rope_freqs).view(N // 2, 2).double()
@@ -360,8 +360,6 @@ def test_bf16_keeps_rope_in_float32():
     exact = rope(v.double(), torch.tensor([[1000]]), model.rope_freqs)
     assert (turned.double() - exact).abs().max().item() <= 1e-2
 
-
-ROPE_THETA_F64 = 2.0**16
 
 
 def test_bf16_decoding_agrees_with_float32():
