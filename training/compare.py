@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ...")
     ap.add_argument("--batch-size", type=int, default=16, help="windows per forward pass when scoring")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--notes", metavar="MD", help="a Markdown file appended to the report (e.g. a sweep table)")
     ap.add_argument("--out", default="results/compare.md", help="Markdown report; the PNG goes beside it")
     return ap
 
@@ -202,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m, c in ckpts.items():
                 row[m] = sample_story(c, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i)
             samples.append(row)
+        notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
         logs = find_logs(args.logs)
         png = None
         if logs:
@@ -210,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, DataError, PrepareError, ValueError, OSError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
-    out.write_text(build_report(ckpts, scores, unigram, source, samples, png.name if png else None))
+    report = build_report(ckpts, scores, unigram, source, samples, png.name if png else None)
+    out.write_text(report + ("\n" + notes.rstrip() + "\n" if notes else ""))
     print(f"wrote {out}" + (f" and {png}" if png else ""))
     for m in MODELS:
         print(f"{NAMES[m]}: loss {scores[m]['loss']:.4f} nats/token, perplexity {scores[m]['perplexity']:.2f}, "

@@ -127,11 +127,14 @@ def test_compare_writes_report_and_curves(tmp_path, data_dir, capsys):
     for model in ("bdh", "gpt2"):
         run_train(tmp_path, data_dir, model, model, "--set", "max_steps=3")
     out = tmp_path / "report" / "cmp.md"
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Sweep\n")
     logs = [str(next((tmp_path / m / "logs").glob("*.csv"))) for m in ("bdh", "gpt2")]
     assert compare.main(["--bdh", str(tmp_path / "bdh" / "best"), "--gpt2", str(tmp_path / "gpt2" / "best"),
                          "--data", str(data_dir), "--samples", "2", "--max-new-tokens", "8",
-                         "--logs", *logs, "--out", str(out)]) == 0
+                         "--logs", *logs, "--notes", str(notes), "--out", str(out), "--device", "cpu"]) == 0
     report = out.read_text()
+    assert report.rstrip().endswith("## Sweep") and "bits/byte" in report and "| 0-31 |" in report
     assert "| BDH |" in report and "| GPT-2 |" in report and "unigram baseline" in report
     assert report.count("| Once upon a time |") == 1 and "cmp_curves.png" in report
     assert (out.parent / "cmp_curves.png").read_bytes()[:4] == b"\x89PNG"
