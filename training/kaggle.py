@@ -2,11 +2,12 @@
 
     python -m training.kaggle --out results/plotarmour-kaggle.zip
 
-Upload the zip as a Kaggle dataset (named e.g. `plotarmour-code`), attach it to a notebook
-made from `training/kaggle.ipynb`, turn on a GPU (and the internet, to download
-TinyStories), and run all cells. The zip holds the shared package `plotarmour/`, the
-`training/` package with its presets and notebook, and pyproject.toml; no caches, data
-or checkpoints.
+Upload the zip as a Kaggle dataset (named e.g. `plotarmour-code`; Kaggle unpacks it, and
+the notebook finds the code unpacked or zipped), attach it to a notebook made from
+`training/kaggle.ipynb`, turn on a GPU (and the internet, to download TinyStories, or
+attach a TinyStories dataset), set the parameters cell and run all cells. The zip holds
+the shared package `plotarmour/`, the `training/` package with its presets and notebook,
+and pyproject.toml; no caches, data or checkpoints.
 """
 
 from __future__ import annotations
