@@ -169,34 +169,41 @@ class BDH(nn.Module):
         a decode state (L, B, H, N, D) that they read and then write in place (prefill,
         scoring), or one memory per layer (see `DenseMemory` and bdh_engine.py).
         `logits`: "all" → (B, T, V); "last" → (B, V) for the last position only; "none" →
-        None, for prompt chunks that only write the state (the lm_head, V columns per
-        row, is the widest matmul here and is skipped).
+        None, for prompt chunks that only write the state: the lm_head (V columns per
+        row, the widest matmul here) and the last layer's work after its write are skipped.
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         if isinstance(state, torch.Tensor):
             state = [DenseMemory(S) for S in state]
         x = _ln(self.embed(idx)).unsqueeze(1)  # (B, 1, T, D): broadcasts over heads
-        for layer in range(self.config.n_layer):
-            x = self._layer(x, positions, None if state is None else state[layer])
-        x = x.squeeze(1)  # (B, T, D)
+        L = self.config.n_layer
+        for layer in range(L):
+            memory = None if state is None else state[layer]
+            # With no logits wanted, the last layer only has its state to write.
+            x = self._layer(x, positions, memory, write_only=logits == "none" and layer == L - 1)
         if logits == "none":
             return None
+        x = x.squeeze(1)  # (B, T, D)
         if logits == "last":
             x = x[:, -1]  # (B, D)
         return x @ self.lm_head  # (B, T, V) or (B, V)
 
-    def _layer(self, x: torch.Tensor, positions: torch.Tensor, memory) -> torch.Tensor:
+    def _layer(self, x: torch.Tensor, positions: torch.Tensor, memory, write_only: bool = False) -> torch.Tensor:
         B, _, T, D = x.shape
         u = F.relu(_per_head(x, self.encoder))  # (B, H, T, N): sparse, non-negative
         q = rope(u, positions, self.rope_freqs)  # query = key
+        if memory is not None:
+            past = memory(q, x)  # reads the past before this chunk, which the chunk then joins
+            if write_only:
+                return x
         if T > 1:
             # Strictly causal and unnormalised: token t reads the inputs of tokens s < t.
             a = (q @ q.transpose(-1, -2)).tril(diagonal=-1) @ x  # (B, H, T, D)
         else:
             a = torch.zeros(B, q.shape[1], 1, D, dtype=x.dtype, device=x.device)
         if memory is not None:
-            a = a + memory(q, x).to(x.dtype)  # the past before this chunk, which it then joins
+            a = a + past.to(x.dtype)
         a = _ln(a)
         v = F.relu(_per_head(a, self.encoder_v))  # (B, H, T, N)
         z = self.drop(u * v)
