@@ -7,8 +7,10 @@ in three layouts of its state pool: contiguous (every open session steps), after
 (2B opened, every other one closed, the rest step) and interleaved (2B open, every other
 one steps), the engine against the one of commit 7308a48 (per-session reads of holed
 pools) in one run; with `--reads`, the state read those steps rest on (embedding_bag
-over the pool) against batched matmuls over a slice or a gather of it. Prints figures
-and ratios; asserts nothing.
+over the pool) against batched matmuls over a slice or a gather of it. Then
+GPT-2 batches of the same sizes at mixed positions, its KV-pool engine against the
+engine of commit 7308a48 (caches padded and concatenated on every step), in one run,
+with each one's 16 : 1 throughput ratio. Prints figures and ratios; asserts nothing.
 
     python bench/bench_decode.py [--checkpoints checkpoints] [--repeats 20] [--threads 1]
                                  [--models bdh,gpt2] [--batches 1,4,16,64] [--reads]
@@ -173,7 +175,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this process's CPU time, steadier on a shared machine (with --threads 1)")
     ap.add_argument("--models", default="bdh,gpt2", help="comma-separated: bdh, gpt2")
-    ap.add_argument("--batches", default="1,4,16,64", help="BDH batch sizes; empty to skip")
+    ap.add_argument("--batches", default="1,4,16,64", help="batch sizes (BDH and GPT-2); empty to skip")
     ap.add_argument("--no-positions", action="store_true", help="skip the per-position table")
     ap.add_argument("--reads", action="store_true", help="BDH: the state read alone, against matmuls")
     args = ap.parse_args()
@@ -188,6 +190,8 @@ def main() -> None:
         bdh_batches(models["bdh"], [int(b) for b in args.batches.split(",")], args.repeats)
     if "bdh" in models and args.reads and args.batches:
         bdh_reads(models["bdh"], [int(b) for b in args.batches.split(",")], args.repeats)
+    if "gpt2" in models and args.batches:
+        gpt2_batches(models["gpt2"], [int(b) for b in args.batches.split(",")], args.repeats)
     if args.no_positions:
         return
     print(f"{'model':6} {'pos':>5} {'step ms':>9} {'recompute ms':>13} {'speed-up':>9}")
@@ -208,6 +212,69 @@ def main() -> None:
             print(f"{name:6} {pos:5d} {steps[pos]:9.2f} {recompute:13.2f} {recompute / steps[pos]:8.1f}x")
         last = max(steps)
         print(f"{name:6} step time at {last} / at {POSITIONS[0]}: {steps[last] / steps[POSITIONS[0]]:.2f}x")
+
+
+# -- GPT-2: batched steps, the KV-pool engine against the one that concatenated caches --
+
+OLD_GPT2 = "7308a48"  # the last GPT-2 engine that padded and concatenated every cache per step
+
+
+def old_gpt2_engine(model):
+    """The GPT-2 engine of commit OLD_GPT2 over the same model, with that commit's base class.
+
+    Both files come from git into a throwaway package, so the old engine runs beside
+    the new one in this process; None where git or the commit is not at hand."""
+    import importlib
+    import subprocess
+    import sys
+    import tempfile
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / "_gpt2_before_pool"
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        for name in ("base", "gpt2"):
+            shown = subprocess.run(["git", "show", f"{OLD_GPT2}:plotarmour/models/{name}.py"], cwd=repo,
+                                   capture_output=True, text=True)
+            if shown.returncode != 0:
+                return None
+            (package / f"{name}.py").write_text(shown.stdout)
+        sys.path.insert(0, tmp)
+        try:
+            return importlib.import_module("_gpt2_before_pool.gpt2").GPT2Engine(model)
+        finally:
+            sys.path.remove(tmp)
+
+
+def gpt2_batches(engine, sizes: list[int], repeats: int, lo: int = 16, hi: int = 512) -> None:
+    """ms per batched step of B sessions spread evenly over positions lo..hi (the same mean
+    position for every B), old engine against new, then each one's 16 : 1 throughput."""
+    vocab = engine.vocab_size
+    new = "new (pool)"
+    old = f"old ({OLD_GPT2})"
+    runs = {new: engine}
+    before = old_gpt2_engine(engine.model)
+    if before is None:
+        print(f"\n(GPT-2 engine of {OLD_GPT2} not available from git: new engine only)")
+    else:
+        runs = {old: before, new: engine}
+    print(f"\nGPT-2 batched step, sessions at positions spread over {lo}..{hi}: ms per step (tokens/s)")
+    print(f"{'B':>4} " + " ".join(f"{name:>20}" for name in runs) + ("   old/new" if before else ""))
+    ms = {name: {} for name in runs}
+    for B in sizes:
+        prompts = [torch.randint(0, vocab, (lo + round((hi - lo) * (i + 0.5) / B),)).tolist() for i in range(B)]
+        for name, e in runs.items():
+            sids = [e.open(p)[0] for p in prompts]
+            ms[name][B] = median_ms(lambda: e.step({s: int(torch.randint(0, vocab, ())) for s in sids}), repeats)
+            for s in sids:
+                e.close(s)
+        cells = [f"{ms[name][B]:9.2f} ({B / ms[name][B] * 1e3:6.0f})" for name in runs]
+        ratio = f" {ms[old][B] / ms[new][B]:8.1f}x" if before else ""
+        print(f"{B:4d} " + " ".join(f"{c:>20}" for c in cells) + ratio)
+    if 1 in sizes and 16 in sizes:
+        for name in runs:
+            print(f"GPT-2 {name}: 16 sessions give {16 * ms[name][1] / ms[name][16]:.2f}x the tokens/s of one")
 
 
 if __name__ == "__main__":
