@@ -43,7 +43,8 @@ from plotarmour.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from plotarmour.models import FAMILIES
 from plotarmour.tokenizer import fingerprint, load_tokenizer
 
-from .config import ConfigError, TrainConfig, load_preset, parse_override, resume_config  # noqa: F401 (API)
+from .config import (ConfigError, TrainConfig, load_preset, parse_override, resume_config,  # noqa: F401 (API)
+                     split_overrides)
 from .data import DataError, RandomWindows, eval_windows, open_tokens, read_meta
 from .modeling import (build_model, context_limit, enable_grad_checkpointing, loss_on_windows, next_token_loss,
                        num_parameters)
@@ -199,6 +200,7 @@ class Trainer:
         self.opt = make_optimizer(self.model, cfg, rt.device)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.grad_scaling)
         self.progress = Progress(run_id=uuid.uuid4().hex[:16])
+        self.initialized_from: dict | None = None  # set by --init: the checkpoint this run continues
         self.sampler = RandomWindows(self.train_tokens, cfg.block_size, cfg.batch_size, cfg.seed, rt.rank)
         self.val_starts = eval_windows(self.val_tokens, cfg.block_size, cfg.eval_windows)
         net = torch.compile(self.model) if rt.compile else self.model
@@ -215,7 +217,8 @@ class Trainer:
         save_file(tensors, str(d / (STATE_TENSORS + ".tmp")))
         os.replace(d / (STATE_TENSORS + ".tmp"), d / STATE_TENSORS)
         state = {"model_type": self.model_type, "arch": self.arch, "config": asdict(self.cfg),
-                 "progress": asdict(self.progress), "optimizer": opt_meta, "scaler": self.scaler.state_dict()}
+                 "progress": asdict(self.progress), "optimizer": opt_meta, "scaler": self.scaler.state_dict(),
+                 "initialized_from": self.initialized_from}
         (d / (STATE_JSON + ".tmp")).write_text(json.dumps(state, indent=1))
         os.replace(d / (STATE_JSON + ".tmp"), d / STATE_JSON)
 
@@ -225,6 +228,7 @@ class Trainer:
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        self.initialized_from = state.get("initialized_from")
         self.progress.run_id = self.progress.run_id or uuid.uuid4().hex[:16]
 
     def run_info(self) -> dict:
@@ -248,6 +252,7 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "data": {k: self.meta[k] for k in ("vocab_size", "dtype", "splits")},
             "csv_log": p.csv,
+            "initialized_from": self.initialized_from,
             "torch": torch.__version__,
         }
 
@@ -404,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a train setting (lr=3e-4) or an architecture one (bdh.n_layer=4); repeatable. "
                          "With --resume only settings that leave the model alone (budget, evaluation, paths)")
     ap.add_argument("--resume", metavar="STATE_DIR", help="continue the run saved in this state directory")
+    ap.add_argument("--init", metavar="CHECKPOINT",
+                    help="start a new run (fresh optimizer and schedule) from this checkpoint's weights, e.g. to "
+                         "continue on longer windows; the architecture is the checkpoint's")
     ap.add_argument("--force", action="store_true",
                     help="write into an `out` or `state_dir` that already holds another run's files")
     ap.add_argument("--stop-after", type=int, metavar="STEP",
@@ -430,6 +438,8 @@ def build_trainer(args: argparse.Namespace) -> Trainer:
     """Settings are checked first (names, types, what a resume may change), then the output
     directories, and only then is data or a checkpoint read."""
     if args.resume:
+        if args.init or args.model or args.config:
+            raise ConfigError("--resume continues a saved run as it was: leave out --model, --config and --init")
         state = _read_state(args.resume)
         cfg = resume_config(state["config"], state["model_type"], args.overrides)
         run_id = state["progress"].get("run_id")
@@ -447,6 +457,8 @@ def build_trainer(args: argparse.Namespace) -> Trainer:
     if not args.model or not args.config:
         raise ConfigError("give --model and --config (or --resume STATE_DIR)")
     arch, cfg = load_preset(args.config, args.model, args.overrides)
+    if args.init and split_overrides(args.overrides, args.model)[1]:
+        raise ConfigError(f"--init takes the architecture from {args.init}; drop the --set {args.model}.* overrides")
     if Path(cfg.out).resolve() == Path(cfg.state_dir).resolve():
         raise ConfigError(f"out and state_dir are both {cfg.out}: the best model and the latest state need "
                           f"directories of their own")
@@ -455,6 +467,15 @@ def build_trainer(args: argparse.Namespace) -> Trainer:
     rt = setup_runtime(cfg)
     meta = read_meta(cfg.data)
     torch.manual_seed(cfg.seed)  # the initial weights; identical on every DDP rank
+    if args.init:
+        ckpt = load_checkpoint(args.init)
+        if ckpt.model_type != args.model:
+            raise ConfigError(f"--init {args.init} holds a {ckpt.model_type} model, not {args.model}")
+        trainer = Trainer(args.model, ckpt.model.train(), cfg, rt, ckpt.run.get("architecture", {}), ckpt.tokenizer)
+        trainer.initialized_from = {"checkpoint": str(args.init), "steps": ckpt.run.get("steps"),
+                                    "tokens_seen": ckpt.run.get("tokens_seen"),
+                                    "block_size": ckpt.run.get("train_config", {}).get("block_size")}
+        return trainer
     model = build_model(args.model, arch, meta["vocab_size"], meta["eot_id"])
     return Trainer(args.model, model, cfg, rt, arch)
 

@@ -253,6 +253,22 @@ def test_a_killed_run_resumes_without_duplicate_log_rows(tmp_path, data_dir, mon
     assert losses(killed) == losses(straight)
 
 
+def test_init_continues_a_checkpoint_on_longer_windows(tmp_path, data_dir, capsys):
+    first = run_train(tmp_path, data_dir, "gpt2", "first", "--set", "block_size=16")
+    preset = write_preset(tmp_path / "i.json", data_dir)
+    argv = ["--model", "gpt2", "--config", str(preset), "--quiet", "--init", str(first / "best"),
+            "--set", f"out={tmp_path / 'longer'}", "--set", f"state_dir={tmp_path / 'longer-state'}",
+            "--set", f"log_dir={tmp_path / 'longer-logs'}", "--set", "max_steps=2"]
+    assert train.main(["--model", "bdh", *argv[2:]]) == 2
+    assert "holds a gpt2 model, not bdh" in capsys.readouterr().err
+    assert train.main([*argv, "--set", "gpt2.n_layer=3"]) == 2
+    assert "takes the architecture from" in capsys.readouterr().err
+    assert train.main(argv) == 0
+    info = load_checkpoint(tmp_path / "longer-state").run
+    assert info["initialized_from"]["block_size"] == 16 and info["train_config"]["block_size"] == 32
+    assert info["architecture"] == TINY["gpt2"]
+
+
 def test_warns_when_the_run_ends_inside_its_warm_up(tmp_path, data_dir, capsys):
     run_train(tmp_path, data_dir, "gpt2", "short", "--set", "max_steps=2", "--set", "warmup_steps=5")
     assert "max_steps 2 <= warmup_steps 5" in capsys.readouterr().err
