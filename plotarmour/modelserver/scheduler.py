@@ -222,8 +222,7 @@ class Scheduler:
             while True:
                 if not (self._rows or self._work or self._closing):
                     self._wake.clear()
-                    with _suppress_timeout():
-                        await asyncio.wait_for(self._wake.wait(), timeout=self._idle_check_interval())
+                    await self._woken(self._idle_check_interval())
                     self._expire_idle()
                     continue
                 await self._gather_stragglers(loop)
@@ -235,9 +234,6 @@ class Scheduler:
                 self._inflight = ({}, None)
                 self._deliver(rows, work, out)
                 self._expire_idle()
-                # One turn of the event loop first: a caller just answered that steps again
-                # at once (in-process) joins the next batch instead of waiting a chunk.
-                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # a bug or a device fault: nobody may hang on us
@@ -278,8 +274,18 @@ class Scheduler:
         deadline = loop.time() + self.batch_wait_s
         while len(self._rows) < want and (left := deadline - loop.time()) > 0:
             self._wake.clear()
-            with _suppress_timeout():
-                await asyncio.wait_for(self._wake.wait(), left)
+            await self._woken(left)
+
+    async def _woken(self, timeout: float | None) -> None:
+        """Until `_wake` is set or `timeout` s pass (None: no limit).
+
+        Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as
+        the event is set (cpython gh-86296), and stop() would then wait forever."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
 
     # -- on the worker thread ------------------------------------------------------------
     def _iterate(self, closing: list[int], rows: dict, work: _Work | None):
@@ -409,7 +415,10 @@ class Scheduler:
                                "(idle_timeout_s)")
 
     def _idle_check_interval(self) -> float | None:
-        return min(1.0, self.idle_timeout_s) if self.idle_timeout_s and self._sessions else None
+        # _admitted, not _sessions: a prefill that has just finished is admitted but its
+        # Session is made only when open() resumes, after the loop has gone idle; with no
+        # timeout then, a session opened and never stepped would never expire.
+        return min(1.0, self.idle_timeout_s) if self.idle_timeout_s and self._admitted else None
 
     def _check_up(self) -> None:
         if self._down is not None:
@@ -430,11 +439,3 @@ class Scheduler:
     def _gauge(self) -> None:
         self.metrics.open_sessions.set(self._admitted)
         self.metrics.queued.set(len(self._work))
-
-
-class _suppress_timeout:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, tb):
-        return kind is not None and issubclass(kind, TimeoutError)
