@@ -145,9 +145,19 @@ class Scheduler:
         """Prefill on both servers; the generation then waits for the next iteration.
         Raises (as an HTTP status) whatever fails before the first token."""
         pair = self.pair
-        opens = [asyncio.ensure_future(b.open(params.prompt_ids, pair.fingerprint)) for b in pair]
+        backends = list(pair)
+        opens = [asyncio.ensure_future(b.open(params.prompt_ids, pair.fingerprint)) for b in backends]
         try:
-            done = await asyncio.gather(*opens)
+            finished, _ = await asyncio.wait(opens, timeout=pair.settings.step_timeout_s,
+                                             return_when=asyncio.FIRST_EXCEPTION)
+            for task in finished:
+                if task.exception() is not None:  # a server refused or failed: that is the answer
+                    raise task.exception()
+            for b, task in zip(backends, opens):
+                if task not in finished:
+                    raise ModelUnavailable(f"{b.role} model server at {b.address} did not answer the prompt in "
+                                           f"time ({b.step_deadline})")
+            done = [task.result() for task in opens]
         except BaseException:
             # One failed or the caller left: close whatever the other opened.
             for task in opens:
