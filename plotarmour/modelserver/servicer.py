@@ -243,7 +243,10 @@ class BatchStream:
             ids.append(sid)
             sessions.append(session)
             tokens.append(token)
-        results = await self.scheduler.step(sessions, tokens) if sessions else []
+        try:
+            results = await self.scheduler.step(sessions, tokens) if sessions else []
+        except SchedulerDown as e:  # as the rows in flight when it died: an error per session
+            results = [e] * len(sessions)
         rows, stepped = [], []
         for sid, session, result in zip(ids, sessions, results):
             if isinstance(result, Exception):
