@@ -1,16 +1,28 @@
-"""Model-server overhead and continuous-batching throughput, per model.
+"""Model-server throughput and stalls, per model: how much of the engine the server serves.
 
-1. One decode step in-process (engine.step + log-softmax + bytes, the server's own
-   work) against the same step as a gRPC round trip to a real server process (a Decode
-   stream: write a token, read the distribution). The difference is what gRPC, asyncio
-   and the batcher add per step.
-2. Aggregate tokens/s with 1, 4 and 16 concurrent sessions on one server, and the
-   ratio 16 : 1 (how much continuous batching buys).
+For 1, 4, 16 and 64 live sessions, with a 32-token prompt each:
+  engine alone   the engine stepping all sessions as one batch in this process, with the
+                 server's own per-step work (log-softmax, bytes): the ceiling
+  Batch stream   one Batch stream; each step is ONE message naming every session (what
+                 the gateway does), answered by one buffer
+  Decode streams a Decode stream per session, each stepping on its own (simple clients)
+Printed: tokens/s, the mean batch the server ran (its `plotarmour_batch_size` histogram,
+sum / count, over the measurement) against the live sessions, the ratio served : engine
+alone at the same batch size, and the 16 : 1 ratio of each.
 
-    python bench/bench_modelserver.py [--checkpoints checkpoints] [--device cpu] [--threads N]
+Then the stall (BDH): a running story's inter-token gaps while an 8,000-token Score runs
+beside it; its largest gap as a multiple of its median gap alone and during the Score.
 
-Uses checkpoints/bdh and checkpoints/gpt2 when both exist, else builds random ~4M
-parameter models of the default shape in a temp dir. Prints figures; asserts nothing.
+    python bench/bench_modelserver.py [--checkpoints checkpoints] [--threads 1] [--models bdh gpt2]
+
+Uses checkpoints/bdh and checkpoints/gpt2 when both exist, else random ~4M-parameter
+models of the shipped shape. Measurements alternate in rounds (medians), so a machine
+whose load drifts weighs on each alike. Prints figures; asserts nothing.
+
+Only stable interfaces are used (engine open/step/close, launch, Decode and Score), so
+the script also measures older code: `PYTHONPATH=<old worktree> python <this script>`
+starts that tree's servers and engines; where the server has no Batch RPC that column
+says so.
 """
 
 from __future__ import annotations
@@ -26,14 +38,16 @@ from pathlib import Path
 import grpc
 import torch
 
+import plotarmour
 from plotarmour.checkpoint import load_checkpoint, save_checkpoint
-from plotarmour.modelserver.batcher import log_prob_bytes
 from plotarmour.modelserver.launch import spawn_model_server
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
-PROMPT_LEN = 32
-CONCURRENCY = (1, 4, 16)
+PROMPT = list(range(1, 33))
+CONCURRENCY = (1, 4, 16, 64)
+STALL_SCORE_TOKENS = 8000
+HAS_BATCH = "Batch" in pb.DESCRIPTOR.services_by_name["LanguageModel"].methods_by_name
 
 
 def build_models(root: Path) -> dict[str, Path]:
@@ -53,71 +67,141 @@ def build_models(root: Path) -> dict[str, Path]:
     return {"bdh": save_checkpoint(root / "bdh", bdh, tok), "gpt2": save_checkpoint(root / "gpt2", gpt2, tok)}
 
 
-class InProcess:
-    """The server's own per-step work, called directly: engine.step + log-softmax + bytes."""
+def token(i: int) -> int:
+    return 1 + i % 100
+
+
+def server_work(logits: torch.Tensor) -> bytes:
+    """What a server does with a step's logits: float32 log-probs as bytes."""
+    return torch.log_softmax(logits.float(), dim=-1).numpy().astype("<f4", copy=False).tobytes()
+
+
+class EngineAlone:
+    """The engine in this process, stepping n sessions as one batch: the server's ceiling."""
 
     def __init__(self, checkpoint: Path, device: str):
         self.engine = load_checkpoint(checkpoint, device=device).engine()
-        self.sid, _ = self.engine.open(list(range(1, PROMPT_LEN + 1)))
-        self.step_times(5)  # warm-up
+        self.tokens_per_second(4, 3)  # warm-up
 
-    def step_times(self, steps: int) -> list[float]:
+    def step_ms(self, steps: int) -> float:
+        sid, _ = self.engine.open(PROMPT)
         times = []
         for i in range(steps):
             t0 = time.perf_counter()
-            log_prob_bytes(self.engine.step({self.sid: 1 + i % 100}))
+            server_work(self.engine.step({sid: token(i)}))
             times.append(time.perf_counter() - t0)
-        return times
+        self.engine.close(sid)
+        return statistics.median(times) * 1e3
 
     def tokens_per_second(self, sessions: int, steps: int) -> float:
-        """The engine alone stepping `sessions` sessions as one batch: the ceiling for the server."""
-        sids = [self.engine.open(list(range(1, PROMPT_LEN + 1)))[0] for _ in range(sessions)]
+        sids = [self.engine.open(PROMPT)[0] for _ in range(sessions)]
         t0 = time.perf_counter()
         for i in range(steps):
-            log_prob_bytes(self.engine.step({sid: 1 + i % 100 for sid in sids}))
+            server_work(self.engine.step({sid: token(i) for sid in sids}))
         elapsed = time.perf_counter() - t0
         for sid in sids:
             self.engine.close(sid)
         return sessions * steps / elapsed
 
 
-async def session(stub, steps: int, times: list[float] | None = None) -> None:
-    call = stub.Decode()
-    await call.write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=list(range(1, PROMPT_LEN + 1)))))
-    await call.read()
-    for i in range(steps):
+# -- clients ---------------------------------------------------------------------------------
+
+
+async def batch_stream_rate(address: str, sessions: int, steps: int) -> float:
+    """n sessions on one Batch stream, every step one message for all of them."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = pb_grpc.LanguageModelStub(ch).Batch()
+        for sid in range(1, sessions + 1):
+            await call.write(pb.BatchRequest(open=pb.OpenSession(session=sid, prompt_ids=PROMPT)))
+        for _ in range(sessions):
+            r = await call.read()
+            assert r.WhichOneof("kind") == "opened", r
+        ids = list(range(1, sessions + 1))
         t0 = time.perf_counter()
-        await call.write(pb.DecodeRequest(token=1 + i % 100))
+        for i in range(steps):
+            await call.write(pb.BatchRequest(step=pb.StepSessions(step=i, sessions=ids, tokens=[token(i)] * sessions)))
+            r = await call.read()
+            assert r.WhichOneof("kind") == "stepped" and not r.stepped.errors, r
+        elapsed = time.perf_counter() - t0
+        await call.done_writing()
+        await call.read()  # EOF: the server has freed the sessions
+    return sessions * steps / elapsed
+
+
+async def decode_session(stub, steps: int, ready: list, go: asyncio.Event) -> None:
+    """One Decode stream: its prompt, then (once `go` is set) `steps` tokens."""
+    call = stub.Decode()
+    await call.write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=PROMPT)))
+    await call.read()
+    ready.append(1)
+    await go.wait()
+    for i in range(steps):
+        await call.write(pb.DecodeRequest(token=token(i)))
         await call.read()
-        if times is not None:
-            times.append(time.perf_counter() - t0)
     await call.done_writing()
 
 
-async def grpc_step_times(address: str, steps: int) -> list[float]:
+async def decode_streams_rate(address: str, sessions: int, steps: int) -> float:
+    """n Decode streams stepping concurrently, each on its own: the per-session path."""
     async with grpc.aio.insecure_channel(address) as ch:
         stub = pb_grpc.LanguageModelStub(ch)
-        await session(stub, 5)  # warm-up
-        times: list[float] = []
-        await session(stub, steps, times)
-    return times
-
-
-async def tokens_per_second(address: str, sessions: int, steps: int) -> float:
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = pb_grpc.LanguageModelStub(ch)
-        await asyncio.gather(*(session(stub, 5) for _ in range(sessions)))  # warm-up
+        go, ready = asyncio.Event(), []
+        tasks = [asyncio.ensure_future(decode_session(stub, steps, ready, go)) for _ in range(sessions)]
+        while len(ready) < sessions:  # every prompt in before the clock starts
+            await asyncio.sleep(0.005)
         t0 = time.perf_counter()
-        await asyncio.gather(*(session(stub, steps) for _ in range(sessions)))
+        go.set()
+        await asyncio.gather(*tasks)
         return sessions * steps / (time.perf_counter() - t0)
 
 
+async def stall(address: str, steps_alone: int) -> dict:
+    """One running story (a Decode stream): its gaps alone, then while an 8,000-token Score
+    runs beside it (the gap that ends after the Score counts too)."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.LanguageModelStub(ch)
+        call = stub.Decode()
+        await call.write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=PROMPT)))
+        await call.read()
+
+        async def step(i: int) -> float:
+            t0 = time.perf_counter()
+            await call.write(pb.DecodeRequest(token=token(i)))
+            await call.read()
+            return time.perf_counter() - t0
+
+        alone = [await step(i) for i in range(steps_alone)]
+        ids = [1 + (7 * i) % 4000 for i in range(STALL_SCORE_TOKENS)]
+        t0 = time.perf_counter()
+        score = asyncio.ensure_future(stub.Score(pb.ScoreRequest(token_ids=ids), timeout=600))
+        await asyncio.sleep(0.01)  # the Score is on its way before the next step
+        during = []
+        while not score.done():
+            during.append(await step(len(during)))
+        await score
+        score_s = time.perf_counter() - t0
+        await call.done_writing()
+    return {"median_alone": statistics.median(alone), "median_during": statistics.median(during),
+            "max_during": max(during), "steps_during": len(during), "score_s": score_s}
+
+
 def batch_counts(metrics_url: str) -> tuple[float, float]:
-    """(steps, batches) the server has run so far, from its batch-size histogram."""
+    """(rows, batches) the server has stepped so far, from its batch-size histogram."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     value = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
              if line.startswith(("plotarmour_batch_size_sum ", "plotarmour_batch_size_count "))}
     return value["plotarmour_batch_size_sum"], value["plotarmour_batch_size_count"]
+
+
+def measured(metrics_url: str, run) -> tuple[float, float, float]:
+    """run() → (its result, rows stepped, batches run) meanwhile."""
+    rows0, batches0 = batch_counts(metrics_url)
+    result = run()
+    rows1, batches1 = batch_counts(metrics_url)
+    return result, rows1 - rows0, batches1 - batches0
+
+
+# -- the run ---------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -126,59 +210,80 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["bdh", "gpt2"], choices=["bdh", "gpt2"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads, here and in the server")
-    ap.add_argument("--steps", type=int, default=200, help="steps per measurement, split over the rounds")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of every measurement")
-    ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="the server's batch_wait_ms")
+    ap.add_argument("--steps", type=int, default=320, help="tokens per measurement (split over the sessions)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of every measurement")
+    ap.add_argument("--no-stall", action="store_true", help="skip the stall measurement")
+    ap.add_argument("--stall-chunks", type=int, nargs="*", default=[32],
+                    help="also measure the stall on a server with these prefill_chunk settings (the "
+                         "trade-off: smaller chunks, shorter stalls, slower long prompts); new code only")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         if all((args.checkpoints / m / "config.json").is_file() for m in args.models):
-            checkpoints = {m: args.checkpoints / m for m in args.models}
+            checkpoints = {m: args.checkpoints.resolve() / m for m in args.models}
         else:
             print(f"(no checkpoints under {args.checkpoints}: random ~4M-parameter models)")
             checkpoints = build_models(Path(tmp))
-        settings = {"device": args.device, "batch_wait_ms": args.batch_wait_ms,
-                    **({"threads": args.threads} if args.threads else {})}
-        print(f"device {args.device}, torch threads {torch.get_num_threads()}, prompt {PROMPT_LEN} tokens, "
-              f"{args.steps} steps per run\n")
+        print(f"code {Path(plotarmour.__file__).resolve().parents[1]}, device {args.device}, torch threads "
+              f"{torch.get_num_threads()}, prompt {len(PROMPT)} tokens, {args.rounds} rounds, "
+              f"Batch RPC {'yes' if HAS_BATCH else 'no (older server)'}\n")
         for model in args.models:
-            run_model(model, checkpoints[model], args, settings, tmp)
+            run_model(model, checkpoints[model], args, tmp)
 
 
-def run_model(model: str, ckpt: Path, args, settings: dict, tmp: str) -> None:
-    # In-process and gRPC runs alternate, in rounds, so that a machine whose load
-    # drifts (a shared CI box) weighs on both alike; figures are medians over rounds.
-    local_times, remote_times = [], []
-    rates = {n: [] for n in CONCURRENCY}
-    ceiling = {n: [] for n in CONCURRENCY}
-    steps_batches = {n: [0.0, 0.0] for n in CONCURRENCY}
-    local = InProcess(ckpt, args.device)
+def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
+    settings = {"device": args.device, "max_sessions": 256, **({"threads": args.threads} if args.threads else {})}
+    if model == "bdh":
+        settings["max_context"] = 16384  # room for the stall's 8,000-token Score (new BDH default: 8192)
+    modes = ["engine"] + (["batch"] if HAS_BATCH else []) + ["decode"]
+    rates = {(m, n): [] for m in modes for n in CONCURRENCY}
+    rows_batches = {(m, n): [0.0, 0.0] for m in modes[1:] for n in CONCURRENCY}
+    local = EngineAlone(ckpt, args.device)
     with spawn_model_server(model, ckpt, workdir=tmp, **settings) as srv:
         info = pb_grpc.LanguageModelStub(grpc.insecure_channel(srv.address)).GetInfo(pb.InfoRequest())
+        asyncio.run(decode_streams_rate(srv.address, 4, 5))  # warm-up
+        step_local = local.step_ms(50)
         for _ in range(args.rounds):
-            local_times += local.step_times(args.steps // args.rounds)
-            remote_times += asyncio.run(grpc_step_times(srv.address, args.steps // args.rounds))
             for n in CONCURRENCY:
-                ceiling[n].append(local.tokens_per_second(n, max(5, args.steps // n // 2)))
-                steps0, batches0 = batch_counts(srv.metrics_url)
-                rates[n].append(asyncio.run(tokens_per_second(srv.address, n, max(10, 2 * args.steps // n))))
-                steps1, batches1 = batch_counts(srv.metrics_url)
-                steps_batches[n][0] += steps1 - steps0
-                steps_batches[n][1] += batches1 - batches0
-    local_ms, remote_ms = statistics.median(local_times) * 1e3, statistics.median(remote_times) * 1e3
-    rate = {n: statistics.median(r) for n, r in rates.items()}
-    engine_rate = {n: statistics.median(r) for n, r in ceiling.items()}
-    print(f"{model}: {info.num_parameters / 1e6:.2f}M parameters, vocabulary {info.vocab_size}")
-    print(f"  step in-process          {local_ms:8.3f} ms")
-    print(f"  step over gRPC           {remote_ms:8.3f} ms   (+{remote_ms - local_ms:.3f} ms, x{remote_ms / local_ms:.2f})")
+                steps = max(6, args.steps // n)
+                rates["engine", n].append(local.tokens_per_second(n, steps))
+                for mode in modes[1:]:
+                    client = batch_stream_rate if mode == "batch" else decode_streams_rate
+                    rate, rows, batches = measured(srv.metrics_url, lambda: asyncio.run(client(srv.address, n, steps)))
+                    rates[mode, n].append(rate)
+                    rows_batches[mode, n][0] += rows
+                    rows_batches[mode, n][1] += batches
+        stalled = asyncio.run(stall(srv.address, 60)) if model == "bdh" and not args.no_stall else None
+    stalls = [("default settings", stalled)] if stalled else []
+    if stalled and HAS_BATCH:
+        for chunk in args.stall_chunks:
+            with spawn_model_server(model, ckpt, workdir=tmp, **settings, prefill_chunk=chunk) as srv:
+                stalls.append((f"prefill_chunk {chunk}", asyncio.run(stall(srv.address, 60))))
+
+    rate = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"{model}: {info.num_parameters / 1e6:.2f}M parameters, vocabulary {info.vocab_size}; "
+          f"one step in-process {step_local:.2f} ms")
+    names = {"engine": "engine alone", "batch": "Batch stream", "decode": "Decode streams"}
+    print(f"  {'sessions':>8}  {names['engine']:>14}" + "".join(f"  {names[m]:>36}" for m in modes[1:]))
     for n in CONCURRENCY:
-        mean_batch = steps_batches[n][0] / max(steps_batches[n][1], 1)
-        print(f"  {n:2d} concurrent sessions  {rate[n]:8.0f} tokens/s   (mean batch {mean_batch:.1f}; "
-              f"engine alone, batch of {n}: {engine_rate[n]:.0f} tokens/s)")
-    print(f"  16 : 1 sessions          {rate[16] / rate[1]:8.2f}x   "
-          f"(engine alone: {engine_rate[16] / engine_rate[1]:.2f}x)\n")
+        cells = [f"{rate['engine', n]:8.0f} tok/s"]
+        for m in modes[1:]:
+            rows, batches = rows_batches[m, n]
+            mean = rows / max(batches, 1)
+            cells.append(f"{rate[m, n]:6.0f} tok/s, batch {mean:4.1f}/{n:<2d} ({mean / n:4.2f}), "
+                         f"{rate[m, n] / rate['engine', n]:4.2f}x eng")
+        print(f"  {n:>8}  {cells[0]:>14}" + "".join(f"  {c:>36}" for c in cells[1:]))
+    print(f"  {'16 : 1':>8}  {rate['engine', 16] / rate['engine', 1]:13.2f}x"
+          + "".join(f"  {rate[m, 16] / rate[m, 1]:35.2f}x" for m in modes[1:]))
+    for label, s in stalls:
+        print(f"  stall, {label}: one story (Decode stream) beside a {STALL_SCORE_TOKENS:,}-token Score ({s['score_s']:.1f} s, "
+              f"{s['steps_during']} steps meanwhile): largest gap {s['max_during'] * 1e3:.0f} ms = "
+              f"{s['max_during'] / s['median_alone']:.1f}x its median alone ({s['median_alone'] * 1e3:.1f} ms), "
+              f"{s['max_during'] / s['median_during']:.1f}x its median during the Score "
+              f"({s['median_during'] * 1e3:.1f} ms)")
+    print()
 
 
 if __name__ == "__main__":
