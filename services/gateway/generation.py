@@ -325,8 +325,8 @@ async def generate(scheduler: Scheduler, gen: Generation, params: GenerationPara
     """Yield {"type": "start"|"token"|"end", ...} events for one generation.
 
     Errors are raised, never swallowed: the caller decides between an HTTP status and an
-    SSE `error` event. Leaving early (the client disconnected) ends the generation at the
-    scheduler's next step, which frees both servers' sessions."""
+    SSE `error` event. Leaving early (the client disconnected) frees both servers'
+    sessions at once; the scheduler drops the generation at its next step."""
     live = await scheduler.admit(gen, params)
     try:
         yield {"type": "start", "id": gen.id, "logic_weight": gen.logic_weight, "blend": params.blend,
@@ -339,5 +339,8 @@ async def generate(scheduler: Scheduler, gen: Generation, params: GenerationPara
             if ev["type"] == "end":
                 return
     finally:
+        # Free both servers' sessions now, not at the next step: a step may be waiting on
+        # a stalled server, and the other server should not hold this story meanwhile.
         live.gone = True
+        live.close()
         scheduler.wake()
