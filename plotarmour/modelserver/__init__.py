@@ -1,8 +1,11 @@
 """The gRPC model server both services share (DESIGN.md §6).
 
     settings.py  ModelServerSettings: env vars + flags → one typed object
-    batcher.py   owns the decode engine: one worker thread, continuous batching
-    servicer.py  the LanguageModel RPCs, thin: protocol checks and status codes
+    scheduler.py owns the decode engine: one loop, each iteration every waiting decode
+                 row as one batch plus one chunk of prefill or Score, on one worker thread
+    servicer.py  the LanguageModel RPCs (Decode, Batch, Score, GetInfo), thin: protocol
+                 checks and status codes
+    errors.py    the failures the servicer turns into status codes
     server.py    create_server() (binds, port 0 for tests) / serve() (signals, logging)
     metrics.py   Prometheus metrics on their own HTTP port
     launch.py    start a server as a subprocess and wait for it (tests, benchmarks)

@@ -19,3 +19,8 @@ class SchedulerDown(RuntimeError):
 
 class FingerprintMismatch(ValueError):
     """The client expects another tokenizer than the one this server serves."""
+
+
+class WorkFailed(RuntimeError):
+    """One prefill or Score failed inside the engine: a fault (INTERNAL), but only that
+    caller's; the server and its other sessions go on."""

@@ -32,7 +32,7 @@ import torch
 from plotarmour.models import DecodeEngine, InvalidInput
 from plotarmour.models.base import score_chunk
 
-from .errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone
+from .errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone, WorkFailed
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -348,6 +348,9 @@ class Scheduler:
             return work.logp
         except InvalidInput as e:
             return InvalidArgument(str(e))
+        except Exception as e:  # e.g. out of memory in one long chunk: fail this work, not the server
+            log.exception("a %s chunk failed", work.kind)
+            return WorkFailed(f"the {work.kind} failed inside the model server: {e!r}")
 
     # -- back on the event loop --------------------------------------------------------------
     def _deliver_rows(self, rows: dict, stepped) -> None:

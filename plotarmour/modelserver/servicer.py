@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -17,8 +18,11 @@ import numpy as np
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
-from .errors import FingerprintMismatch, InvalidArgument, Overloaded, SchedulerDown, SessionGone
+from .errors import FingerprintMismatch, InvalidArgument, Overloaded, SchedulerDown, SessionGone, WorkFailed
 from .metrics import Metrics
+
+if TYPE_CHECKING:  # the scheduler imports torch; the servicer itself stays torch-free
+    from .scheduler import Session
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,6 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
         self.info: pb.ModelInfo | None = None
         self.tokenizer_json = ""
         self.draining = False  # after SIGTERM: no new sessions
-        self.streams = 0  # Decode and Batch streams in progress
 
     def attach(self, scheduler, info: pb.ModelInfo, tokenizer_json: str) -> None:
         self.scheduler, self.info, self.tokenizer_json = scheduler, info, tokenizer_json
@@ -47,7 +50,6 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
 
     async def Decode(self, requests, context):
         await self._require_open(context, "Decode")
-        self.streams += 1
         session = None
         try:
             async with self._errors(context, "Decode"):
@@ -69,13 +71,11 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
         finally:
             # Runs when the stream ends, fails, or is cancelled (client gone): the
             # session's state is freed in every case.
-            self.streams -= 1
             if session is not None:
                 session.close()
 
     async def Batch(self, requests, context):
         await self._require_open(context, "Batch")
-        self.streams += 1
         stream = BatchStream(self)
         reader = asyncio.ensure_future(stream.read(requests))
         try:
@@ -85,7 +85,6 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
         finally:
             # The client closed, failed or vanished (its connection dropped): every
             # session of this stream is freed, and unfinished prefills stop at the next chunk.
-            self.streams -= 1
             reader.cancel()
             stream.close_all()
 
@@ -127,6 +126,7 @@ _STATUS = {
     SessionGone: grpc.StatusCode.ABORTED,
     SchedulerDown: grpc.StatusCode.UNAVAILABLE,
     FingerprintMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    WorkFailed: grpc.StatusCode.INTERNAL,
 }
 
 
@@ -149,6 +149,7 @@ class BatchStream:
         self.servicer = servicer
         self.scheduler, self.info, self.metrics = servicer.scheduler, servicer.info, servicer.metrics
         self.sessions: dict[int, Session | None] = {}  # client id → session (None while prefilling)
+        self.prefilling: dict[int, asyncio.Task] = {}  # client id → its open, while it prefills
         self.tasks: set[asyncio.Task] = set()
         self.out: asyncio.Queue[pb.BatchResponse] = asyncio.Queue()
         self.failure: BaseException | None = None  # what ends the stream
@@ -169,6 +170,8 @@ class BatchStream:
                     session = self.sessions.pop(sid, None)
                     if session is not None:
                         session.close()
+                    elif sid in self.prefilling:  # its prefill stops at the next chunk
+                        self.prefilling.pop(sid).cancel()
             else:
                 raise InvalidArgument("a BatchRequest must carry open, step or close")
 
@@ -217,6 +220,7 @@ class BatchStream:
             self._error(sid, e)
             return
         self.sessions[sid] = None
+        self.prefilling[sid] = asyncio.current_task()
         try:
             session, row = await self.scheduler.open(list(req.prompt_ids))
         except Exception as e:
@@ -224,6 +228,9 @@ class BatchStream:
                 del self.sessions[sid]
             self._error(sid, e)
             return
+        finally:
+            if self.prefilling.get(sid) is asyncio.current_task():
+                del self.prefilling[sid]
         if sid not in self.sessions:  # closed by the client while it prefilled
             session.close()
             return
