@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from plotarmour.sampling import SamplingParams
 
 from .backends import GatewayError, IncompatibleModels, ModelPair, ModelUnavailable
-from .generation import GenerationParams, Registry, Scheduler, generate
+from .generation import GenerationLoop, GenerationParams, Registry, generate
 from .metrics import GatewayMetrics, MetricsMiddleware, StepTimer
 from .schemas import CompletionRequest, GenerateRequest, SteerRequest, ValidateRequest
 from .security import install as install_guards
@@ -130,7 +130,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         pair = holder["pair"] = ModelPair(settings)
-        holder["scheduler"] = Scheduler(pair)
+        holder["loop"] = GenerationLoop(pair)
         try:
             await pair.refresh()
         except IncompatibleModels:
@@ -144,7 +144,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             retry.cancel()
-            await holder["scheduler"].stop()
+            await holder["loop"].stop()
             await pair.aclose()
 
     app = FastAPI(title="PlotArmour gateway", version="0.1.0", lifespan=lifespan)
@@ -208,7 +208,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def run(params: GenerationParams, gen, slot: Slot):
         t0, timer = time.perf_counter(), StepTimer(metrics.step)
         try:
-            async for ev in generate(holder["scheduler"], gen, params):
+            async for ev in generate(holder["loop"], gen, params):
                 if ev["type"] == "token":
                     metrics.tokens.inc()
                     timer.tick()

@@ -22,8 +22,6 @@ from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
 from .settings import GatewaySettings
 
-ROLES = ("gpt2", "bdh")
-
 # A 50k-token distribution is 200 kB and a tokenizer.json a few MB: lift grpc's 4 MB cap.
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -127,7 +125,10 @@ class BatchStream:
                 if kind == "opened":
                     fut = self._opens.pop(resp.opened.session, None)
                     if fut is not None and not fut.done():
-                        fut.set_result(to_logprobs(resp.opened.next, b.vocab_size))
+                        try:
+                            fut.set_result(to_logprobs(resp.opened.next, b.vocab_size))
+                        except ValueError as e:  # the server's fault, and this session's only
+                            fut.set_exception(ModelUnavailable(f"{b.role} model server at {b.address} sent {e}"))
                 elif kind == "stepped":
                     fut = self._steps.pop(resp.stepped.step, None)
                     if fut is not None and not fut.done():
@@ -167,7 +168,7 @@ class BatchStream:
         self._outbox.put_nowait(pb.BatchRequest(open=pb.OpenSession(
             session=session, prompt_ids=prompt_ids, tokenizer_fingerprint=fingerprint)))
         try:
-            return await fut
+            return await self._answer(fut, "the prompt")
         except BaseException:
             self.close([session])
             raise
@@ -176,18 +177,51 @@ class BatchStream:
         """Step sessions by one token each, in one message → (log-probs by session, errors by session)."""
         if self.failure is not None:
             raise self.failure
+        # Sessions the server already closed (idle timeout) are not sent: their reason stands.
         errors = {s: self.lost.pop(s) for s in sessions if s in self.lost}
+        sent = [(s, t) for s, t in zip(sessions, tokens) if s not in errors]
         step = next(self._step_ids)
         fut = asyncio.get_running_loop().create_future()
         self._steps[step] = fut
-        self._outbox.put_nowait(pb.BatchRequest(step=pb.StepSessions(step=step, sessions=sessions, tokens=tokens)))
-        result = await fut
+        self._outbox.put_nowait(pb.BatchRequest(step=pb.StepSessions(
+            step=step, sessions=[s for s, _ in sent], tokens=[t for _, t in sent])))
+        result = await self._answer(fut, "a step")
         b = self.backend
-        rows = np.frombuffer(result.data, dtype="<f4").reshape(len(result.sessions), b.vocab_size)
+        n, V = len(result.sessions), b.vocab_size
+        if len(result.data) != n * V * 4 or result.kind != pb.LOG_PROBS:
+            err = ModelUnavailable(f"{b.role} model server at {b.address} sent a malformed step answer "
+                                   f"({len(result.data)} bytes of kind {result.kind} for {n} rows of {V})")
+            self.retire(err)
+            raise err
+        rows = np.frombuffer(result.data, dtype="<f4").reshape(n, V)
+        finite = np.isfinite(rows.max(axis=1))  # NaN and +inf both show in the row's max
         for e in result.errors:
-            errors[e.session] = status_error(b.role, b.address, e.code, e.message)
+            errors.setdefault(e.session, status_error(b.role, b.address, e.code, e.message))
             self.sessions.discard(e.session)
-        return dict(zip(result.sessions, rows)), errors
+        for sid, ok in zip(result.sessions, finite):
+            if not ok:  # the server's fault, and this session's only
+                errors[sid] = ModelUnavailable(f"{b.role} model server at {b.address} sent a distribution "
+                                               "with NaN or +inf")
+        return {sid: row for sid, row, ok in zip(result.sessions, rows, finite) if ok}, errors
+
+    async def _answer(self, fut: asyncio.Future, what: str):
+        """The answer `fut` will hold, within step_timeout_s. A server that misses it is
+        stalled: the stream is retired (the server frees its sessions) so that new
+        sessions go to a fresh stream, which round_robin may put on another replica."""
+        b = self.backend
+        try:
+            async with asyncio.timeout(b.settings.step_timeout_s):
+                return await fut
+        except TimeoutError:
+            err = ModelUnavailable(f"{b.role} model server at {b.address} did not answer {what} in time "
+                                   f"({b.step_deadline})")
+            self.retire(err)
+            raise err from None
+
+    def retire(self, err: GatewayError) -> None:
+        """Fail every waiter with err and end the stream."""
+        self._fail(err)
+        self.shutdown()
 
     def close(self, sessions: list[int]) -> None:
         """Free sessions on the server. Never blocks (it runs in `finally` blocks)."""
@@ -195,6 +229,9 @@ class BatchStream:
         for s in sessions:
             self.sessions.discard(s)
             self.lost.pop(s, None)
+            fut = self._opens.pop(s, None)  # a prefill left behind: the server will not answer it
+            if fut is not None:
+                fut.cancel()
         if sessions and self.failure is None:
             self._outbox.put_nowait(pb.BatchRequest(close=pb.CloseSessions(sessions=sessions)))
 

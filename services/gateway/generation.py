@@ -124,7 +124,7 @@ class Live:
             stream.close([sid])
 
 
-class Scheduler:
+class GenerationLoop:
     """One loop steps every live generation of a model pair together (TGI's router).
 
     Each iteration blends and samples every live row at once, hands each token to its
@@ -145,18 +145,13 @@ class Scheduler:
         """Prefill on both servers; the generation then waits for the next iteration.
         Raises (as an HTTP status) whatever fails before the first token."""
         pair = self.pair
-        backends = list(pair)
-        opens = [asyncio.ensure_future(b.open(params.prompt_ids, pair.fingerprint)) for b in backends]
+        opens = [asyncio.ensure_future(b.open(params.prompt_ids, pair.fingerprint)) for b in pair]
         try:
-            finished, _ = await asyncio.wait(opens, timeout=pair.settings.step_timeout_s,
-                                             return_when=asyncio.FIRST_EXCEPTION)
+            # Each open is bounded by step_timeout_s; the first failure is the answer.
+            finished, _ = await asyncio.wait(opens, return_when=asyncio.FIRST_EXCEPTION)
             for task in finished:
-                if task.exception() is not None:  # a server refused or failed: that is the answer
+                if task.exception() is not None:
                     raise task.exception()
-            for b, task in zip(backends, opens):
-                if task not in finished:
-                    raise ModelUnavailable(f"{b.role} model server at {b.address} did not answer the prompt in "
-                                           f"time ({b.step_deadline})")
             done = [task.result() for task in opens]
         except BaseException:
             # One failed or the caller left: close whatever the other opened.
@@ -182,8 +177,13 @@ class Scheduler:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._fail_all(ModelUnavailable("the gateway is shutting down"))
+
+    def _fail_all(self, error: BaseException) -> None:
         for live in self.live + self.joining:
+            live.events.put_nowait({"type": "error", "error": error})
             live.close()
+        self.live, self.joining = [], []
 
     # -- the loop -----------------------------------------------------------------------
     async def _run(self) -> None:
@@ -199,17 +199,15 @@ class Scheduler:
                     await self._wake.wait()
                     continue
                 tokens, p_blend = await self._sample(self.live)
-                stepping = [(x, t) for x, t, p in zip(self.live, tokens, p_blend) if self._emit(x, int(t), p)]
+                # A client may have left while the batch was sampled (on a thread): skip it.
+                stepping = [(x, t) for x, t, p in zip(self.live, tokens, p_blend)
+                            if not x.gone and self._emit(x, int(t), p)]
                 self.live = [x for x, _ in stepping]
                 if stepping:
                     await self._step(stepping)
-        except Exception as e:  # a bug: no client may hang on it
+        except Exception as e:  # a bug: no client may hang on it; the next story starts a new loop
             log.exception("the generation loop failed")
-            for live in self.live + self.joining:
-                live.events.put_nowait({"type": "error", "error": e})
-                live.close()
-            self.live, self.joining = [], []
-            raise
+            self._fail_all(e)
 
     async def _sample(self, rows: list[Live]) -> tuple[np.ndarray, np.ndarray]:
         """Blend and sample every row at once → (tokens (B,), blended probability of each)."""
@@ -268,21 +266,16 @@ class Scheduler:
             for role, (stream, sid) in enumerate(x.sessions):
                 calls.setdefault((role, stream), []).append((x, sid, token))
         t0 = time.perf_counter()
-        keys = list(calls)
-        timeout = self.pair.settings.step_timeout_s
+        # Each step is bounded by step_timeout_s inside the stream (a stalled stream is retired).
         results = await asyncio.gather(
-            *(asyncio.wait_for(stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows]), timeout)
-              for (_, stream), rows in calls.items()),
+            *(stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows]) for (_, stream), rows in calls.items()),
             return_exceptions=True)
         waited = time.perf_counter() - t0
         failed: dict[Live, BaseException] = {}
-        for (role, stream), result in zip(keys, results):
+        for (role, stream), result in zip(calls, results):
             backend = stream.backend
             if isinstance(result, BaseException):
-                if isinstance(result, (TimeoutError, asyncio.TimeoutError)):
-                    result = ModelUnavailable(f"{backend.role} model server at {backend.address} did not answer "
-                                              f"in time ({backend.step_deadline})")
-                elif not isinstance(result, GatewayError):
+                if not isinstance(result, GatewayError):
                     raise result
                 for x, _, _ in calls[(role, stream)]:
                     failed.setdefault(x, result)
@@ -321,13 +314,13 @@ class Scheduler:
 _INLINE_SAMPLING = 256 * 1024
 
 
-async def generate(scheduler: Scheduler, gen: Generation, params: GenerationParams) -> AsyncIterator[dict]:
+async def generate(loop: GenerationLoop, gen: Generation, params: GenerationParams) -> AsyncIterator[dict]:
     """Yield {"type": "start"|"token"|"end", ...} events for one generation.
 
     Errors are raised, never swallowed: the caller decides between an HTTP status and an
     SSE `error` event. Leaving early (the client disconnected) frees both servers'
     sessions at once; the scheduler drops the generation at its next step."""
-    live = await scheduler.admit(gen, params)
+    live = await loop.admit(gen, params)
     try:
         yield {"type": "start", "id": gen.id, "logic_weight": gen.logic_weight, "blend": params.blend,
                "seed": params.seed, "prompt_tokens": len(params.prompt_ids)}
@@ -343,4 +336,4 @@ async def generate(scheduler: Scheduler, gen: Generation, params: GenerationPara
         # a stalled server, and the other server should not hold this story meanwhile.
         live.gone = True
         live.close()
-        scheduler.wake()
+        loop.wake()

@@ -34,8 +34,8 @@ class GatewaySettings(BaseSettings):
 
     # A model server that does not answer within this bound makes the request fail
     # with 503 (or an SSE error event), never hang.
-    connect_timeout_s: float = Field(5.0, gt=0, description="GetInfo / health / opening a Decode stream")
-    step_timeout_s: float = Field(10.0, gt=0, description="one decoding step or one Score call")
+    connect_timeout_s: float = Field(5.0, gt=0, description="GetInfo and health checks of the model servers")
+    step_timeout_s: float = Field(10.0, gt=0, description="one decoding step, one prompt's prefill or one Score call")
     retry_interval_s: float = Field(1.0, gt=0, description="background reconnect to servers not yet ready")
 
     max_concurrent: int = Field(8, ge=1, description="generations and validations at once; beyond: 429")

@@ -35,11 +35,13 @@ def fake_logprobs(salt: int, last_token: int, position: int, vocab_size: int) ->
 
 class FakeLanguageModel(pb_grpc.LanguageModelServicer):
     def __init__(self, tokenizer: Tokenizer, *, model_type: str, salt: int, max_context: int = 512,
-                 step_delay_s: float = 0.0, fail_at_step: int | None = None, fingerprint_override: str | None = None):
+                 step_delay_s: float = 0.0, fail_at_step: int | None = None, fingerprint_override: str | None = None,
+                 poison_token: int | None = None):
         self.tok, self.model_type, self.salt = tokenizer, model_type, salt
         self.vocab_size = tokenizer.get_vocab_size()
         self.max_context = max_context
         self.step_delay_s, self.fail_at_step = step_delay_s, fail_at_step
+        self.poison_token = poison_token  # a session whose prompt holds it steps to NaN rows
         self.fp = fingerprint_override or fingerprint(tokenizer)
         self.open_sessions = 0
         self.sessions_opened = 0
@@ -101,7 +103,7 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
                     with self._lock:
                         self.open_sessions += 1
                         self.sessions_opened += 1
-                    sessions[o.session] = [len(ids), ids[-1], 0]
+                    sessions[o.session] = [len(ids), ids[-1], 0, self.poison_token in ids]
                     yield pb.BatchResponse(opened=pb.SessionOpened(session=o.session, position=len(ids), next=pb.Distribution(
                         data=self.dist(ids[-1], len(ids)).tobytes(), kind=pb.LOG_PROBS)))
                 elif kind == "step":
@@ -111,7 +113,8 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
                         state[0], state[1], state[2] = state[0] + 1, token, state[2] + 1
                         if self.fail_at_step is not None and state[2] >= self.fail_at_step:
                             context.abort(grpc.StatusCode.INTERNAL, f"fake failure at step {state[2]}")
-                        rows.append(self.dist(token, state[0]))
+                        row = self.dist(token, state[0])
+                        rows.append(np.full_like(row, np.nan) if state[3] else row)
                     if self.step_delay_s:
                         time.sleep(self.step_delay_s)
                     yield pb.BatchResponse(stepped=pb.StepResult(

@@ -3,6 +3,7 @@ SSE, steering, limits and every error path. Real model servers: tests/integratio
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import socket
@@ -276,6 +277,29 @@ def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer):
             assert "fake failure" in err["error"]["message"]
             r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30})
             assert r.status_code == 503 and "fake failure" in r.json()["error"]["message"]
+        assert closes_soon(g, b)
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+def test_a_broken_row_fails_only_its_own_story(tiny_tokenizer):
+    poison = tiny_tokenizer.encode("Tom").ids[0]
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02,
+                                     poison_token=poison))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
+    gw = start_gateway(g.address, b.address)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c, \
+                concurrent.futures.ThreadPoolExecutor(2) as pool:
+            healthy = pool.submit(c.post, "/generate", json={"prompt": PROMPT, "max_new_tokens": 20, "seed": 1,
+                                                             "temperature": 0})
+            time.sleep(0.1)  # the healthy story is running when the broken one joins
+            broken = c.post("/generate", json={"prompt": "Tom", "max_new_tokens": 20})
+            assert broken.status_code == 503 and "NaN" in broken.json()["error"]["message"]
+            assert "gpt2 model server" in broken.json()["error"]["message"]
+            assert healthy.result().status_code == 200, healthy.result().text
         assert closes_soon(g, b)
     finally:
         gw.stop()
