@@ -162,10 +162,35 @@ def apply_temperature(p: np.ndarray, temperature) -> np.ndarray:
     return q / q.sum(axis=-1, keepdims=True)
 
 
-def _largest(ids: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k largest vals, ties broken by lower id, most probable first."""
-    order = np.lexsort((ids, -vals))
-    return order[:k]
+def _top(q: np.ndarray, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k most probable tokens of q (V,), most probable first, ties broken by lower id,
+    as (ids, float64 values); `candidates` holds at least k ids, among them the k largest."""
+    vals = q[candidates].astype(np.float64)
+    kth = np.partition(vals, len(vals) - k)[len(vals) - k]  # the k-th largest value
+    # Exact ties at the k-th value may sit outside the candidates: take them from the row.
+    ids = np.union1d(candidates[vals > kth], np.flatnonzero(q == q.dtype.type(kth)))
+    vals = q[ids].astype(np.float64)
+    order = np.argsort(-vals, kind="stable")[:k]  # ids are ascending, so ties go to the lower id
+    return ids[order], vals[order]
+
+
+def _nucleus(q: np.ndarray, need: float) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest most-probable set of q (V,) whose mass reaches `need` (at least one token).
+
+    The m most probable tokens are found by argpartition and sorted; while they may not
+    hold the nucleus (their mass, less the last one's, falls short), m grows fourfold.
+    Peaked rows stop at the first m; a flat row ends in a full sort."""
+    V = q.size
+    m = min(V, 256)
+    while True:
+        cand = np.argpartition(-q, m - 1)[:m] if m < V else np.arange(V)
+        ids, vals = _top(q, m, cand)
+        if m == V or vals[:-1].sum() >= need:
+            break
+        m = min(V, 4 * m)
+    mass_before = np.cumsum(vals) - vals  # mass of the strictly more probable tokens
+    n = max(int((mass_before < need).sum()), 1)
+    return ids[:n], vals[:n]
 
 
 def _kept(p: np.ndarray, sp: SamplingParams, top_k_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -175,37 +200,20 @@ def _kept(p: np.ndarray, sp: SamplingParams, top_k_ids: np.ndarray | None) -> tu
     least its k most probable ids (from one argpartition over the batch)."""
     V = p.shape[0]
     k = sp.top_k if 0 < sp.top_k < V else 0
+    tempered = sp.temperature not in (0.0, 1.0)
     if not k and sp.top_p >= 1.0:
         return None
     if k:
-        ids = top_k_ids
-        vals = p[ids].astype(np.float64)
-        kth = np.sort(vals)[-k]
-        # exact ties at the k-th value may sit outside the candidates: look at the row
-        tied = np.flatnonzero(p == p.dtype.type(kth))
-        ids = np.union1d(ids[vals > kth], tied)
-        vals = p[ids].astype(np.float64)
-        pos = _largest(ids, vals, k)
-        ids, vals = ids[pos], vals[pos]
-        if sp.temperature not in (0.0, 1.0):
+        ids, vals = _top(p, k, top_k_ids)
+        if tempered:  # top-k's choice does not depend on temperature, so only k values are tempered
             vals = _tempered(vals, sp.temperature)
-        total = vals.sum()
+        if sp.top_p < 1.0:
+            mass_before = np.cumsum(vals) - vals
+            n = max(int((mass_before < sp.top_p * vals.sum()).sum()), 1)
+            ids, vals = ids[:n], vals[:n]
     else:
-        q = p
-        if sp.temperature not in (0.0, 1.0):  # the nucleus's mass needs every token
-            q = _tempered(p, sp.temperature)
-        total = q.sum(dtype=np.float64)
-        # Tokens below `floor` hold less than (1 − top_p) of the mass all together, so
-        # the nucleus lies within the tokens at or above it.
-        floor = (1.0 - sp.top_p) * total / V * 0.5
-        ids = np.flatnonzero(q >= floor)
-        vals = q[ids].astype(np.float64)
-        order = _largest(ids, vals, len(ids))
-        ids, vals = ids[order], vals[order]
-    if sp.top_p < 1.0:
-        mass_before = np.cumsum(vals) - vals  # mass of the strictly more probable tokens
-        n = max(int((mass_before < sp.top_p * total).sum()), 1)
-        ids, vals = ids[:n], vals[:n]
+        q = _tempered(p, sp.temperature) if tempered else p  # the nucleus's mass needs every token
+        ids, vals = _nucleus(q, sp.top_p * q.sum(dtype=np.float64))
     order = np.argsort(ids)
     return ids[order], vals[order]
 
