@@ -247,7 +247,8 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
         step_local = local.step_ms(50)
         for _ in range(args.rounds):
             for n in CONCURRENCY:
-                steps = max(6, args.steps // n)
+                # Within the context (GPT-2's learned positions end at n_positions).
+                steps = max(6, min(args.steps // n, info.max_context - len(PROMPT) - 8))
                 rates["engine", n].append(local.tokens_per_second(n, steps))
                 for mode in modes[1:]:
                     client = batch_stream_rate if mode == "batch" else decode_streams_rate

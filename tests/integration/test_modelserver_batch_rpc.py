@@ -99,7 +99,7 @@ def test_one_message_steps_many_sessions_and_answers_with_one_buffer(server, tin
     ((error,),) = [second.errors]
     assert (error.session, error.code) == (12, grpc.StatusCode.INVALID_ARGUMENT.value[0])
     assert "outside the vocabulary" in error.message
-    wait_until(lambda: open_sessions(server) == 0)
+    assert wait_until(lambda: open_sessions(server) == 0)
 
 
 async def _decode_all(address, prompts, tokens):
@@ -124,7 +124,7 @@ def test_a_fingerprint_mismatch_is_failed_precondition_naming_both(server, tiny_
     assert refused.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert theirs in refused.error.message and fingerprint(tiny_tokenizer) in refused.error.message
     assert accepted.WhichOneof("kind") == "opened"
-    wait_until(lambda: open_sessions(server) == 0)
+    assert wait_until(lambda: open_sessions(server) == 0)
 
 
 @pytest.mark.parametrize("server", MODELS, indirect=True)
