@@ -4,10 +4,12 @@ Engines are not thread-safe and torch work must not block the event loop, so the
 hands each iteration to ONE worker thread. An iteration is
 
     every decode row waiting now (up to max_batch_size), stepped as one batch
-    + at most one chunk (chunk_size tokens) of pending prefill or Score work
+    + at most one chunk of pending prefill or Score work (chunk_size tokens; beside
+      running stories, only as many as cost about one decode step)
 
 so a long prompt or Score delays a running story by one chunk at most (vLLM's chunked
-prefill); the rows are answered as soon as they are stepped, before the chunk runs. Chunk work takes turns, round robin, so a short prompt is not queued behind a
+prefill); the rows are answered as soon as they are stepped, before the chunk runs.
+Chunk work takes turns, round robin, so a short prompt is not queued behind a
 20,000-token Score. Work whose caller has gone is dropped at the next chunk boundary.
 
 Limits: a running session's steps are never refused; only new sessions
@@ -36,6 +38,11 @@ from .errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone, Wor
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+# The smallest chunk beside running stories: below it, per-chunk overhead dominates and a
+# long prompt would crawl.
+_MIN_CHUNK = 16
 
 
 def log_probs(logits: torch.Tensor) -> np.ndarray:
@@ -111,6 +118,10 @@ class Scheduler:
         # What the worker runs now: out of _rows and _work, yet its waiters must hear
         # of it if the loop dies or stops mid-iteration.
         self._inflight: tuple[dict, _Work | None] = ({}, None)
+        # Measured costs (moving averages, seconds) that size a chunk beside running stories.
+        self._step_s: float | None = None  # one decode step
+        self._token_s: float | None = None  # one prompt token of a chunk
+        self._last_step = 0.0  # monotonic time of the last decode step
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.failure: BaseException | None = None  # what killed the loop
@@ -310,10 +321,26 @@ class Scheduler:
             # Pre-checks make this unreachable for caller mistakes we know of; should one
             # slip through, step the rows one by one so only its own session fails.
             out = None, {s: self._step_one(s.id, token) for s, (token, _) in rows.items()}
-        self.metrics.step_latency.observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self._step_s = took if self._step_s is None else 0.8 * self._step_s + 0.2 * took
+        self._last_step = time.monotonic()
+        self.metrics.step_latency.observe(took)
         self.metrics.batch_size.observe(len(rows))
         self.metrics.steps.inc(len(rows))
         return out
+
+    def _chunk_budget(self) -> int:
+        """Tokens for this iteration's chunk (vLLM's per-iteration token budget).
+
+        While stories are being stepped (one was in the last second), a chunk may cost
+        about one decode step, so a running story's gap between tokens stays within
+        about twice its usual; with no story running, the full chunk_size goes at once.
+        """
+        if self._step_s is None or time.monotonic() - self._last_step > 1.0:
+            return self.chunk_size
+        if self._token_s is None:  # no chunk measured yet: start small
+            return min(self.chunk_size, _MIN_CHUNK)
+        return min(self.chunk_size, max(_MIN_CHUNK, int(self._step_s / self._token_s)))
 
     def _step_one(self, sid: int, token: int) -> np.ndarray | Exception:
         try:
@@ -327,8 +354,9 @@ class Scheduler:
             if work.sid is None:
                 work.sid = self.engine.begin()
             a = work.done
-            b = min(a + self.chunk_size, work.end)
+            b = min(a + self._chunk_budget(), work.end)
             last = b == work.end
+            t0 = time.perf_counter()
             if work.kind == "prefill":
                 logits = self.engine.feed(work.sid, work.ids[a:b], "last" if last else "none")
             else:
@@ -337,6 +365,8 @@ class Scheduler:
                     work.logp = np.empty(work.end, dtype="<f4")
                 work.logp[a:b] = score_chunk(logits, work.ids, a).numpy()
             work.done = b
+            per_token = (time.perf_counter() - t0) / (b - a)
+            self._token_s = per_token if self._token_s is None else 0.8 * self._token_s + 0.2 * per_token
             self.metrics.prompt_tokens.inc(b - a)
             if not last:
                 return None
