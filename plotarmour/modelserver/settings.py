@@ -46,8 +46,9 @@ class ModelServerSettings(BaseSettings):
     default_max_context: int = Field(1 << 20, ge=1, description="cap on a model's own context limit when "
                                                                  "max_context is not given")
     max_batch_size: int = Field(64, ge=1, description="decode rows stepped in one forward pass")
-    prefill_chunk: int = Field(256, ge=1, description="prompt or Score tokens run per scheduler iteration: a "
-                                                      "running story waits for at most one chunk")
+    prefill_chunk: int = Field(256, ge=1, description="most prompt or Score tokens run per scheduler iteration; "
+                                                      "beside running stories a chunk is cut to cost about one "
+                                                      "decode step")
     max_scores: int = Field(16, ge=1, description="Score calls waiting or running at once; beyond: "
                                                   "RESOURCE_EXHAUSTED (steps are never refused)")
     idle_timeout_s: float = Field(300.0, ge=0, description="free a session nobody has stepped for this long "
