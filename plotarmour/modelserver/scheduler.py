@@ -5,7 +5,7 @@ hands each iteration to ONE worker thread. An iteration is
 
     every decode row waiting now (up to max_batch_size), stepped as one batch
     + at most one chunk of pending prefill or Score work (chunk_size tokens; beside
-      running stories, only as many as cost about one decode step)
+      running stories, only as many as cost about 1.5 decode steps)
 
 so a long prompt or Score delays a running story by one chunk at most (vLLM's chunked
 prefill); the rows are answered as soon as they are stepped, before the chunk runs.
@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 # The smallest chunk beside running stories: below it, per-chunk overhead dominates and a
 # long prompt would crawl.
-_MIN_CHUNK = 16
+_MIN_CHUNK = 8
+# Beside running stories a chunk may cost this many decode steps: a story's gap is then
+# its step plus the chunk, about 2.5 steps, while a long prompt still moves on.
+_CHUNK_STEPS = 1.5
 
 
 def log_probs(logits: torch.Tensor) -> np.ndarray:
@@ -333,14 +336,14 @@ class Scheduler:
         """Tokens for this iteration's chunk (vLLM's per-iteration token budget).
 
         While stories are being stepped (one was in the last second), a chunk may cost
-        about one decode step, so a running story's gap between tokens stays within
-        about twice its usual; with no story running, the full chunk_size goes at once.
+        about 1.5 decode steps, so a running story's gap between tokens stays within
+        about 2.5 times its usual; with no story running, the full chunk_size goes at once.
         """
         if self._step_s is None or time.monotonic() - self._last_step > 1.0:
             return self.chunk_size
         if self._token_s is None:  # no chunk measured yet: start small
             return min(self.chunk_size, _MIN_CHUNK)
-        return min(self.chunk_size, max(_MIN_CHUNK, int(self._step_s / self._token_s)))
+        return min(self.chunk_size, max(_MIN_CHUNK, int(_CHUNK_STEPS * self._step_s / self._token_s)))
 
     def _step_one(self, sid: int, token: int) -> np.ndarray | Exception:
         try:

@@ -47,8 +47,8 @@ class ModelServerSettings(BaseSettings):
                                                                  "max_context is not given")
     max_batch_size: int = Field(64, ge=1, description="decode rows stepped in one forward pass")
     prefill_chunk: int = Field(256, ge=1, description="most prompt or Score tokens run per scheduler iteration; "
-                                                      "beside running stories a chunk is cut to cost about one "
-                                                      "decode step")
+                                                      "beside running stories a chunk is cut to cost about 1.5 "
+                                                      "decode steps")
     max_scores: int = Field(16, ge=1, description="Score calls waiting or running at once; beyond: "
                                                   "RESOURCE_EXHAUSTED (steps are never refused)")
     idle_timeout_s: float = Field(300.0, ge=0, description="free a session nobody has stepped for this long "

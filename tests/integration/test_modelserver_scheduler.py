@@ -474,15 +474,15 @@ def test_after_stop_calls_fail_at_once(bdh_engine):
     asyncio.run(main())
 
 
-def test_chunks_beside_running_stories_cost_about_one_step(engine):
+def test_chunks_beside_running_stories_cost_about_a_step_and_a_half(engine):
     s = Scheduler(engine, Metrics(), chunk_size=256)
     assert s._chunk_budget() == 256  # nothing measured, nobody stepping: the whole chunk
     s._step_s, s._last_step = 0.005, time.monotonic()
-    assert s._chunk_budget() == 16  # stories running, chunk cost unknown: start small
+    assert s._chunk_budget() == 8  # stories running, chunk cost unknown: start small
     s._token_s = 0.0001  # 50 tokens cost one step
-    assert s._chunk_budget() == 50
-    s._token_s = 0.001  # 5 tokens would: never below the floor
-    assert s._chunk_budget() == 16
+    assert s._chunk_budget() == 75
+    s._token_s = 0.002  # 2.5 tokens cost one step: never below the floor
+    assert s._chunk_budget() == 8
     s._token_s = 1e-6
     assert s._chunk_budget() == 256  # never above chunk_size
     s._last_step -= 2.0  # no story stepped for a while: full chunks again
