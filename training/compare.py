@@ -114,7 +114,10 @@ def build_report(ckpts: dict, scores: dict, unigram: dict | None, source: str, s
     for m in MODELS:
         run, s = ckpts[m].run, scores[m]
         params = sum(p.numel() for p in ckpts[m].model.parameters())
-        lines.append(f"| {NAMES[m]} | {params:,} | {run.get('steps', '?')} | {run.get('tokens_seen', 0):,} | "
+        before = run.get("initialized_from") or {}  # a run that continued a checkpoint (--init): count both
+        steps = (run.get("steps") or 0) + (before.get("steps") or 0)
+        seen = (run.get("tokens_seen") or 0) + (before.get("tokens_seen") or 0)
+        lines.append(f"| {NAMES[m]} | {params:,} | {steps} | {seen:,} | "
                      f"{s['loss']:.4f} | {s['perplexity']:.2f} | {s['bits_per_byte']:.4f} |")
     if unigram:
         lines.append(f"| unigram baseline | {ckpts['gpt2'].config['vocab_size']:,} | | | "
