@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 ROPE_THETA = 2.0**16
 
@@ -134,6 +135,7 @@ class BDH(nn.Module):
         self.decoder = nn.Parameter(torch.empty(H * N, D))
         self.lm_head = nn.Parameter(torch.empty(D, V))
         self.drop = nn.Dropout(c.dropout)
+        self.grad_checkpointing = False  # see gradient_checkpointing_enable
         # Derived from the config, so not saved; a reference state_dict's copy is checked on load.
         # Always float32 (see `_apply`).
         self.register_buffer("rope_freqs", rope_frequencies(N), persistent=False)
@@ -178,8 +180,12 @@ class BDH(nn.Module):
             state = [DenseMemory(S) for S in state]
         x = _ln(self.embed(idx)).unsqueeze(1)  # (B, 1, T, D): broadcasts over heads
         L = self.config.n_layer
+        recompute = self.grad_checkpointing and self.training and state is None and torch.is_grad_enabled()
         for layer in range(L):
             memory = None if state is None else state[layer]
+            if recompute:  # keep only each layer's input; its (B, H, T, N) activations are recomputed
+                x = checkpoint(self._layer, x, positions, None, use_reentrant=False)
+                continue
             # With no logits wanted, the last layer only has its state to write.
             x = self._layer(x, positions, memory, write_only=logits == "none" and layer == L - 1)
         if logits == "none":
@@ -210,6 +216,15 @@ class BDH(nn.Module):
         z = z.transpose(1, 2).reshape(B, 1, T, -1)  # head-major neurons: (B, 1, T, H·N)
         y = _ln(z @ self.decoder)  # (B, 1, T, D)
         return _ln(x + y)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each layer in the backward pass instead of storing its activations
+        (the (B, H, T, N) neuron tensors dominate training memory). The same switch as
+        Hugging Face models; only `use_reentrant=False` is supported."""
+        kwargs = gradient_checkpointing_kwargs or {}
+        if kwargs.get("use_reentrant", False):
+            raise ValueError("BDH's gradient checkpointing supports use_reentrant=False only")
+        self.grad_checkpointing = True
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
