@@ -77,10 +77,10 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
     async def Batch(self, requests, context):
         await self._require_open(context, "Batch")
         stream = BatchStream(self)
-        reader = asyncio.ensure_future(stream.read(requests))
+        reader = stream.start(requests)
         try:
             async with self._errors(context, "Batch"):
-                while (response := await stream.next_response(reader)) is not None:
+                while (response := await stream.next_response()) is not None:
                     yield response
         finally:
             # The client closed, failed or vanished (its connection dropped): every
@@ -175,24 +175,21 @@ class BatchStream:
             else:
                 raise InvalidArgument("a BatchRequest must carry open, step or close")
 
-    async def next_response(self, reader: asyncio.Task) -> pb.BatchResponse | None:
+    def start(self, requests) -> asyncio.Task:
+        """Start reading the client's requests; returns the reading task."""
+        self.reader = self._track(asyncio.ensure_future(self.read(requests)))
+        return self.reader
+
+    async def next_response(self) -> pb.BatchResponse | None:
         """The next answer to send; None once the client has finished and all is answered.
-        Raises what ends the stream: a malformed request or a failed task."""
-        while True:
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                self.failure = self.failure or reader.exception()
-            if self.failure is not None:
-                raise self.failure
-            if not self.out.empty():
-                return self.out.get_nowait()
-            if reader.done() and not self.tasks:
-                return None
-            getter = asyncio.ensure_future(self.out.get())
-            waits = {getter, *(t for t in self.tasks if not t.done())} | (set() if reader.done() else {reader})
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                return getter.result()
-            getter.cancel()
+        Raises what ends the stream: a malformed request or a failed task.
+
+        Every task puts what it has to say on `out`, and the last one to finish puts the
+        end there, so waiting for an answer is one queue read (this runs once per step)."""
+        item = await self.out.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def close_all(self) -> None:
         for task in self.tasks:
@@ -271,16 +268,23 @@ class BatchStream:
 
     # -- helpers -----------------------------------------------------------------------
     def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
+        self._track(asyncio.ensure_future(coro))
+
+    def _track(self, task: asyncio.Task) -> asyncio.Task:
         self.tasks.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     def _finished(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and (e := task.exception()) is not None:
             if status_of(e) is None:
                 log.error("Batch stream task failed", exc_info=e)
-            self.failure = self.failure or e  # next_response raises it
+            if self.failure is None:
+                self.failure = e
+                self.out.put_nowait(e)  # next_response raises it: the stream ends with its status
+        elif not self.tasks and self.failure is None:
+            self.out.put_nowait(None)  # the client is done and every answer is out
 
     def _expired(self, sid: int, session: Session, why: str) -> None:
         if self.sessions.get(sid) is session:

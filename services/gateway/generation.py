@@ -144,7 +144,7 @@ class GenerationLoop:
     async def admit(self, gen: Generation, params: GenerationParams) -> Live:
         """Prefill on both servers; the generation then waits for the next iteration.
         Raises (as an HTTP status) whatever fails before the first token."""
-        pair = self.pair
+        pair, t_start = self.pair, time.perf_counter()
         opens = [asyncio.ensure_future(b.open(params.prompt_ids, pair.fingerprint)) for b in pair]
         try:
             # Each open is bounded by step_timeout_s; the first failure is the answer.
@@ -163,7 +163,7 @@ class GenerationLoop:
             raise
         live = Live(gen, params, sampling.make_rng(params.seed), sessions=[(st, sid) for st, sid, _ in done],
                     lp=[lp for _, _, lp in done], detok=IncrementalDetokenizer(pair.tokenizer, params.prompt_ids),
-                    stopper=StopText(params.stop), position=len(params.prompt_ids))
+                    stopper=StopText(params.stop), position=len(params.prompt_ids), t_start=t_start)
         self.joining.append(live)
         self.wake()
         if self._task is None or self._task.done():
