@@ -74,11 +74,10 @@ def full_forward(model, ids: torch.Tensor):
 OLD_BDH = "7308a48"  # the last BDH engine that read non-contiguous slots one session at a time
 
 
-def old_bdh_engine(model):
-    """The BDH engine of commit OLD_BDH over the same weights, with that commit's base class.
-
-    Both files come from git into a throwaway package, so the old engine runs beside the
-    new one in this process; None where git or the commit is not at hand."""
+def old_module(rev: str, family: str):
+    """plotarmour/models/<family>.py of commit `rev`, with that commit's base class, imported
+    from a throwaway package so the old engine runs beside the new one in this process;
+    None where git or the commit is not at hand."""
     import importlib
     import subprocess
     import sys
@@ -86,20 +85,27 @@ def old_bdh_engine(model):
 
     repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
-        package = Path(tmp) / "_bdh_before_pool"
+        package = Path(tmp) / f"_{family}_at_{rev}"
         package.mkdir()
         (package / "__init__.py").write_text("")
-        for name in ("base", "bdh"):
-            shown = subprocess.run(["git", "show", f"{OLD_BDH}:plotarmour/models/{name}.py"], cwd=repo,
+        for name in ("base", family):
+            shown = subprocess.run(["git", "show", f"{rev}:plotarmour/models/{name}.py"], cwd=repo,
                                    capture_output=True, text=True)
             if shown.returncode != 0:
                 return None
             (package / f"{name}.py").write_text(shown.stdout)
         sys.path.insert(0, tmp)
         try:
-            old = importlib.import_module("_bdh_before_pool.bdh")
+            return importlib.import_module(f"{package.name}.{family}")
         finally:
             sys.path.remove(tmp)
+
+
+def old_bdh_engine(model):
+    """The BDH engine of commit OLD_BDH over the same weights."""
+    old = old_module(OLD_BDH, "bdh")
+    if old is None:
+        return None
     twin = old.BDH(old.BDHConfig(**{k: v for k, v in model.config.to_dict().items() if k != "model_type"}))
     twin.load_state_dict(model.state_dict())
     return old.BDHEngine(twin.to(next(model.parameters()).device).eval())
@@ -220,31 +226,9 @@ OLD_GPT2 = "7308a48"  # the last GPT-2 engine that padded and concatenated every
 
 
 def old_gpt2_engine(model):
-    """The GPT-2 engine of commit OLD_GPT2 over the same model, with that commit's base class.
-
-    Both files come from git into a throwaway package, so the old engine runs beside
-    the new one in this process; None where git or the commit is not at hand."""
-    import importlib
-    import subprocess
-    import sys
-    import tempfile
-
-    repo = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory() as tmp:
-        package = Path(tmp) / "_gpt2_before_pool"
-        package.mkdir()
-        (package / "__init__.py").write_text("")
-        for name in ("base", "gpt2"):
-            shown = subprocess.run(["git", "show", f"{OLD_GPT2}:plotarmour/models/{name}.py"], cwd=repo,
-                                   capture_output=True, text=True)
-            if shown.returncode != 0:
-                return None
-            (package / f"{name}.py").write_text(shown.stdout)
-        sys.path.insert(0, tmp)
-        try:
-            return importlib.import_module("_gpt2_before_pool.gpt2").GPT2Engine(model)
-        finally:
-            sys.path.remove(tmp)
+    """The GPT-2 engine of commit OLD_GPT2 over the same model."""
+    old = old_module(OLD_GPT2, "gpt2")
+    return None if old is None else old.GPT2Engine(model)
 
 
 def gpt2_batches(engine, sizes: list[int], repeats: int, lo: int = 16, hi: int = 512) -> None:
