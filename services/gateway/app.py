@@ -159,7 +159,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         body = error_body(f"{field}: {first['msg']}", "invalid_request_error", field)
-        body["detail"] = json.loads(json.dumps(errors, default=str))
+        # Each error's location, message and type; never the raw input, which may be NaN,
+        # an infinity or a lone surrogate that no JSON encoder can write back.
+        body["detail"] = [{"loc": [str(p) for p in e["loc"]], "msg": str(e["msg"]), "type": str(e["type"])}
+                          for e in errors]
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(GatewayError)

@@ -175,6 +175,18 @@ def test_steering_changes_the_weight_from_the_next_token(tiny_tokenizer):
 # ---- bad input: 422 naming the field -------------------------------------------------------
 
 
+@pytest.mark.parametrize("raw,field", [
+    ('{"prompt": "Tom", "logic_weight": NaN}', "logic_weight"),
+    ('{"prompt": "Tom", "logic_weight": Infinity}', "logic_weight"),
+    ('{"prompt": "Tom", "temperature": -Infinity}', "temperature"),
+    ('{"prompt": "Tom", "top_p": 1e999}', "top_p"),
+])
+def test_non_finite_numbers_are_422_naming_the_field_not_500(client, raw, field):
+    r = client.post("/generate", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == field
+
+
 @pytest.mark.parametrize("change,field", [
     ({"logic_weight": 1.5}, "logic_weight"), ({"logic_weight": -0.1}, "logic_weight"),
     ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 65}, "max_new_tokens"),
