@@ -391,6 +391,9 @@ class ModelPair:
                 _, text = await self.gpt2.fetch_info(True)
                 try:
                     self.tokenizer = Tokenizer.from_str(text)
+                    # User text is always text: "<|endoftext|>" typed in a prompt is those
+                    # characters, never the control token.
+                    self.tokenizer.encode_special_tokens = True
                 except Exception as e:
                     self.problem = f"gpt2 model server at {self.gpt2.address} sent an unreadable tokenizer: {e}"
                     raise ModelUnavailable(self.problem) from None

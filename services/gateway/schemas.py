@@ -1,5 +1,8 @@
 """Request bodies. Pydantic checks types and fixed ranges (→ 422 naming the field); limits
-that come from settings are checked in `limits.py`."""
+that come from settings are checked in `limits.py`.
+
+Every body is strict: `true` is not a weight and `"7"` is not a seed (a client that sends
+them has a bug worth hearing about); an integer is still a fine float."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ def _stop_list(v):
 
 class GenerateRequest(BaseModel):
     # Unknown fields are errors: a misspelt "logic_wieght" must not silently use the default.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(min_length=1)
     logic_weight: float = Field(0.5, ge=0.0, le=1.0, description="0 = pure GPT-2, 1 = pure BDH")
@@ -34,13 +37,13 @@ class GenerateRequest(BaseModel):
 
 
 class SteerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     logic_weight: float = Field(ge=0.0, le=1.0)
 
 
 class ValidateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     context: str = ""
     draft: str = Field(min_length=1)
@@ -51,7 +54,7 @@ class CompletionRequest(BaseModel):
     """OpenAI's /v1/completions body, plus PlotArmour's `logic_weight`, `blend` and `top_k`."""
 
     # OpenAI clients send fields we do not use (user, logit_bias...): ignore those.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     prompt: str | list[str]

@@ -45,6 +45,7 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
         self.fp = fingerprint_override or fingerprint(tokenizer)
         self.open_sessions = 0
         self.sessions_opened = 0
+        self.last_prompt: list[int] = []
         self._lock = threading.Lock()
 
     def dist(self, last_token: int, position: int) -> np.ndarray:
@@ -104,6 +105,7 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
                         self.open_sessions += 1
                         self.sessions_opened += 1
                     sessions[o.session] = [len(ids), ids[-1], 0, self.poison_token in ids]
+                    self.last_prompt = ids
                     yield pb.BatchResponse(opened=pb.SessionOpened(session=o.session, position=len(ids), next=pb.Distribution(
                         data=self.dist(ids[-1], len(ids)).tobytes(), kind=pb.LOG_PROBS)))
                 elif kind == "step":

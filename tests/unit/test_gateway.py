@@ -188,6 +188,25 @@ def test_non_finite_numbers_are_422_naming_the_field_not_500(client, raw, field)
 
 
 @pytest.mark.parametrize("change,field", [
+    ({"logic_weight": True}, "logic_weight"), ({"seed": "7"}, "seed"), ({"temperature": "0.5"}, "temperature"),
+    ({"max_new_tokens": 2.0}, "max_new_tokens"),
+])
+def test_no_loose_coercion(client, change, field):
+    r = client.post("/generate", json={"prompt": PROMPT, **change})
+    assert r.status_code == 422 and r.json()["error"]["param"] == field, r.text
+
+
+def test_typed_control_text_stays_text(client, fakes, tiny_tokenizer):
+    from plotarmour.tokenizer import eot_id
+
+    r = client.post("/generate", json={"prompt": "Tom <|endoftext|> Sue", "max_new_tokens": 1})
+    assert r.status_code == 200, r.text
+    g, _ = fakes
+    assert g.model.last_prompt and eot_id(tiny_tokenizer) not in g.model.last_prompt
+    assert r.json()["usage"]["prompt_tokens"] == len(g.model.last_prompt) > 3
+
+
+@pytest.mark.parametrize("change,field", [
     ({"logic_weight": 1.5}, "logic_weight"), ({"logic_weight": -0.1}, "logic_weight"),
     ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 65}, "max_new_tokens"),
     ({"prompt": ""}, "prompt"), ({"prompt": "Lily and Tom " * 40}, "prompt"),
