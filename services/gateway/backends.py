@@ -136,11 +136,12 @@ class BatchStream:
                 elif kind == "error":
                     e = resp.error
                     err = status_error(b.role, b.address, e.code, e.message)
+                    known = e.session in self.sessions
                     self.sessions.discard(e.session)
                     fut = self._opens.pop(e.session, None)
                     if fut is not None and not fut.done():
                         fut.set_exception(err)
-                    else:
+                    elif known:  # an open session the server closed: its next step reports why
                         self.lost[e.session] = err
             raise RuntimeError("the server ended the stream")
         except asyncio.CancelledError:
