@@ -69,7 +69,7 @@ def load_checkpoint(directory: str | os.PathLike, *, device: str | torch.device 
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"{d}: checkpoint directory does not exist")
-    config = _read_json(d / CONFIG_FILE)
+    config = read_json(d / CONFIG_FILE)
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         raise CheckpointError(f"{d / CONFIG_FILE}: model_type {model_type!r} is not one of {sorted(FAMILIES)}")
@@ -100,7 +100,7 @@ def load_checkpoint(directory: str | os.PathLike, *, device: str | torch.device 
         raise CheckpointError(
             f"{d / TOKENIZER_FILE}: tokenizer has {tokenizer.get_vocab_size()} tokens but "
             f"{CONFIG_FILE} says vocab_size {vocab}")
-    run = _read_json(d / RUN_FILE) if (d / RUN_FILE).exists() else {}
+    run = read_json(d / RUN_FILE) if (d / RUN_FILE).exists() else {}
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return Checkpoint(model.eval(), model_type, tokenizer, config, run, d)
 
@@ -112,15 +112,17 @@ def model_type_of(model: torch.nn.Module) -> str:
     raise TypeError(f"{type(model).__name__} is not a model this project can save")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, error: type[Exception] = CheckpointError, missing: str = "missing file") -> dict:
+    """A JSON object from a file, or `error` naming the file: missing (`missing` says what to
+    do), unreadable, or not an object."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing file")
+        raise error(f"{path}: {missing}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+        raise error(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object")
     return data
 
 
@@ -129,3 +131,12 @@ def _atomic(path: Path, write) -> None:
     write(str(tmp))
     os.chmod(tmp, 0o644)  # safetensors writes 0600; servers in containers run as another user
     os.replace(tmp, path)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" → cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine")
+    return device

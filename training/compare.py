@@ -17,11 +17,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from plotarmour.checkpoint import CheckpointError, load_checkpoint
+from plotarmour.checkpoint import CheckpointError, load_checkpoint, resolve_device
 from plotarmour.tokenizer import eot_id, fingerprint
 
 from .data import DataError, open_tokens
-from .evaluate import default_block_size, open_checked, perplexity, resolve_device, token_bytes, unigram_loss
+from .evaluate import default_block_size, open_checked, perplexity, token_bytes, unigram_loss
 from .prepare import PrepareError, encode_text_file
 
 PROMPTS = ["Once upon a time", "One day, a little girl named Lily", "Tom and his dog went to the park.",

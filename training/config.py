@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
+from plotarmour.checkpoint import read_json
 from plotarmour.models import FAMILIES
 
 
@@ -159,13 +160,8 @@ def _with_budget(train: dict, changes: dict) -> dict:
 def load_preset(path: str | Path, model: str, overrides: Sequence[str] = ()) -> tuple[dict, TrainConfig]:
     """Read a preset file and apply overrides -> (architecture of `model`, TrainConfig)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        preset = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(preset, dict) or model not in preset:
+    preset = read_json(path, ConfigError, "config file not found")
+    if model not in preset:
         raise ConfigError(f"{path}: has no {model!r} architecture block")
     if not isinstance(preset[model], dict) or not isinstance(preset.get("train", {}), dict):
         raise ConfigError(f"{path}: the {model!r} and 'train' blocks must be JSON objects")

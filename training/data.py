@@ -7,11 +7,12 @@ exact resume, and every DDP rank draws its own windows without talking to the ot
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from plotarmour.checkpoint import read_json
 
 from .prepare import FORMAT, META_FILE
 
@@ -22,12 +23,7 @@ class DataError(ValueError):
 
 def read_meta(data_dir: str | Path) -> dict:
     path = Path(data_dir) / META_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: missing (run `python -m training.prepare` first)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from None
+    meta = read_json(path, DataError, "missing (run `python -m training.prepare` first)")
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     return meta

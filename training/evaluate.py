@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tokenizers import pre_tokenizers
 
-from plotarmour.checkpoint import CheckpointError, load_checkpoint
+from plotarmour.checkpoint import CheckpointError, load_checkpoint, resolve_device
 from plotarmour.tokenizer import fingerprint
 
 from .data import DataError, eval_windows, open_tokens, read_meta
@@ -58,15 +58,6 @@ def open_checked(path: Path, tokenizer) -> np.memmap:
         return open_tokens(path, meta["dtype"])
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.uint32
     return open_tokens(path, dtype)
-
-
-def resolve_device(name: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu; an explicit cuda without one is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch")
-    return name
 
 
 def token_bytes(tokenizer) -> np.ndarray:

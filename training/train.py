@@ -39,7 +39,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from plotarmour.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from plotarmour.checkpoint import CheckpointError, load_checkpoint, read_json, save_checkpoint
 from plotarmour.models import FAMILIES
 from plotarmour.tokenizer import fingerprint, load_tokenizer
 
@@ -423,12 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_state(state_dir: str) -> dict:
     path = Path(state_dir) / STATE_JSON
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing; not a training state directory")
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    state = read_json(path, ConfigError, "missing; not a training state directory")
     if state.get("model_type") not in FAMILIES:
         raise ConfigError(f"{path}: model_type {state.get('model_type')!r} is not one of {sorted(FAMILIES)}")
     return state

@@ -106,7 +106,7 @@ class ModelServer:
     def _load_engine(self):
         import torch
 
-        from plotarmour.checkpoint import load_checkpoint
+        from plotarmour.checkpoint import load_checkpoint, resolve_device
 
         s = self.settings
         if s.threads:
@@ -151,16 +151,6 @@ class ModelServer:
 def create_server(settings: ModelServerSettings, *, checkpoint=None) -> ModelServer:
     """A bound, not yet started server. Call inside a running event loop (grpc.aio)."""
     return ModelServer(settings, checkpoint=checkpoint)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine")
-    return device
 
 
 def _write_port_file(path: Path, server: ModelServer) -> None:
