@@ -113,13 +113,13 @@ def blend_rows(gpt2: np.ndarray, bdh: np.ndarray, weights, modes: Sequence[str])
     if geometric.any():
         # Softmax of the weighted sum: each model's normalising constant cancels, so
         # logits and log-probs give the same result. The floor keeps 0·(−inf) out.
-        gg = np.maximum(probs_check(g[geometric], "gpt2"), _LOG_FLOOR)
-        bb = np.maximum(probs_check(b[geometric], "bdh"), _LOG_FLOOR)
+        gg = np.maximum(_finite_scores(g[geometric], "gpt2"), _LOG_FLOOR)
+        bb = np.maximum(_finite_scores(b[geometric], "bdh"), _LOG_FLOOR)
         out[geometric] = probs((1.0 - w[geometric]) * gg + w[geometric] * bb)
     return out
 
 
-def probs_check(scores: np.ndarray, name: str) -> np.ndarray:
+def _finite_scores(scores: np.ndarray, name: str) -> np.ndarray:
     """scores as float32, refusing NaN and +inf (what `probs` checks on its own)."""
     a = np.asarray(scores, dtype=np.float32)
     if np.isnan(a).any() or np.isposinf(a).any():

@@ -21,7 +21,7 @@ import torch
 
 from plotarmour.checkpoint import load_checkpoint
 from plotarmour.models import FAMILIES
-from plotarmour.modelserver.errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone
+from plotarmour.modelserver.errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone, WorkFailed
 from plotarmour.modelserver.metrics import Metrics
 from plotarmour.modelserver.scheduler import Scheduler
 from plotarmour.modelserver.servicer import status_of
@@ -487,3 +487,25 @@ def test_chunks_beside_running_stories_cost_about_a_step_and_a_half(engine):
     assert s._chunk_budget() == 256  # never above chunk_size
     s._last_step -= 2.0  # no story stepped for a while: full chunks again
     assert s._chunk_budget() == 256
+
+
+def test_a_failing_chunk_fails_only_its_own_call(bdh_engine):
+    feed = bdh_engine.feed
+
+    def feed_that_fails_on_long_prompts(session, ids, want="last"):
+        if len(ids) > 4:
+            raise RuntimeError("out of memory (a stand-in)")
+        return feed(session, ids, want)
+
+    bdh_engine.feed = feed_that_fails_on_long_prompts
+
+    async def body(s: Scheduler):
+        running, _ = await s.open([1, 2])
+        with pytest.raises(WorkFailed, match="prefill failed.*out of memory"):
+            await s.open(list(range(1, 30)))
+        stepped = await running.step(5)  # the loop lives on, and so does the other session
+        return stepped, s.open_sessions
+
+    stepped, open_after = run(bdh_engine, body, chunk_size=8)
+    assert stepped.shape == (bdh_engine.vocab_size,)
+    assert open_after == 1

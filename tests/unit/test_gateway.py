@@ -338,6 +338,41 @@ def test_a_broken_row_fails_only_its_own_story(tiny_tokenizer):
         b.stop()
 
 
+def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
+    import asyncio
+
+    from services.gateway.backends import ModelPair, ModelUnavailable
+    from services.gateway.generation import Generation, GenerationLoop, GenerationParams, generate
+
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.05))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.05))
+
+    async def story_across_shutdown() -> list[str]:
+        pair = ModelPair(GatewaySettings(gpt2_address=g.address, bdh_address=b.address))
+        await pair.refresh()
+        loop = GenerationLoop(pair)
+        params = GenerationParams(prompt_ids=tiny_tokenizer.encode(PROMPT).ids, logic_weight=0.5,
+                                  max_new_tokens=1000)
+        events = generate(loop, Generation(id="gen-test", logic_weight=0.5), params)
+        seen = [(await anext(events))["type"], (await anext(events))["type"]]
+        await loop.stop()
+        try:
+            with pytest.raises(ModelUnavailable, match="shutting down"):
+                async for ev in events:  # what was already produced, then the error
+                    seen.append(ev["type"])
+        finally:
+            await pair.aclose()
+        return seen
+
+    try:
+        seen = asyncio.run(asyncio.wait_for(story_across_shutdown(), 30))
+        assert seen[:2] == ["start", "token"] and "end" not in seen
+        assert closes_soon(g, b)
+    finally:
+        g.stop()
+        b.stop()
+
+
 def test_slow_server_times_out_with_503(tiny_tokenizer):
     g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=3))
     b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
