@@ -198,10 +198,15 @@ class GenerationLoop:
                 if not self.live:
                     await self._wake.wait()
                     continue
-                tokens, p_blend = await self._sample(self.live)
+                tokens, p_blend, broken = await self._sample(self.live)
+                for x, role in broken.items():  # a server's fault, and this story's only
+                    b = self.pair.gpt2 if role == 0 else self.pair.bdh
+                    x.events.put_nowait({"type": "error", "error": ModelUnavailable(
+                        f"{b.role} model server at {b.address} sent a distribution with NaN or +inf")})
+                    x.close()
                 # A client may have left while the batch was sampled (on a thread): skip it.
                 stepping = [(x, t) for x, t, p in zip(self.live, tokens, p_blend)
-                            if not x.gone and self._emit(x, int(t), p)]
+                            if x not in broken and not x.gone and self._emit(x, int(t), p)]
                 self.live = [x for x, _ in stepping]
                 if stepping:
                     await self._step(stepping)
@@ -209,8 +214,9 @@ class GenerationLoop:
             log.exception("the generation loop failed")
             self._fail_all(e)
 
-    async def _sample(self, rows: list[Live]) -> tuple[np.ndarray, np.ndarray]:
-        """Blend and sample every row at once → (tokens (B,), blended probability of each)."""
+    async def _sample(self, rows: list[Live]) -> tuple[np.ndarray, np.ndarray, dict[Live, int]]:
+        """Blend and sample every row at once → (tokens (B,), blended probability of each,
+        rows whose distribution holds NaN or +inf → the role (0 gpt2, 1 bdh) that sent it)."""
         weights = [x.gen.logic_weight for x in rows]  # read once per step: a steer applies from the next token
         for x, w in zip(rows, weights):
             x.weight = w
@@ -218,9 +224,20 @@ class GenerationLoop:
         def work():
             g = np.stack([x.lp[0] for x in rows])
             b = np.stack([x.lp[1] for x in rows])
-            p = sampling.blend_rows(g, b, weights, [x.params.blend for x in rows])
-            ids = sampling.sample_rows(p, [x.params.sampling for x in rows], [x.rng for x in rows])
-            return ids, p[np.arange(len(rows)), ids]
+            # NaN and +inf show in a row's max: one cheap pass picks out broken rows, so one
+            # bad distribution fails its own story, not the batch.
+            bad_g, bad_b = ~np.isfinite(g.max(axis=1)), ~np.isfinite(b.max(axis=1))
+            ok = ~(bad_g | bad_b)
+            ids, p_tok = np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows))
+            if ok.any():
+                keep = slice(None) if ok.all() else ok
+                idx = np.flatnonzero(ok)
+                p = sampling.blend_rows(g[keep], b[keep], [weights[i] for i in idx],
+                                        [rows[i].params.blend for i in idx])
+                ids[ok] = sampling.sample_rows(p, [rows[i].params.sampling for i in idx], [rows[i].rng for i in idx])
+                p_tok[ok] = p[np.arange(len(idx)), ids[ok]]
+            broken = {rows[i]: 0 if bad_g[i] else 1 for i in np.flatnonzero(~ok)}
+            return ids, p_tok, broken
 
         if len(rows) * rows[0].lp[0].size < _INLINE_SAMPLING:
             return work()
