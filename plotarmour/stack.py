@@ -156,7 +156,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _interrupt(signum, frame):
+    _ignore_signals()  # a second Ctrl-C (or docker stop after one) must not cut the shutdown short
     raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopping...", file=sys.stderr, flush=True)
     finally:
+        _ignore_signals()
         stack.stop()
     return 0
 

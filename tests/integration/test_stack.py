@@ -54,6 +54,8 @@ def test_stack_starts_serves_and_stops_cleanly(tiny_pair):
             assert r.status == 200
             assert json.loads(r.read())["usage"]["completion_tokens"] >= 1
         proc.send_signal(signal.SIGINT)  # Ctrl-C
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # impatient: a second signal while it stops
         assert proc.wait(timeout=60) == 0
         time.sleep(0.2)
         assert not [k for k in kids if alive(k)], "a service outlived the stack"
