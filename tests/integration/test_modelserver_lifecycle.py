@@ -30,8 +30,13 @@ async def health(ch, service: str = SERVICE) -> int:
 
 async def open_session(ch, ids=(1, 2, 3)):
     call = pb_grpc.LanguageModelStub(ch).Decode()
-    await call.write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=list(ids))))
-    await call.read()
+    try:
+        await call.write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=list(ids))))
+        await call.read()
+    except grpc.aio.AioRpcError:
+        # A write that races the server's refusal fails with a core error ("Failed
+        # execute_batch"); the call's own status carries the server's answer.
+        raise grpc.aio.AioRpcError(await call.code(), None, None, details=await call.details()) from None
     return call
 
 
