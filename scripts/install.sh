@@ -14,6 +14,9 @@ pip_install() { "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@
 pip_install "$TORCH"
 if [ "${1:-}" = "--dev" ]; then
     pip_install -e ".[models,gateway,training,dev]"
+    # TGI's own Python client pins huggingface_hub<1, which transformers 5 cannot use; it
+    # needs nothing from the hub beyond what newer versions still have.
+    pip_install --no-deps "text-generation>=0.7,<0.8"
     if [ -n "${PLOTARMOUR_APT:-1}" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         missing=()
         command -v chromium >/dev/null || missing+=(chromium)
