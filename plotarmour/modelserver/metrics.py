@@ -1,12 +1,16 @@
 """Prometheus metrics of one model server, in a registry of its own.
 
 A private registry (not the process-wide default) lets tests and benchmarks run
-several servers in one process without their metrics colliding.
+several servers in one process without their metrics colliding. It gets the standard
+process, platform and GC collectors of its own (plotarmour.metrics_common), so /metrics
+carries process_cpu_seconds_total, process_resident_memory_bytes, python_info and the rest.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from plotarmour.metrics_common import register_process_collectors
 
 # Per-step latencies range from ~0.1 ms (tiny model, CPU) to ~100 ms (big batch).
 _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -14,7 +18,7 @@ _LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 
 
 class Metrics:
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        r = self.registry = register_process_collectors(CollectorRegistry())
         self.model = Info("plotarmour_model", "The model this server serves", registry=r)
         self.open_sessions = Gauge("plotarmour_open_sessions", "Decode streams open now", registry=r)
         self.queued = Gauge("plotarmour_queued_work", "Prefills, steps and scores waiting or running", registry=r)

@@ -95,6 +95,55 @@ def test_metrics_count_sessions_steps_batches_and_latency(bdh_server):
     assert float(count[0].split()[1]) >= 3
 
 
+# The standard process metrics (what prometheus_client's default registry would carry).
+PROCESS_METRICS = ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+                   "python_info", "python_gc_objects_collected_total", "python_gc_collections_total")
+
+
+def samples(text: str) -> dict[str, float]:
+    """name -> value of the first sample of each metric name in a Prometheus text page."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            out.setdefault(name, float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+@pytest.mark.parametrize("service", ["bdh", "gpt2"])
+def test_metrics_carry_the_standard_process_metrics(start_model_server, tiny_pair, service):
+    srv = start_model_server(tiny_pair[service], metrics_port=0)
+    found = samples(urllib.request.urlopen(srv.metrics_url, timeout=5).read().decode())
+    missing = [name for name in PROCESS_METRICS if name not in found]
+    assert not missing, f"{srv.metrics_url} lacks {missing}"
+    assert found["process_resident_memory_bytes"] > 0 and found["process_open_fds"] > 0
+    assert "plotarmour_open_sessions" in found  # alongside the server's own
+
+
+def test_several_servers_in_one_process_each_serve_process_metrics(tiny_pair):
+    async def scenario():
+        servers = [create_server(BDHSettings(checkpoint=tiny_pair["bdh"], port=0, metrics_port=0))
+                   for _ in range(2)]
+        pages = []
+        try:
+            for server in servers:
+                await server.start()
+            for server in servers:
+                url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+                pages.append(await asyncio.to_thread(
+                    lambda u=url: urllib.request.urlopen(u, timeout=5).read().decode()))
+        finally:
+            for server in servers:
+                await server.stop()
+        return pages
+
+    pages = asyncio.run(scenario())
+    for page in pages:
+        found = samples(page)
+        assert all(name in found for name in PROCESS_METRICS), sorted(found)
+        assert page.count("# TYPE process_cpu_seconds_total ") == 1  # one set of collectors per registry
+
+
 def test_sigterm_drains_then_exits_zero(start_model_server, tiny_pair):
     srv = start_model_server(tiny_pair["gpt2"], grace_period=60)
     assert srv.health() == SERVING
