@@ -133,6 +133,20 @@ def test_dockerfiles_pass_hadolint():
     run(tool("hadolint"), "--config", ".hadolint.yaml", *map(str, DOCKERFILES))
 
 
+@pytest.mark.parametrize("service", ["bdh", "gpt2"])
+def test_model_server_images_pin_torch_as_pyproject_does(service):
+    # torch comes first from TORCH_INDEX (CPU or CUDA wheels); a looser pin than the package's
+    # would let `pip install .[models]` replace it with PyPI's default (CUDA) wheel.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {re.sub(r"\s", "", d) for d in project["dependencies"] + project["optional-dependencies"]["models"]
+              if re.match(r"torch\b", d)}
+    pinned = set(re.findall(r'pip install --index-url \$\{TORCH_INDEX\} "(torch[^"]*)"',
+                            (ROOT / f"services/{service}/Dockerfile").read_text()))
+    assert len(wanted) == 1 and pinned == wanted
+
+
 def test_gateway_image_installs_no_torch():
     text = (ROOT / "services/gateway/Dockerfile").read_text()
     assert ".[gateway]" in text and "torch" not in text.replace("No torch", "")
