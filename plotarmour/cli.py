@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 import httpx
 
 from plotarmour import stack
+from plotarmour.sampling import BLENDS
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="stream a story from the gateway")
     g.add_argument("prompt", help="the start of the story")
     g.add_argument("--logic-weight", type=float, default=0.5, help="0 = pure GPT-2 (creative), 1 = pure BDH (logic)")
-    g.add_argument("--blend", choices=["linear", "geometric"], default="linear")
+    g.add_argument("--blend", choices=list(BLENDS), default="linear")
     g.add_argument("--max-new-tokens", type=int, help="default: the gateway's")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0)

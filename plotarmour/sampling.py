@@ -24,7 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLENDS = ("linear", "geometric")
+# The ways to blend, by name: the one registry the request schemas, the CLI and the page read.
+BLENDS = {
+    "linear": "(1 − w)·p_gpt2 + w·p_bdh: either model can put a word forward",
+    "geometric": "p ∝ p_gpt2^(1 − w)·p_bdh^w: a word needs both models' support (sharper)",
+}
 
 # A log-probability of -inf times a weight of 0 is NaN; a very negative finite floor
 # keeps 0·floor = 0 while exp(floor) is still exactly 0.

@@ -360,6 +360,7 @@ class ModelPair:
         self.fingerprint: str | None = None
         self.problem: str | None = "model servers not contacted yet"
         self._lock = asyncio.Lock()
+        self._recheck: asyncio.Future | None = None
 
     def __iter__(self):
         return iter((self.gpt2, self.bdh))
@@ -400,10 +401,22 @@ class ModelPair:
             self.problem = None
 
     async def ensure_ready(self) -> Tokenizer:
-        """The shared tokenizer, contacting the servers first if they have not answered yet."""
+        """The shared tokenizer, contacting the servers first if they have not answered yet
+        (or failed since)."""
         if self.problem is not None or self.tokenizer is None:
-            await self.refresh()
+            await self.recheck()
         return self.tokenizer
+
+    async def recheck(self) -> None:
+        """`refresh`, shared: every caller that arrives while one runs waits for that one,
+        so while a server hangs each request fails within connect_timeout_s, instead of
+        queueing behind the others' checks one after another."""
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self.refresh())
+            # Read the outcome even if every waiter has left (else asyncio logs it as lost).
+            self._recheck.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # shield: a waiter that leaves (its client disconnected) must not cancel the others' check.
+        await asyncio.shield(self._recheck)
 
     async def readiness(self) -> list[str]:
         """What keeps the gateway from serving (empty when ready)."""
@@ -412,7 +425,7 @@ class ModelPair:
             self.problem = "; ".join(problems)
             return problems
         try:
-            await self.refresh()
+            await self.recheck()
         except GatewayError as e:
             return [str(e)]
         return []

@@ -34,6 +34,7 @@ class GenerationParams:
     sampling: sampling.SamplingParams = field(default_factory=sampling.SamplingParams)
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    top_alternatives: int = 0  # each token event lists the k likeliest tokens of the blend and of each model
 
 
 @dataclass
@@ -134,12 +135,15 @@ class GenerationLoop:
     and joins at the next iteration; a finished, failed or abandoned one leaves then.
     """
 
-    def __init__(self, pair: ModelPair):
+    def __init__(self, pair: ModelPair, on_join=None):
         self.pair = pair
+        self.on_join = on_join  # called with each generation's seconds from arrival to its first step
         self.live: list[Live] = []
         self.joining: list[Live] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._texts: dict[int, str] = {}  # token id → its text, for alternatives
+        self._texts_of: str | None = None  # the tokenizer fingerprint _texts belongs to
 
     async def admit(self, gen: Generation, params: GenerationParams) -> Live:
         """Prefill on both servers; the generation then waits for the next iteration.
@@ -190,6 +194,10 @@ class GenerationLoop:
         try:
             while True:
                 self._wake.clear()
+                if self.on_join:
+                    now = time.perf_counter()
+                    for x in self.joining:
+                        self.on_join(now - x.t_start)
                 self.live += self.joining
                 self.joining = []
                 for live in [x for x in self.live if x.gone]:
@@ -198,15 +206,15 @@ class GenerationLoop:
                 if not self.live:
                     await self._wake.wait()
                     continue
-                tokens, p_blend, broken = await self._sample(self.live)
+                tokens, p_blend, tops, broken = await self._sample(self.live)
                 for x, role in broken.items():  # a server's fault, and this story's only
                     b = self.pair.gpt2 if role == 0 else self.pair.bdh
                     x.events.put_nowait({"type": "error", "error": ModelUnavailable(
                         f"{b.role} model server at {b.address} sent a distribution with NaN or +inf")})
                     x.close()
                 # A client may have left while the batch was sampled (on a thread): skip it.
-                stepping = [(x, t) for x, t, p in zip(self.live, tokens, p_blend)
-                            if x not in broken and not x.gone and self._emit(x, int(t), p)]
+                stepping = [(x, t) for i, (x, t, p) in enumerate(zip(self.live, tokens, p_blend))
+                            if x not in broken and not x.gone and self._emit(x, int(t), p, tops.get(i))]
                 self.live = [x for x, _ in stepping]
                 if stepping:
                     await self._step(stepping)
@@ -214,8 +222,9 @@ class GenerationLoop:
             log.exception("the generation loop failed")
             self._fail_all(e)
 
-    async def _sample(self, rows: list[Live]) -> tuple[np.ndarray, np.ndarray, dict[Live, int]]:
+    async def _sample(self, rows: list[Live]):
         """Blend and sample every row at once → (tokens (B,), blended probability of each,
+        row index → the blend's likeliest tokens for rows that asked for alternatives,
         rows whose distribution holds NaN or +inf → the role (0 gpt2, 1 bdh) that sent it)."""
         weights = [x.gen.logic_weight for x in rows]  # read once per step: a steer applies from the next token
         for x, w in zip(rows, weights):
@@ -236,14 +245,16 @@ class GenerationLoop:
                                         [rows[i].params.blend for i in idx])
                 ids[ok] = sampling.sample_rows(p, [rows[i].params.sampling for i in idx], [rows[i].rng for i in idx])
                 p_tok[ok] = p[np.arange(len(idx)), ids[ok]]
+                tops = {int(i): top_k(p[j], rows[i].params.top_alternatives)
+                        for j, i in enumerate(idx) if rows[i].params.top_alternatives}
             broken = {rows[i]: 0 if bad_g[i] else 1 for i in np.flatnonzero(~ok)}
-            return ids, p_tok, broken
+            return ids, p_tok, tops if ok.any() else {}, broken
 
         if len(rows) * rows[0].lp[0].size < _INLINE_SAMPLING:
             return work()
         return await asyncio.to_thread(work)  # large batches stay off the event loop
 
-    def _emit(self, x: Live, token: int, p_token: float) -> bool:
+    def _emit(self, x: Live, token: int, p_token: float, top_blend=None) -> bool:
         """Hand the token to its client; True when the generation goes on."""
         params, index = x.params, x.gen.tokens_done
         eot, max_context = self.pair.eot_id, self.pair.max_context
@@ -265,15 +276,32 @@ class GenerationLoop:
             finish = "stop_sequence" if hit else finish
         x.text_parts.append(piece)
         x.gen.tokens_done = index + 1
-        x.events.put_nowait({
+        event = {
             "type": "token", "index": index, "id": token, "text": piece, "p_blend": float(p_token),
             "p_gpt2": float(np.exp(x.lp[0][token])), "p_bdh": float(np.exp(x.lp[1][token])),
-            "logic_weight": x.weight, "special": token == eot})
+            "logic_weight": x.weight, "special": token == eot}
+        if top_blend is not None:
+            k = params.top_alternatives
+            event["alternatives"] = {"blend": self._named(*top_blend), "gpt2": self._named(*top_k(x.lp[0], k, log=True)),
+                                     "bdh": self._named(*top_k(x.lp[1], k, log=True))}
+        x.events.put_nowait(event)
         if finish:
             x.events.put_nowait(self._end(x, finish))
             x.close()
             return False
         return True
+
+    def _named(self, ids: np.ndarray, probs: np.ndarray) -> list[dict]:
+        """Token ids with their text (each decoded on its own, so a piece of a multi-byte
+        character shows as U+FFFD) and probability."""
+        if self._texts_of != self.pair.fingerprint:
+            self._texts, self._texts_of = {}, self.pair.fingerprint
+        out = []
+        for i, p in zip(ids.tolist(), probs.tolist()):
+            if i not in self._texts:
+                self._texts[i] = self.pair.tokenizer.decode([i], skip_special_tokens=False)
+            out.append({"id": i, "text": self._texts[i], "p": p})
+        return out
 
     async def _step(self, stepping: list[tuple[Live, int]]) -> None:
         """One message per stream, every stream of both servers at once; each row gets its
@@ -324,6 +352,16 @@ class GenerationLoop:
                         # (for the whole batch), detokenizing, and the other stories' turns.
                         "gateway_ms_per_token": round((t_end - x.t_first - x.waited) * 1e3 / n, 4)},
         }
+
+
+def top_k(row: np.ndarray, k: int, log: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The k likeliest tokens of one distribution, likeliest first → (ids, probabilities);
+    `log`: the row holds log-probabilities."""
+    k = min(k, row.size)
+    ids = np.argpartition(row, -k)[-k:]
+    ids = ids[np.argsort(-row[ids], kind="stable")]
+    vals = row[ids].astype(np.float64)
+    return ids, np.exp(vals) if log else vals
 
 
 # Below this many (rows × vocabulary) values (8 rows at a 4,096-token vocabulary, none at

@@ -14,6 +14,7 @@ import json
 
 from starlette.middleware.cors import CORSMiddleware
 
+from .errors import openai_body, tgi_body
 from .settings import GatewaySettings
 
 # Reachable without the API key: what load balancers, orchestrators and the web page's
@@ -22,13 +23,16 @@ PUBLIC_PATHS = frozenset({"/health", "/ready", "/"})
 PUBLIC_PREFIXES = ("/static/",)
 
 
-def is_public(path: str) -> bool:
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+def is_public(scope) -> bool:
+    if scope["path"] == "/":  # the page is public; TGI's POST / generates, so it is not
+        return scope["method"] in ("GET", "HEAD")
+    return scope["path"] in PUBLIC_PATHS or scope["path"].startswith(PUBLIC_PREFIXES)
 
 
-async def send_error(send, status: int, message: str, kind: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    """A JSON error in the OpenAI shape the routes use, sent straight over ASGI."""
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+async def send_error(scope, send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON error in the shape the route's clients expect, sent straight over ASGI."""
+    tgi = scope["path"] == "/" and scope["method"] == "POST"
+    body = json.dumps(tgi_body(status, message) if tgi else openai_body(status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})
@@ -59,7 +63,7 @@ class BodySizeLimit:
         too_large = f"request body is over the limit of {self.max_bytes} bytes"
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await send_error(send, 413, too_large, "RequestTooLarge")
+            return await send_error(scope, send, 413, too_large)
 
         seen, tripped, started = 0, False, False
 
@@ -88,7 +92,21 @@ class BodySizeLimit:
             if not tripped:
                 raise
         if tripped and not started:
-            await send_error(send, 413, too_large, "RequestTooLarge")
+            await send_error(scope, send, 413, too_large)
+
+
+def key_matches(scope, expected: bytes) -> bool:
+    given = header(scope, b"authorization") or b""
+    scheme, _, token = given.partition(b" ")
+    # compare_digest: the time taken does not tell how much of the key was right.
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), expected)
+
+
+def authorized(request, settings: GatewaySettings) -> bool:
+    """Whether a request on a public route may see details: no key is configured, or it
+    carries the key."""
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    return not key or key_matches(request.scope, key.encode())
 
 
 class ApiKeyAuth:
@@ -100,15 +118,12 @@ class ApiKeyAuth:
         self._expected = api_key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or is_public(scope["path"]):
+        if scope["type"] != "http" or is_public(scope):
             return await self.app(scope, receive, send)
-        given = header(scope, b"authorization") or b""
-        scheme, _, token = given.partition(b" ")
-        # compare_digest: the time taken does not tell how much of the key was right.
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._expected):
+        if key_matches(scope, self._expected):
             return await self.app(scope, receive, send)
-        why = "missing API key" if not given else "invalid API key"
-        await send_error(send, 401, f"{why}: send the header 'Authorization: Bearer <key>'", "AuthenticationError",
+        why = "missing API key" if not header(scope, b"authorization") else "invalid API key"
+        await send_error(scope, send, 401, f"{why}: send the header 'Authorization: Bearer <key>'",
                          [(b"www-authenticate", b'Bearer realm="plotarmour"')])
 
 

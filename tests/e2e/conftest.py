@@ -92,7 +92,7 @@ def start_gateway(model_servers):
     """Factory: start_gateway(**settings) -> GatewayThread in front of the session's servers
     (settings override, e.g. gpt2_address of a dead port); all are stopped at teardown."""
     from services.gateway.settings import GatewaySettings
-    from services.gateway.testing import GatewayThread
+    from fake_servers import GatewayThread
 
     running = []
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from services.gateway.settings import GatewaySettings
-from services.gateway.testing import GatewayThread
+from fake_servers import GatewayThread
 
 pytest.importorskip("torch")
 

@@ -19,7 +19,7 @@ from waiting import open_sessions, wait_until
 
 from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
-from services.gateway.testing import GatewayThread
+from fake_servers import GatewayThread
 
 pytest.importorskip("torch")
 

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from services.gateway.settings import GatewaySettings
-from services.gateway.testing import GatewayThread
+from fake_servers import GatewayThread
 
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("torch")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.gateway.testing import FakeLanguageModel, FakeServer
+from fake_servers import FakeLanguageModel, FakeServer
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from plotarmour import sampling
 from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
-from services.gateway.testing import FakeLanguageModel, FakeServer, GatewayThread
+from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
 
 
 def closes_soon(*servers, timeout: float = 5.0) -> bool:
@@ -225,7 +225,7 @@ def test_bad_validate_and_completion_input(client):
     assert error_param(client.post("/validate", json={"context": "x", "draft": ""})) == "draft"
     r = client.post("/v1/completions", json={"prompt": "x", "logic_weight": 7})
     assert r.status_code == 422 and error_param(r) == "logic_weight"
-    assert error_param(client.post("/v1/completions", json={"prompt": "x", "n": 2})) == "n"
+    assert error_param(client.post("/v1/completions", json={"prompt": "x", "n": 17})) == "n"
 
 
 # ---- the limits, dead servers, failures mid-stream ------------------------------------------

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gateway_and_cli_import_no_torch():
-    code = ("import sys, services.gateway, services.gateway.__main__, services.gateway.testing, plotarmour.cli;"
+    code = ("import sys, services.gateway, services.gateway.__main__, plotarmour.cli;"
             "app = services.gateway.create_app(services.gateway.GatewaySettings());"
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'plotarmour.models',"
             " 'plotarmour.checkpoint', 'transformers')));"

@@ -21,8 +21,8 @@ from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from plotarmour.tokenizer import eot_id, fingerprint
 
-from .app import create_app
-from .settings import GatewaySettings
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
 
 
 def fake_logprobs(salt: int, last_token: int, position: int, vocab_size: int) -> np.ndarray:

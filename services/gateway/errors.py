@@ -1,0 +1,153 @@
+"""One error body for every status and route.
+
+Native and `/v1` routes answer in OpenAI's shape, `{"error": {message, type, param, code}}`,
+so the openai package reports our messages as they are; TGI's route (`POST /`) answers
+in TGI's, `{"error", "error_type"}`, which its clients turn into their own exceptions.
+`param` is always a field name of the route that was called, never a character offset.
+
+    install(app)   # once, in create_app
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from .backends import GatewayError, ModelBusy, ModelRejected
+
+log = logging.getLogger("plotarmour.gateway")
+
+
+class InvalidField(GatewayError):
+    """A request that breaks a rule the schema cannot express (a configured limit, an
+    unsupported combination); `field` is named as the route's client spells it."""
+
+    status = 422
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class Unsupported(InvalidField):
+    """An option that would change the output and that PlotArmour does not implement:
+    refused, never dropped in silence."""
+
+
+class NotFound(InvalidField):
+    status = 404
+
+
+class TooBusy(GatewayError):
+    status = 429
+
+
+class ClientGone(GatewayError):
+    """The client closed the connection before the answer was ready (nobody reads this)."""
+
+    status = 499
+
+
+# OpenAI's `type` for each status (its clients map statuses to exceptions themselves).
+_OPENAI_TYPE = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+                429: "rate_limit_error", 499: "client_closed_request", 503: "service_unavailable"}
+# TGI's `error_type` names (its clients pick an exception class by status, not by these).
+_TGI_TYPE = {400: "validation", 401: "authentication", 404: "not_found", 405: "validation", 413: "validation",
+             422: "validation", 429: "overloaded", 503: "unhealthy"}
+
+
+def openai_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _OPENAI_TYPE.get(status, "server_error"),
+                      "param": param, "code": code}}
+
+
+def tgi_body(status: int, message: str) -> dict:
+    return {"error": message, "error_type": _TGI_TYPE.get(status, "generation")}
+
+
+def is_tgi(request: Request) -> bool:
+    # TGI clients post to the server's root; GET / is the page.
+    return request.url.path == "/" and request.method == "POST"
+
+
+def error_response(request: Request, status: int, message: str, param: str | None = None,
+                   code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = tgi_body(status, message) if is_tgi(request) else openai_body(status, message, param, code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def gateway_error_body(e: GatewayError, tgi: bool = False) -> dict:
+    """The body of an error raised mid-stream (an SSE event), in the route's shape."""
+    if tgi:
+        return tgi_body(e.status, str(e))
+    return openai_body(e.status, str(e), getattr(e, "field", None), _code(e))
+
+
+def _code(e: GatewayError) -> str | None:
+    if isinstance(e, ModelBusy | TooBusy):
+        return "busy"
+    if isinstance(e, ModelRejected):
+        return "rejected_by_model_server"
+    return None if isinstance(e, InvalidField) else type(e).__name__
+
+
+def _field(loc) -> str | None:
+    """A pydantic location as a field name: ("body", "messages", 0, "content") →
+    "messages[0].content"; the body itself → None."""
+    name = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or None
+
+
+async def _unreadable_body(request: Request) -> str:
+    body = await request.body()
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"request body is not valid UTF-8 (byte {e.start})"
+    return "request body could not be parsed as JSON (is it nested too deeply?)"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request", "type": ""}]
+        first = errors[0]
+        if first["type"] == "json_invalid":  # its location is a character offset, not a field
+            message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+            return error_response(request, 400, message)
+        field = _field(first["loc"])
+        if field is None and first["type"] in ("model_attributes_type", "dict_type"):
+            return error_response(request, 422, "request body must be a JSON object "
+                                                "(sent with Content-Type: application/json)")
+        # The message names the field; never the raw input, which may be NaN, an infinity
+        # or a lone surrogate that no JSON encoder can write back.
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return error_response(request, 422, f"{field}: {message}", field)
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError):
+        headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+        return error_response(request, exc.status, str(exc), getattr(exc, "field", None), _code(exc), headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = await _unreadable_body(request)
+        elif exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(request, exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, f"internal error: {type(exc).__name__}")

@@ -1,0 +1,66 @@
+"""PlotArmour's own API: a story as JSON or as Server-Sent Events, and live steering."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from plotarmour.sampling import SamplingParams
+
+from ..errors import NotFound, gateway_error_body
+from ..schemas import GenerateRequest, SteerRequest
+from ..service import GatewayDep, Job, unless_disconnected
+from ..streaming import event_stream, sse
+
+router = APIRouter(tags=["native"])
+
+TOKEN_FIELDS = ("id", "text", "p_blend", "p_gpt2", "p_bdh", "logic_weight", "special", "alternatives")
+
+
+def job(req: GenerateRequest) -> Job:
+    return Job(prompt=req.prompt, logic_weight=req.logic_weight, blend=req.blend, max_new_tokens=req.max_new_tokens,
+               sampling=SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p),
+               seed=req.seed, stop=req.stop, top_alternatives=req.top_alternatives)
+
+
+@router.post("/generate")
+async def generate_json(req: GenerateRequest, gw: GatewayDep, request: Request):
+    async def work():
+        run = await gw.open([job(req)])
+        return run.first[0], (await run.collect())[0]
+
+    first, (tokens, end) = await unless_disconnected(request, work())
+    return {
+        "id": first["id"], "text": end["text"], "finish_reason": end["finish_reason"],
+        "tokens": [{k: t[k] for k in TOKEN_FIELDS if k in t} for t in tokens],
+        "usage": end["usage"], "timings": end["timings"],
+        "seed": first["seed"], "blend": first["blend"], "logic_weight": tokens[-1]["logic_weight"],
+    }
+
+
+@router.post("/generate_stream")
+async def generate_sse(req: GenerateRequest, gw: GatewayDep):
+    run = await gw.open([job(req)])
+    first = run.first[0]
+    return event_stream(run, lambda _, ev: sse(ev["type"], ev),
+                        lambda e: sse("error", {"type": "error", **gateway_error_body(e), "status": e.status}),
+                        head=sse("start", first), headers={"X-Generation-Id": first["id"]})
+
+
+def _running(gw, gen_id: str):
+    gen = gw.registry.get(gen_id)
+    if gen is None:
+        raise NotFound("gen_id", f"no running generation with id {gen_id!r} (unknown or finished)")
+    return gen
+
+
+@router.post("/generations/{gen_id}")
+async def steer(gen_id: str, req: SteerRequest, gw: GatewayDep):
+    gen = _running(gw, gen_id)
+    gen.logic_weight = req.logic_weight
+    return {"id": gen.id, "logic_weight": gen.logic_weight, "applies_from_token": gen.tokens_done}
+
+
+@router.get("/generations/{gen_id}")
+async def generation_status(gen_id: str, gw: GatewayDep):
+    gen = _running(gw, gen_id)
+    return {"id": gen.id, "logic_weight": gen.logic_weight, "tokens_done": gen.tokens_done}
