@@ -7,6 +7,7 @@ gateway tests and the web page's tests can run without loading any model. Its kn
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent import futures
@@ -36,12 +37,14 @@ def fake_logprobs(salt: int, last_token: int, position: int, vocab_size: int) ->
 class FakeLanguageModel(pb_grpc.LanguageModelServicer):
     def __init__(self, tokenizer: Tokenizer, *, model_type: str, salt: int, max_context: int = 512,
                  step_delay_s: float = 0.0, fail_at_step: int | None = None, fingerprint_override: str | None = None,
-                 poison_token: int | None = None):
+                 poison_token: int | None = None, score_delay_s: float = 0.0):
         self.tok, self.model_type, self.salt = tokenizer, model_type, salt
         self.vocab_size = tokenizer.get_vocab_size()
         self.max_context = max_context
         self.step_delay_s, self.fail_at_step = step_delay_s, fail_at_step
         self.poison_token = poison_token  # a session whose prompt holds it steps to NaN rows
+        self.score_delay_s = score_delay_s  # Score takes this long, unless its caller cancels
+        self.scores_cancelled = 0
         self.fp = fingerprint_override or fingerprint(tokenizer)
         self.open_sessions = 0
         self.sessions_opened = 0
@@ -132,6 +135,13 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
                 self.open_sessions -= len(sessions)
 
     def Score(self, request, context):
+        deadline = time.monotonic() + self.score_delay_s
+        while time.monotonic() < deadline:
+            if not context.is_active():  # the caller cancelled: stop, as the real scheduler does
+                with self._lock:
+                    self.scores_cancelled += 1
+                return pb.ScoreResponse()
+            time.sleep(0.01)
         ids = list(request.token_ids)
         lp = [self.dist(ids[t - 1], t)[ids[t]] for t in range(1, len(ids))]
         return pb.ScoreResponse(log_probs=np.asarray(lp, dtype="<f4").tobytes())
@@ -153,6 +163,33 @@ class FakeServer:
 
     def stop(self) -> None:
         self.server.stop(0).wait()
+
+
+class HangingServer:
+    """A TCP port that accepts connections and never answers: a model server that hangs."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)  # read nothing, write nothing
+
+    def stop(self) -> None:
+        self._stop = True
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 class GatewayThread:

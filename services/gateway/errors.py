@@ -101,6 +101,8 @@ def _field(loc) -> str | None:
     "messages[0].content"; the body itself → None."""
     name = ""
     for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, str) and not part.isidentifier():
+            continue  # which member of a union pydantic tried ("list[str]"), not a field
         name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
     return name or None
 
@@ -118,7 +120,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request", "type": ""}]
-        first = errors[0]
+        # With a union (a prompt or a list of prompts), pydantic reports every member it
+        # tried; the member the value was meant for fails on something else than its type.
+        first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
         if first["type"] == "json_invalid":  # its location is a character offset, not a field
             message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
             return error_response(request, 400, message)

@@ -13,15 +13,27 @@ output it did not ask for.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from plotarmour.sampling import BLENDS
 
 Blend = Literal[tuple(BLENDS)]  # one registry: plotarmour.sampling.BLENDS
 
 _STRICT = dict(strict=True, allow_inf_nan=False)
+
+
+def _text(v: str) -> str:
+    # JSON may escape a lone surrogate ("\ud800"); no tokenizer or response can hold one.
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"holds a lone surrogate (character {e.start}), which is not text") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_text)]  # every string a client sends
 
 
 def _stop_list(v):
@@ -46,7 +58,7 @@ class GenerateRequest(BaseModel):
     # Unknown fields are errors: a misspelt "logic_wieght" must not silently use the default.
     model_config = ConfigDict(extra="forbid", **_STRICT)
 
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
     logic_weight: float = Field(0.5, ge=0.0, le=1.0, description="0 = pure GPT-2, 1 = pure BDH")
     blend: Blend = "linear"
     max_new_tokens: int | None = Field(None, ge=1, description="default and upper limit from settings")
@@ -54,7 +66,7 @@ class GenerateRequest(BaseModel):
     top_k: int = Field(0, ge=0, description="0 = no top-k cut")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63, description="omitted: a random seed, reported back")
-    stop: list[str] = Field(default_factory=list)
+    stop: list[Text] = Field(default_factory=list)
     top_alternatives: int = Field(0, ge=0, le=20, description="each token event lists the k likeliest tokens "
                                                               "of the blend and of each model")
 
@@ -70,8 +82,8 @@ class SteerRequest(BaseModel):
 class ValidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", **_STRICT)
 
-    context: str = ""
-    draft: str = Field(min_length=1)
+    context: Text = ""
+    draft: Text = Field(min_length=1)
     min_excess_bits: float = Field(3.0, ge=0.0, le=64.0)
 
 
@@ -88,17 +100,17 @@ class _OpenAIBase(BaseModel):
 
     model_config = ConfigDict(extra="ignore", **_STRICT)
 
-    model: str | None = None
+    model: Text | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    stop: list[str] | None = None
+    stop: list[Text] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[Text, float] | None = None
     logic_weight: float = Field(0.5, ge=0.0, le=1.0)
     blend: Blend = "linear"
     top_k: int = Field(0, ge=0)
@@ -112,12 +124,12 @@ class CompletionRequest(_OpenAIBase):
     """OpenAI's /v1/completions body. A list of prompts gives `n` choices for each, in
     order (choice `i·n + j` is the j-th of prompt i), as OpenAI does."""
 
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = Field(None, ge=1)
-    suffix: str | None = None
+    suffix: Text | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -155,15 +167,15 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore", **_STRICT)
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", **_STRICT)
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     @property
     def text(self) -> str:
@@ -234,7 +246,7 @@ class TGIParameters(BaseModel):
     top_k: int | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0.0, lt=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63)
-    stop: list[str] = Field(default_factory=list)
+    stop: list[Text] = Field(default_factory=list)
     details: bool = False
     return_full_text: bool | None = False
     top_n_tokens: int | None = Field(None, ge=0, le=20)
@@ -246,7 +258,7 @@ class TGIParameters(BaseModel):
     best_of: int | None = None
     watermark: bool = False
     grammar: Any = None
-    adapter_id: str | None = None
+    adapter_id: Text | None = None
     logic_weight: float = Field(0.5, ge=0.0, le=1.0)
     blend: Blend = "linear"
 
@@ -265,6 +277,6 @@ class TGIParameters(BaseModel):
 class TGIRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", **_STRICT)
 
-    inputs: str = Field(min_length=1)
+    inputs: Text = Field(min_length=1)
     parameters: TGIParameters = Field(default_factory=TGIParameters)
     stream: bool = False
