@@ -53,8 +53,9 @@ async def tgi_generate(req: TGIRequest, gw: GatewayDep, request: Request):
     prefix = req.inputs if p.return_full_text else ""
 
     def details(first: dict, end: dict) -> dict:
+        # As TGI: the seed is reported only when it was used, i.e. when sampling.
         return {"finish_reason": end["finish_reason"], "generated_tokens": end["usage"]["completion_tokens"],
-                "seed": first["seed"]}
+                "seed": first["seed"] if p.sampling else None}
 
     if not req.stream:
         async def work():
@@ -76,7 +77,8 @@ async def tgi_generate(req: TGIRequest, gw: GatewayDep, request: Request):
         return data_line({"index": ev["index"] + 1, "token": token(ev),
                           "top_tokens": top_tokens(ev) if p.top_n_tokens else None,
                           "generated_text": prefix + end["text"] if end else None,
-                          "details": details(run.first[0], end) if end and p.details else None})
+                          "details": {**details(run.first[0], end), "input_length": end["usage"]["prompt_tokens"]}
+                          if end and p.details else None})
 
     def encode(_: int, ev: dict) -> bytes | None:
         out = line(held.pop(), ev if ev["type"] == "end" else None) if held else None
