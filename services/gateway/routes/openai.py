@@ -2,9 +2,15 @@
 
 The openai package, LangChain's `OpenAI` and `ChatOpenAI`, and anything else written for
 OpenAI work unchanged; `logic_weight`, `blend` and `top_k` go in the body (the openai
-client's `extra_body`). Log-probabilities are those of the blend the token was drawn
-from (before temperature and the top-k/top-p cuts), and the alternatives are the blend's
-likeliest tokens.
+client's `extra_body`). Any `model` name is accepted and reported back.
+
+Log-probabilities are those of the blend the token was drawn from (before temperature
+and the top-k/top-p cuts), and the alternatives are the blend's likeliest tokens. Each
+token is listed as its own text; one that is only part of a UTF-8 character is written
+as OpenAI writes it, `bytes:\\xe2\\x80` (chat's `bytes` field holds its raw bytes), so two
+such tokens never share a name. End-of-text is never listed. A streamed choice carries
+one chunk per listed token (its text may be empty while a character is incomplete) and
+the text released at the end, so its chunks add up to the whole answer, logprobs included.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import time
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from tokenizers import Tokenizer
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import gateway_error_body
+from ..errors import gateway_error_body, openai_body
 from ..schemas import ChatCompletionRequest, CompletionRequest, _OpenAIBase, chat_prompt
 from ..service import GatewayDep, Job, SettingsDep, unless_disconnected
 from ..streaming import data_line, event_stream
@@ -48,21 +56,55 @@ def logprob(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0  # JSON has no -inf
 
 
-def visible(tokens: list[dict]) -> list[dict]:
+def listed(tokens: list[dict]) -> list[dict]:
+    """The tokens a logprobs answer lists: all but end-of-text."""
     return [t for t in tokens if not t["special"]]
 
 
+def _byte_of_char() -> dict[str, int]:
+    # The byte-level BPE alphabet (GPT-2's): printable bytes stand for themselves, the
+    # others for code points from 256 up, in byte order.
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    moved = [b for b in range(256) if b not in keep]
+    return {**{chr(b): b for b in keep}, **{chr(256 + i): b for i, b in enumerate(moved)}}
+
+
+BYTE_OF_CHAR = _byte_of_char()
+
+
+def token_bytes(tok: Tokenizer, token_id: int) -> bytes:
+    """A token's own bytes: from the byte-level alphabet, checked against the token
+    decoded alone (a special token, or another kind of tokenizer, gives that text's)."""
+    piece, text = tok.id_to_token(token_id) or "", tok.decode([token_id], skip_special_tokens=False)
+    if all(c in BYTE_OF_CHAR for c in piece):
+        raw = bytes(BYTE_OF_CHAR[c] for c in piece)
+        if raw.decode("utf-8", "replace") == text:
+            return raw
+    return text.encode("utf-8")
+
+
+def token_name(raw: bytes) -> str:
+    """How OpenAI lists a token: its text, or `bytes:\\x..` when it is not whole UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
 # ---- /v1/completions ------------------------------------------------------------------
-def completion_logprobs(tokens: list[dict], k: int, offset: int) -> dict:
-    """OpenAI's legacy logprobs object for `tokens`, whose text starts at `offset`."""
+def completion_logprobs(tok: Tokenizer, tokens: list[dict], k: int, offset: int) -> dict:
+    """OpenAI's legacy logprobs object for `tokens`, whose text starts at `offset`: a
+    token's offset is where the text released with it begins."""
     out = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if k else None, "text_offset": []}
-    for t in visible(tokens):
-        out["tokens"].append(t["text"])
-        out["token_logprobs"].append(logprob(t["p_blend"]))
-        out["text_offset"].append(offset)
+    for t in tokens:
+        if not t["special"]:
+            out["tokens"].append(token_name(token_bytes(tok, t["id"])))
+            out["token_logprobs"].append(logprob(t["p_blend"]))
+            out["text_offset"].append(offset)
+            if k:
+                out["top_logprobs"].append({token_name(token_bytes(tok, a["id"])): logprob(a["p"])
+                                            for a in t["alternatives"]["blend"]})
         offset += len(t["text"])
-        if k:
-            out["top_logprobs"].append({a["text"]: logprob(a["p"]) for a in t["alternatives"]["blend"]})
     return out
 
 
@@ -85,13 +127,16 @@ async def completions(req: CompletionRequest, gw: GatewayDep, settings: Settings
             return run.first, await run.collect()
 
         first, results = await unless_disconnected(request, work())
+        tok = gw.pair.tokenizer
         choices = [{"text": echo(i) + end["text"], "index": i,
-                    "logprobs": completion_logprobs(tokens, k, len(echo(i))) if req.logprobs is not None else None,
+                    "logprobs": completion_logprobs(tok, tokens, k, len(echo(i))) if req.logprobs is not None
+                    else None,
                     "finish_reason": FINISH[end["finish_reason"]]}
                    for i, (tokens, end) in enumerate(results)]
         return {**head(first[0]), "choices": choices, "usage": usage(first, [e for _, e in results], n)}
 
     run = await gw.open(todo, names)
+    tok = gw.pair.tokenizer
     offsets = [len(echo(i)) for i in range(len(todo))]
     ends: list[dict] = []
     with_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -100,10 +145,14 @@ async def completions(req: CompletionRequest, gw: GatewayDep, settings: Settings
         return data_line({**head(run.first[0]), "choices": [choice], **({"usage": None} if with_usage else {})})
 
     def encode(i: int, ev: dict) -> bytes | None:
-        if ev["type"] == "token" and ev["text"] and not ev["special"]:
-            lp = completion_logprobs([ev], k, offsets[i]) if req.logprobs is not None else None
+        if ev["type"] == "token":
+            # Every listed token gets its chunk when logprobs are asked for, and the text
+            # released with end-of-text (held back for a stop sequence) is sent too.
+            lp = completion_logprobs(tok, [ev], k, offsets[i]) if req.logprobs is not None else None
             offsets[i] += len(ev["text"])
-            return chunk({"text": ev["text"], "index": i, "logprobs": lp, "finish_reason": None})
+            if ev["text"] or (lp and lp["tokens"]):
+                return chunk({"text": ev["text"], "index": i, "logprobs": lp, "finish_reason": None})
+            return None
         if ev["type"] == "end":
             ends.append(ev)
             return chunk({"text": "", "index": i, "logprobs": None, "finish_reason": FINISH[ev["finish_reason"]]})
@@ -129,13 +178,14 @@ def done(last: Callable[[], dict | None]) -> Callable[[], bytes]:
 
 
 # ---- /v1/chat/completions -------------------------------------------------------------
-def chat_logprobs(tokens: list[dict], k: int) -> dict:
-    def entry(text: str, p: float) -> dict:
-        return {"token": text, "logprob": logprob(p), "bytes": list(text.encode("utf-8"))}
+def chat_logprobs(tok: Tokenizer, tokens: list[dict], k: int) -> dict:
+    def entry(token_id: int, p: float) -> dict:
+        raw = token_bytes(tok, token_id)
+        return {"token": token_name(raw), "logprob": logprob(p), "bytes": list(raw)}
 
-    return {"content": [{**entry(t["text"], t["p_blend"]),
-                         "top_logprobs": [entry(a["text"], a["p"]) for a in t["alternatives"]["blend"]] if k else []}
-                        for t in visible(tokens)],
+    return {"content": [{**entry(t["id"], t["p_blend"]),
+                         "top_logprobs": [entry(a["id"], a["p"]) for a in t["alternatives"]["blend"]] if k else []}
+                        for t in listed(tokens)],
             "refusal": None}
 
 
@@ -157,14 +207,16 @@ async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, settings:
             return run.first, await run.collect()
 
         first, results = await unless_disconnected(request, work())
+        tok = gw.pair.tokenizer
         choices = [{"index": i, "message": {"role": "assistant", "content": end["text"]},
-                    "logprobs": chat_logprobs(tokens, k) if req.logprobs else None,
+                    "logprobs": chat_logprobs(tok, tokens, k) if req.logprobs else None,
                     "finish_reason": FINISH[end["finish_reason"]]}
                    for i, (tokens, end) in enumerate(results)]
         return {**head(first[0], "chat.completion"), "choices": choices,
                 "usage": usage(first, [e for _, e in results], n)}
 
     run = await gw.open(todo, names)
+    tok = gw.pair.tokenizer
     ends: list[dict] = []
     with_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -174,8 +226,11 @@ async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, settings:
                           **({"usage": None} if with_usage else {})})
 
     def encode(i: int, ev: dict) -> bytes | None:
-        if ev["type"] == "token" and ev["text"] and not ev["special"]:
-            return chunk(i, {"content": ev["text"]}, lp=chat_logprobs([ev], k) if req.logprobs else None)
+        if ev["type"] == "token":  # as in /v1/completions: every listed token, and all the text
+            lp = chat_logprobs(tok, [ev], k) if req.logprobs else None
+            if ev["text"] or (lp and lp["content"]):
+                return chunk(i, {"content": ev["text"]}, lp=lp)
+            return None
         if ev["type"] == "end":
             ends.append(ev)
             return chunk(i, {}, FINISH[ev["finish_reason"]])
@@ -188,7 +243,18 @@ async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, settings:
 
 
 # ---- /v1/models -----------------------------------------------------------------------
+def model_card(settings) -> dict:
+    return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "plotarmour"}
+
+
 @router.get("/models")
 async def models(settings: SettingsDep):
-    return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
-                                        "owned_by": "plotarmour"}]}
+    return {"object": "list", "data": [model_card(settings)]}
+
+
+@router.get("/models/{model}")
+async def model(model: str, settings: SettingsDep):
+    if model != settings.model_name:
+        return JSONResponse(openai_body(404, f"The model {model!r} does not exist; this gateway serves "
+                                             f"{settings.model_name!r}", "model", "model_not_found"), status_code=404)
+    return model_card(settings)
