@@ -1,6 +1,6 @@
 """The gateway in front of the real BDH and GPT-2 model servers (tiny checkpoints,
-subprocesses on 127.0.0.1, port 0) — reproduction, streaming, the OpenAI client, the
-validator, and what happens when a server dies or a client leaves."""
+subprocesses on 127.0.0.1, port 0) — reproduction, streaming, the validator, and what
+happens when a server dies or a client leaves. The OpenAI clients: test_clients_openai.py."""
 
 from __future__ import annotations
 
@@ -108,19 +108,6 @@ def test_same_seed_same_story_and_sse_concatenates(client):
     assert events[0][0] == "start" and events[-1][0] == "end"
     assert "".join(d["text"] for e, d in events if e == "token") == events[-1][1]["text"] == a["text"]
     assert [d["id"] for e, d in events if e == "token"] == [t["id"] for t in a["tokens"]]
-
-
-def test_openai_client(gateway, client):
-    openai = pytest.importorskip("openai")
-    oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    native = client.post("/generate", json={"prompt": PROMPT, "logic_weight": 0.3, "seed": 8,
-                                            "max_new_tokens": 10}).json()
-    c = oa.completions.create(model="plotarmour", prompt=PROMPT, max_tokens=10, seed=8,
-                              extra_body={"logic_weight": 0.3})
-    assert c.choices[0].text == native["text"]
-    stream = oa.completions.create(model="plotarmour", prompt=PROMPT, max_tokens=10, seed=8, stream=True,
-                                   extra_body={"logic_weight": 0.3})
-    assert "".join(ch.choices[0].text for ch in stream) == native["text"]
 
 
 def test_validate_matches_in_process_scores(client, engines, tiny_tokenizer):
