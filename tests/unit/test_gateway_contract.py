@@ -73,7 +73,7 @@ BODIES = {"/generate": {"prompt": PROMPT, "max_new_tokens": 2},
     (b'{"prompt": "Tom",', "not valid JSON"),
     (b'{"prompt": "\xff\xfe"}', "UTF-8"),
     (b"[" * 100_000 + b"]" * 100_000, "nested"),
-])
+], ids=["malformed", "invalid-utf8", "deep-nesting"])
 def test_unreadable_bodies_are_400_in_the_routes_shape(client, path, raw, what):
     r = client.post(path, content=raw, headers=JSON)
     message = check_shape(r, path, 400)
@@ -226,12 +226,12 @@ def post_and_leave(url: str, path: str, body: bytes, started) -> None:
     ("/", b'{"inputs": "Tom", "parameters": {"max_new_tokens": 5000}}'),
 ])
 def test_abandoned_non_streaming_generation_frees_sessions_and_slot(tiny_tokenizer, path, body):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.01))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.01))
+    # 5,000 steps of 20 ms: left running, the story would hold its sessions for minutes.
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02, max_context=8192))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02, max_context=8192))
     gw = start_gateway(g.address, b.address, max_new_tokens_limit=5000, max_concurrent=1)
     try:
         post_and_leave(gw.url, path, body, lambda: g.model.open_sessions and b.model.open_sessions)
-        # Before the fix the story ran on to 5,000 tokens (about a minute) with the slot held.
         assert wait_until(lambda: g.model.open_sessions == 0 and b.model.open_sessions == 0, timeout=5)
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             assert wait_until(lambda: c.post("/generate", json={"prompt": "Tom", "max_new_tokens": 1})
