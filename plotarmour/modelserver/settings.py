@@ -8,13 +8,13 @@ the object when the service starts, and tests build it directly.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from plotarmour.flags import parse_settings  # noqa: F401  (re-exported: the servers' entry point)
 
 
 # Fields a service gives its own default keep their checks and help through these types:
@@ -58,30 +58,3 @@ class ModelServerSettings(BaseSettings):
                                "for the others to join the batch (for per-session Decode clients)")
     grace_period: float = Field(10.0, ge=0, description="seconds open sessions get to finish after SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
-
-
-def parse_settings(settings_cls: type[ModelServerSettings], argv: list[str] | None = None,
-                   prog: str | None = None) -> ModelServerSettings:
-    """Flags named after the fields (`--max-sessions 8`) on top of the environment.
-
-    A bad value exits with status 2 and a message naming the flag and its env var.
-    """
-    prefix = settings_cls.model_config.get("env_prefix", "")
-    ap = argparse.ArgumentParser(
-        prog=prog, description=(settings_cls.__doc__ or "").strip(),
-        epilog=f"Every flag can also be set as an environment variable: {prefix}<NAME>, e.g. {prefix}PORT.")
-    for name, field in settings_cls.model_fields.items():
-        default = "required" if field.is_required() else field.default
-        ap.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                        help=f"{field.description} [env {prefix}{name.upper()}; default {default}]")
-    given = vars(ap.parse_args(argv))
-    try:
-        return settings_cls(**given)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"--{str(err['loc'][0]).replace('_', '-')} (env {prefix}{str(err['loc'][0]).upper()}): {err['msg']}"
-            if err["loc"] else err["msg"]
-            for err in e.errors())
-        ap.print_usage(sys.stderr)
-        print(f"{ap.prog}: error: {problems}", file=sys.stderr)
-        raise SystemExit(2) from None

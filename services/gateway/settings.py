@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
+    """The gateway: blends the GPT-2 and BDH model servers and serves the stories over HTTP."""
+
     model_config = SettingsConfigDict(env_prefix="PLOTARMOUR_GATEWAY_", extra="ignore")
 
     # Where the two model servers listen (host:port, as grpc expects).

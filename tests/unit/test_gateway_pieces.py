@@ -99,3 +99,20 @@ def test_gateway_main_help():
     r = subprocess.run([sys.executable, "-m", "services.gateway", "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "--bdh-address" in r.stdout
+
+
+def test_every_gateway_setting_is_a_flag_and_flags_override_the_environment(monkeypatch):
+    from plotarmour.flags import parse_settings
+    from services.gateway.settings import GatewaySettings
+
+    r = subprocess.run([sys.executable, "-m", "services.gateway", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    for name in GatewaySettings.model_fields:
+        assert "--" + name.replace("_", "-") in r.stdout, name
+    monkeypatch.setenv("PLOTARMOUR_GATEWAY_MAX_CONCURRENT", "3")
+    assert parse_settings(GatewaySettings, []).max_concurrent == 3
+    s = parse_settings(GatewaySettings, ["--max-concurrent", "16", "--step-timeout-s", "2.5"])
+    assert (s.max_concurrent, s.step_timeout_s) == (16, 2.5)
+    bad = subprocess.run([sys.executable, "-m", "services.gateway", "--max-concurrent", "many"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--max-concurrent" in bad.stderr and "Traceback" not in bad.stderr
