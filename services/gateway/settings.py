@@ -40,7 +40,8 @@ class GatewaySettings(BaseSettings):
     step_timeout_s: float = Field(10.0, gt=0, description="one decoding step, one prompt's prefill or one Score call")
     retry_interval_s: float = Field(1.0, gt=0, description="background reconnect to servers not yet ready")
 
-    max_concurrent: int = Field(8, ge=1, description="generations and validations at once; beyond: 429")
+    max_concurrent: int = Field(16, ge=1, description="requests generating or validating at once (the page's split "
+                                                      "view takes 3); beyond: 429 with Retry-After")
     max_new_tokens_limit: int = Field(1024, ge=1, description="largest max_new_tokens a request may ask for")
     default_max_new_tokens: int = Field(128, ge=1, description="max_new_tokens when a request leaves it out")
     max_prompt_chars: int = Field(20_000, ge=1, description="longest prompt, in characters")
@@ -48,7 +49,8 @@ class GatewaySettings(BaseSettings):
     max_stop_sequences: int = Field(8, ge=0, description="most stop sequences in one request")
 
     # Name reported as the model by /v1/completions.
-    model_name: str = Field("plotarmour", description="model name that /v1/completions reports")
+    model_name: str = Field("plotarmour", description="model name that /v1/models, /v1 answers and TGI's "
+                                                      "/info report")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     # Guards (services/gateway/security.py). A body is refused with 413 before it is parsed.
