@@ -299,14 +299,16 @@ def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer):
     gw = start_gateway(g.address, b.address)
     try:
         with httpx.Client(base_url=gw.url, timeout=20) as c:
-            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 30}) as r:
+            # One seed for both requests: the first shows it writes 4 tokens before the failure
+            # (a random seed could draw end-of-text first, and the story would end in time).
+            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 30, "seed": 5}) as r:
                 events = sse_events(r)
             assert [e for e, _ in events][-1] == "error"
             assert sum(e == "token" for e, _ in events) == 4
             err = events[-1][1]
             assert err["status"] == 503 and "bdh model server" in err["error"]["message"]
             assert "fake failure" in err["error"]["message"]
-            r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30})
+            r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30, "seed": 5})
             assert r.status_code == 503 and "fake failure" in r.json()["error"]["message"]
         assert closes_soon(g, b)
     finally:
