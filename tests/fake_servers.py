@@ -100,9 +100,10 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
                             session=o.session, code=grpc.StatusCode.FAILED_PRECONDITION.value[0],
                             message=f"tokenizer mismatch: client {o.tokenizer_fingerprint}, server {self.fp}"))
                         continue
-                    if not ids or max(ids) >= self.vocab_size:
+                    if not ids or max(ids) >= self.vocab_size or len(ids) > self.max_context:
                         yield pb.BatchResponse(error=pb.SessionError(
-                            session=o.session, code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message="bad prompt"))
+                            session=o.session, code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                            message=f"bad prompt ({len(ids)} tokens, context {self.max_context})"))
                         continue
                     with self._lock:
                         self.open_sessions += 1
@@ -116,6 +117,8 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
                     for sid, token in zip(req.step.sessions, req.step.tokens):
                         state = sessions[sid]
                         state[0], state[1], state[2] = state[0] + 1, token, state[2] + 1
+                        if state[0] > self.max_context:  # as the real servers: a full session takes no more
+                            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"session {sid} is past its context")
                         if self.fail_at_step is not None and state[2] >= self.fail_at_step:
                             context.abort(grpc.StatusCode.INTERNAL, f"fake failure at step {state[2]}")
                         row = self.dist(token, state[0])

@@ -111,6 +111,9 @@ class Live:
     lp: list[np.ndarray]  # next-token log-probs (V,) of gpt2, then bdh
     detok: IncrementalDetokenizer
     stopper: StopText
+    ids: list[int] = field(default_factory=list)  # the whole story so far, prompt included
+    lengths: list[int] = field(default_factory=list)  # tokens each session holds (gpt2, bdh)
+    shifted: list[str] = field(default_factory=list)  # roles whose window slid since the last token
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     text_parts: list[str] = field(default_factory=list)
     position: int = 0
@@ -149,7 +152,8 @@ class GenerationLoop:
         """Prefill on both servers; the generation then waits for the next iteration.
         Raises (as an HTTP status) whatever fails before the first token."""
         pair, t_start = self.pair, time.perf_counter()
-        opens = [asyncio.ensure_future(b.open(params.prompt_ids, pair.fingerprint)) for b in pair]
+        windows = [self._window(params.prompt_ids, role) for role in range(2)]
+        opens = [asyncio.ensure_future(b.open(w, pair.fingerprint)) for b, w in zip(pair, windows)]
         try:
             # Each open is bounded by step_timeout_s; the first failure is the answer.
             finished, _ = await asyncio.wait(opens, return_when=asyncio.FIRST_EXCEPTION)
@@ -167,7 +171,9 @@ class GenerationLoop:
             raise
         live = Live(gen, params, sampling.make_rng(params.seed), sessions=[(st, sid) for st, sid, _ in done],
                     lp=[lp for _, _, lp in done], detok=IncrementalDetokenizer(pair.tokenizer, params.prompt_ids),
-                    stopper=StopText(params.stop), position=len(params.prompt_ids), t_start=t_start)
+                    stopper=StopText(params.stop), position=len(params.prompt_ids), t_start=t_start,
+                    ids=list(params.prompt_ids), lengths=[len(w) for w in windows],
+                    shifted=[b.role for b, w in zip(pair, windows) if len(w) < len(params.prompt_ids)])
         self.joining.append(live)
         self.wake()
         if self._task is None or self._task.done():
@@ -176,6 +182,29 @@ class GenerationLoop:
 
     def wake(self) -> None:
         self._wake.set()
+
+    # -- long stories: each model sees a sliding window of the story -----------------------
+    def _limit(self, role: int) -> int:
+        return (self.pair.gpt2, self.pair.bdh)[role].info.max_context
+
+    def _window(self, ids: list[int], role: int) -> list[int]:
+        """What a model's session is opened on: the whole story when it fits the model's
+        context, else its last `context_shift` part (a fraction of that context), as story
+        front-ends' "context shift" does. With context_shift 0, the whole story (a story
+        that fills the context then ends with "length")."""
+        limit, keep = self._limit(role), self.pair.settings.context_shift
+        if len(ids) <= limit or not keep:
+            return ids
+        return ids[-max(1, int(limit * keep)):]
+
+    async def _slide(self, x: Live, role: int) -> tuple[BatchStream, int, np.ndarray, int]:
+        """Reopen a full session on the end of the story → (stream, session, next-token
+        log-probs, tokens it holds). The old session is freed first."""
+        old_stream, old_sid = x.sessions[role]
+        old_stream.close([old_sid])
+        window = self._window(x.ids, role)
+        stream, sid, lp = await (self.pair.gpt2, self.pair.bdh)[role].open(window, self.pair.fingerprint)
+        return stream, sid, lp, len(window)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -267,7 +296,7 @@ class GenerationLoop:
             piece, hit = x.stopper.push(x.detok.push(token))
             if hit:
                 finish = "stop_sequence"
-            elif index + 1 == params.max_new_tokens or x.position >= max_context:
+            elif index + 1 == params.max_new_tokens or (x.position >= max_context and not self.pair.settings.context_shift):
                 finish = "length"
         if finish in ("eos_token", "length"):
             # Nothing more will come: release what the detokenizer and stop check held back.
@@ -280,6 +309,8 @@ class GenerationLoop:
             "type": "token", "index": index, "id": token, "text": piece, "p_blend": float(p_token),
             "p_gpt2": float(np.exp(x.lp[0][token])), "p_bdh": float(np.exp(x.lp[1][token])),
             "logic_weight": x.weight, "special": token == eot}
+        if x.shifted:  # this token was drawn after a model's window slid
+            event["context_shift"], x.shifted = x.shifted, []
         if top_blend is not None:
             k = params.top_alternatives
             event["alternatives"] = {"blend": self._named(*top_blend), "gpt2": self._named(*top_k(x.lp[0], k, log=True)),
@@ -307,16 +338,31 @@ class GenerationLoop:
         """One message per stream, every stream of both servers at once; each row gets its
         two new distributions, or its error."""
         calls: dict[tuple[int, BatchStream], list[tuple[Live, int, int]]] = {}
+        slides: list[tuple[Live, int]] = []  # sessions that are full: reopened on the story's end
         for x, token in stepping:
+            x.ids.append(token)
             for role, (stream, sid) in enumerate(x.sessions):
-                calls.setdefault((role, stream), []).append((x, sid, token))
+                if x.lengths[role] >= self._limit(role) and self.pair.settings.context_shift:
+                    slides.append((x, role))
+                else:
+                    calls.setdefault((role, stream), []).append((x, sid, token))
         t0 = time.perf_counter()
-        # Each step is bounded by step_timeout_s inside the stream (a stalled stream is retired).
+        # Each step (and each reopening) is bounded by step_timeout_s inside the stream (a
+        # stalled stream is retired).
         results = await asyncio.gather(
             *(stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows]) for (_, stream), rows in calls.items()),
-            return_exceptions=True)
+            *(self._slide(x, role) for x, role in slides), return_exceptions=True)
         waited = time.perf_counter() - t0
         failed: dict[Live, BaseException] = {}
+        for (x, role), result in zip(slides, results[len(calls):]):
+            if isinstance(result, BaseException):
+                if not isinstance(result, GatewayError):
+                    raise result
+                failed.setdefault(x, result)
+                continue
+            stream, sid, x.lp[role], x.lengths[role] = result
+            x.sessions[role] = (stream, sid)  # a client gone meanwhile: the next iteration closes it
+            x.shifted.append(stream.backend.role)
         for (role, stream), result in zip(calls, results):
             backend = stream.backend
             if isinstance(result, BaseException):
@@ -329,6 +375,7 @@ class GenerationLoop:
             for x, sid, _ in calls[(role, stream)]:
                 if sid in rows:
                     x.lp[role] = rows[sid]
+                    x.lengths[role] += 1
                 else:
                     failed.setdefault(x, errors.get(sid) or ModelUnavailable(
                         f"{backend.role} model server at {backend.address} did not step session {sid}"))

@@ -167,7 +167,8 @@ class Gateway:
         ids = tok.encode(job.prompt).ids
         if job.truncate:
             ids = ids[-job.truncate:]
-        limit = min(s.max_prompt_tokens, self.pair.max_context - 1)
+        # With context shift each model reads its last window of a long prompt.
+        limit = s.max_prompt_tokens if s.context_shift else min(s.max_prompt_tokens, self.pair.max_context - 1)
         if len(ids) > limit:
             raise InvalidField(names["prompt"], f"{len(ids)} tokens is over the limit of {limit}")
         if not ids:

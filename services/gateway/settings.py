@@ -44,8 +44,13 @@ class GatewaySettings(BaseSettings):
                                                       "view takes 3); beyond: 429 with Retry-After")
     max_new_tokens_limit: int = Field(1024, ge=1, description="largest max_new_tokens a request may ask for")
     default_max_new_tokens: int = Field(128, ge=1, description="max_new_tokens when a request leaves it out")
-    max_prompt_chars: int = Field(20_000, ge=1, description="longest prompt, in characters")
-    max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt, in tokens (also capped by the models)")
+    max_prompt_chars: int = Field(40_000, ge=1, description="longest prompt, in characters")
+    max_prompt_tokens: int = Field(8192, ge=1, description="longest prompt, in tokens (each model reads its last "
+                                                           "window of it; with context_shift 0, capped by the models)")
+    context_shift: float = Field(
+        0.5, ge=0.0, lt=1.0, description="when a story fills a model's context, that model's session reopens on "
+                                         "the story's last part, this fraction of its context, and the story goes "
+                                         "on; 0: the story ends with finish_reason length")
     max_stop_sequences: int = Field(8, ge=0, description="most stop sequences in one request")
 
     # Name reported as the model by /v1/completions.

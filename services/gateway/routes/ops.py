@@ -55,13 +55,20 @@ async def ready(request: Request, pair: PairDep, settings: SettingsDep):
 @router.get("/info")
 async def info(gw: GatewayDep):
     s, p = gw.settings, gw.pair
-    ready = p.problem is None and all(b.info for b in p)
-    max_total = p.max_context if ready else None
+    context = p.max_context if p.problem is None and all(b.info for b in p) else None
+    # With context shift a prompt may be longer than the models' contexts (each reads its
+    # last window), and a story may run to the prompt plus max_new_tokens.
+    if s.context_shift:
+        max_input, max_total = s.max_prompt_tokens, s.max_prompt_tokens + s.max_new_tokens_limit
+    else:
+        max_input = min(s.max_prompt_tokens, context - 1) if context else s.max_prompt_tokens
+        max_total = context
     return {
         "gateway": {"version": VERSION, "problem": p.problem, "blends": BLENDS,
                     "limits": {k: getattr(s, k) for k in (
                         "max_concurrent", "max_new_tokens_limit", "default_max_new_tokens", "max_prompt_chars",
-                        "max_prompt_tokens", "max_stop_sequences", "connect_timeout_s", "step_timeout_s")}},
+                        "max_prompt_tokens", "max_stop_sequences", "context_shift", "connect_timeout_s", "step_timeout_s")},
+                    "models_context": context},
         "models": {b.role: {"address": b.address, **(dataclasses.asdict(b.info) if b.info else {})} for b in p},
         "tokenizer_fingerprint": p.fingerprint,
         # Text Generation Inference's /info fields, for its clients and dashboards.
@@ -71,7 +78,7 @@ async def info(gw: GatewayDep):
         "max_concurrent_requests": s.max_concurrent,
         "max_best_of": 1,
         "max_stop_sequences": s.max_stop_sequences,
-        "max_input_tokens": min(s.max_prompt_tokens, max_total - 1) if max_total else s.max_prompt_tokens,
+        "max_input_tokens": max_input,
         "max_total_tokens": max_total,
         "version": VERSION,
         "router": "plotarmour-gateway",

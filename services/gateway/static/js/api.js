@@ -88,7 +88,7 @@ export async function validate(request) {
 /** {ready: bool, problems: [...]}; never throws. */
 export async function readiness() {
   try {
-    const response = await fetch("/ready", { cache: "no-store" });
+    const response = await fetch("/ready", { cache: "no-store", headers: authHeaders() });
     const body = await response.json();
     return { ready: response.ok && body.ready, problems: body.problems || [] };
   } catch {
