@@ -310,3 +310,22 @@ def test_blend_choices_come_from_the_one_registry(client):
     assert client.get("/info").json()["gateway"]["blends"] == BLENDS
     r = client.post("/generate", json={"prompt": PROMPT, "blend": "nope"})
     assert all(name in openai_error(r)["message"] for name in BLENDS)
+
+
+def test_metrics_carry_latency_per_route_queue_wait_lengths_and_the_process(client):
+    client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 3})
+    client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+    text = client.get("/metrics").text
+
+    def value(series: str) -> float:
+        line = next(ln for ln in text.splitlines() if ln.startswith(series + " "))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value('plotarmour_gateway_request_duration_seconds_count{method="POST",route="/generate"}') >= 1
+    assert value('plotarmour_gateway_request_duration_seconds_count{method="POST",route="/v1/completions"}') >= 1
+    assert value("plotarmour_gateway_queue_wait_seconds_count") >= 2
+    assert value("plotarmour_gateway_prompt_tokens_count") >= 2
+    assert value("plotarmour_gateway_generated_tokens_per_generation_sum") >= 5
+    for standard in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        assert value(standard) > 0
+    assert "python_info{" in text
