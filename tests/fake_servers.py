@@ -146,8 +146,15 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
                 return pb.ScoreResponse()
             time.sleep(0.01)
         ids = list(request.token_ids)
-        lp = [self.dist(ids[t - 1], t)[ids[t]] for t in range(1, len(ids))]
-        return pb.ScoreResponse(log_probs=np.asarray(lp, dtype="<f4").tobytes())
+        if len(ids) < 2:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scoring needs at least 2 tokens")
+        rows = [self.dist(ids[t - 1], t) for t in range(1, len(ids))]
+        lp = np.asarray([row[i] for row, i in zip(rows, ids[1:])], dtype="<f4")
+        top = np.stack([np.argsort(-row, kind="stable")[: request.top_k] for row in rows]).astype("<u4")
+        return pb.ScoreResponse(
+            log_probs=lp.tobytes(), top_ids=top.tobytes(),
+            top_log_probs=np.take_along_axis(np.stack(rows), top.astype(np.int64), 1).astype("<f4").tobytes(),
+            entropies=np.asarray([-(np.exp(r) * r).sum() for r in rows], dtype="<f4").tobytes() if request.entropy else b"")
 
 
 class FakeServer:

@@ -221,3 +221,16 @@ def score_chunk(logits: torch.Tensor, ids: list[int], start: int) -> torch.Tenso
     targets = torch.tensor(ids[start + 1 : start + 1 + logits.shape[0]], dtype=torch.long)
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(1, targets[:, None]).squeeze(1)
+
+
+def expected_chunk(logits: torch.Tensor, top_k: int, entropy: bool) -> tuple[torch.Tensor | None, ...]:
+    """What a chunk's model expected at each position: logits (T, V) →
+    (ids of the top_k likeliest tokens (T, k), their log-probs (T, k), entropy in nats (T,));
+    the parts not asked for are None."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
+    top_ids = top_lp = ent = None
+    if top_k:
+        top_lp, top_ids = logp.topk(min(top_k, logp.shape[-1]), dim=-1, sorted=True)  # (T, k)
+    if entropy:
+        ent = torch.special.entr(logp.exp()).sum(dim=-1)  # (T,); entr(0) = 0, so masked logits are fine
+    return top_ids, top_lp, ent

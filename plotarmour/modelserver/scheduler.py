@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from plotarmour.models import DecodeEngine, InvalidInput
-from plotarmour.models.base import score_chunk
+from plotarmour.models.base import expected_chunk, score_chunk
 
 from .errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone, WorkFailed
 from .metrics import Metrics
@@ -46,6 +46,8 @@ _MIN_CHUNK = 8
 # Beside running stories a chunk may cost this many decode steps: a story's gap is then
 # its step plus the chunk, about 2.5 steps, while a long prompt still moves on.
 _CHUNK_STEPS = 1.5
+# The most alternatives a Score call may ask for per position.
+MAX_SCORE_TOP_K = 64
 
 
 def log_probs(logits: torch.Tensor) -> np.ndarray:
@@ -75,6 +77,17 @@ class Session:
         self.scheduler.close(self)
 
 
+@dataclass
+class Scored:
+    """A Score's answer: log p of each token (T-1,) and, when asked, what the model
+    expected at each position: top ids and log-probs (T-1, k), entropies in nats (T-1,)."""
+
+    log_probs: np.ndarray
+    top_ids: np.ndarray | None = None
+    top_log_probs: np.ndarray | None = None
+    entropies: np.ndarray | None = None
+
+
 @dataclass(eq=False)
 class _Work:
     """A prompt to prefill or a sequence to score, run chunk by chunk on the worker."""
@@ -88,6 +101,9 @@ class _Work:
     # small per-chunk pieces: pieces that outlive each chunk's large freed logits pin
     # the heap (glibc), and a 20,000-token Score grew the process by ~270 MB that way.
     logp: np.ndarray | None = None
+    top_k: int = 0  # score: alternatives per position, and whether entropies are wanted
+    entropy: bool = False
+    expected: Scored | None = None  # score: filled chunk by chunk, like logp
     t0: float = field(default_factory=time.perf_counter)
 
     @property
@@ -222,13 +238,22 @@ class Scheduler:
 
     async def score(self, ids: list[int]) -> np.ndarray:
         """log p(ids[t] | ids[:t]) for t ≥ 1, float32 (T-1,), computed chunk by chunk."""
+        return (await self.score_expected(ids)).log_probs
+
+    async def score_expected(self, ids: list[int], *, top_k: int = 0, entropy: bool = False) -> Scored:
+        """Like `score`, plus each position's top_k likeliest tokens and its entropy when asked."""
         self._check_up()
         ids = self._checked(self.engine.check_score, ids)
+        if not 0 <= top_k <= MAX_SCORE_TOP_K:
+            raise InvalidArgument(f"top_k is {top_k}; it must be between 0 and {MAX_SCORE_TOP_K}")
+        top_k = min(top_k, self.vocab_size)
         if self._scores >= self.max_scores:
             raise Overloaded(f"{self._scores} Score calls are running, the limit is {self.max_scores}; retry later")
         self._scores += 1
         try:
-            return await self._submit("score", ids).future
+            work = self._submit("score", ids)
+            work.top_k, work.entropy = top_k, entropy
+            return await work.future
         finally:
             self._scores -= 1
 
@@ -367,6 +392,8 @@ class Scheduler:
                 if work.logp is None:
                     work.logp = np.empty(work.end, dtype="<f4")
                 work.logp[a:b] = score_chunk(logits, work.ids, a).numpy()
+                if work.top_k or work.entropy:
+                    self._expected_chunk(work, logits, a, b)
             work.done = b
             per_token = (time.perf_counter() - t0) / (b - a)
             self._token_s = per_token if self._token_s is None else 0.8 * self._token_s + 0.2 * per_token
@@ -378,12 +405,33 @@ class Scheduler:
                 return log_probs(logits[None])[0]
             self.engine.close(work.sid)
             work.sid = None
-            return work.logp
+            if work.expected is None:
+                return Scored(work.logp)
+            work.expected.log_probs = work.logp
+            return work.expected
         except InvalidInput as e:
             return InvalidArgument(str(e))
         except Exception as e:  # e.g. out of memory in one long chunk: fail this work, not the server
             log.exception("a %s chunk failed", work.kind)
             return WorkFailed(f"the {work.kind} failed inside the model server: {e!r}")
+
+    @staticmethod
+    def _expected_chunk(work: _Work, logits: torch.Tensor, a: int, b: int) -> None:
+        """Fill rows a:b of what the model expected (arrays made up front, as for logp)."""
+        e = work.expected
+        if e is None:
+            k = work.top_k
+            e = work.expected = Scored(
+                work.logp,
+                np.empty((work.end, k), dtype="<u4") if k else None,
+                np.empty((work.end, k), dtype="<f4") if k else None,
+                np.empty(work.end, dtype="<f4") if work.entropy else None)
+        top_ids, top_lp, ent = expected_chunk(logits, work.top_k, work.entropy)
+        if top_ids is not None:
+            e.top_ids[a:b] = top_ids.numpy()
+            e.top_log_probs[a:b] = top_lp.numpy()
+        if ent is not None:
+            e.entropies[a:b] = ent.numpy()
 
     # -- back on the event loop --------------------------------------------------------------
     def _deliver_rows(self, rows: dict, stepped) -> None:

@@ -91,8 +91,13 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         await self._require_loaded(context, "Score")
         async with self._errors(context, "Score"):
-            logp = await self.scheduler.score(list(request.token_ids))
-            return pb.ScoreResponse(log_probs=logp.tobytes())
+            r = await self.scheduler.score_expected(list(request.token_ids), top_k=request.top_k,
+                                                    entropy=request.entropy)
+            return pb.ScoreResponse(
+                log_probs=r.log_probs.tobytes(),
+                top_ids=b"" if r.top_ids is None else r.top_ids.tobytes(),
+                top_log_probs=b"" if r.top_log_probs is None else r.top_log_probs.tobytes(),
+                entropies=b"" if r.entropies is None else r.entropies.tobytes())
 
     # -- helpers -------------------------------------------------------------------
     @contextlib.asynccontextmanager

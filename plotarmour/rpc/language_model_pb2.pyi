@@ -81,16 +81,26 @@ class DecodeResponse(_message.Message):
     def __init__(self, next: _Optional[_Union[Distribution, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("token_ids",)
+    __slots__ = ("token_ids", "top_k", "entropy")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    top_k: int
+    entropy: bool
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., entropy: _Optional[bool] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("log_probs",)
+    __slots__ = ("log_probs", "top_ids", "top_log_probs", "entropies")
     LOG_PROBS_FIELD_NUMBER: _ClassVar[int]
+    TOP_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOG_PROBS_FIELD_NUMBER: _ClassVar[int]
+    ENTROPIES_FIELD_NUMBER: _ClassVar[int]
     log_probs: bytes
-    def __init__(self, log_probs: _Optional[bytes] = ...) -> None: ...
+    top_ids: bytes
+    top_log_probs: bytes
+    entropies: bytes
+    def __init__(self, log_probs: _Optional[bytes] = ..., top_ids: _Optional[bytes] = ..., top_log_probs: _Optional[bytes] = ..., entropies: _Optional[bytes] = ...) -> None: ...
 
 class OpenSession(_message.Message):
     __slots__ = ("session", "prompt_ids", "tokenizer_fingerprint")

@@ -77,7 +77,8 @@ class LanguageModelServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Score(self, request, context):
-        """Teacher-forced log-probability of each token given the ones before it.
+        """Teacher-forced log-probability of each token given the ones before it; on request
+        also each position's most likely tokens and its entropy (what the model expected).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -125,6 +125,26 @@ def test_score_equals_the_in_process_engine(server, tiny_pair):
 
 
 @pytest.mark.parametrize("server", MODELS, indirect=True)
+def test_score_tells_what_the_model_expected_at_each_position(server, tiny_pair):
+    ids = SESSIONS[5][0] + SESSIONS[5][1]
+    r = stub(server).Score(pb.ScoreRequest(token_ids=ids, top_k=4, entropy=True), timeout=10)
+    engine = load_checkpoint(tiny_pair[server.service]).engine()
+    with torch.inference_mode():
+        logp = torch.log_softmax(engine.feed(engine.begin(), ids[:-1], "all"), dim=-1)  # (T-1, V)
+    want_lp, want_ids = logp.topk(4, dim=-1)
+    n = len(ids) - 1
+    np.testing.assert_array_equal(np.frombuffer(r.top_ids, "<u4").reshape(n, 4), want_ids.numpy())
+    np.testing.assert_allclose(np.frombuffer(r.top_log_probs, "<f4").reshape(n, 4), want_lp.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.frombuffer(r.entropies, "<f4"), -(logp.exp() * logp).sum(-1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(np.frombuffer(r.log_probs, "<f4"), engine.score(ids).numpy(), atol=1e-5)
+    plain = stub(server).Score(pb.ScoreRequest(token_ids=ids), timeout=10)  # nothing asked, nothing sent
+    assert plain.top_ids == plain.top_log_probs == plain.entropies == b""
+    with pytest.raises(grpc.RpcError) as err:
+        stub(server).Score(pb.ScoreRequest(token_ids=ids, top_k=65), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in err.value.details()
+
+
+@pytest.mark.parametrize("server", MODELS, indirect=True)
 def test_concurrent_sessions_give_what_they_give_one_after_another(server):
     async def sequential():
         return [await decode(server.address, p, t) for p, t in SESSIONS]

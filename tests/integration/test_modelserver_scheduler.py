@@ -225,6 +225,20 @@ def test_score_equals_the_full_forward_across_chunks(engine):
     assert engine.open_sessions == 0  # its scratch session is gone
 
 
+def test_score_expected_fills_every_chunk(engine):
+    ids = [1 + (13 * i) % 300 for i in range(61)]
+    with torch.no_grad():
+        logp = torch.log_softmax(FAMILIES[engine.model_type].logits(engine.model, torch.tensor([ids[:-1]]))[0], -1)
+    got = run(engine, lambda s: s.score_expected(ids, top_k=3, entropy=True), chunk_size=7)
+    want_lp, want_ids = logp.topk(3, dim=-1)
+    assert got.top_ids.shape == got.top_log_probs.shape == (60, 3) and got.entropies.shape == (60,)
+    np.testing.assert_array_equal(got.top_ids, want_ids.numpy())
+    np.testing.assert_allclose(got.top_log_probs, want_lp.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got.entropies, -(logp.exp() * logp).sum(-1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(got.log_probs, logp[torch.arange(60), torch.tensor(ids[1:])].numpy(), atol=1e-4)
+    assert run(engine, lambda s: s.score_expected(ids[:5])).top_ids is None  # nothing asked, nothing made
+
+
 def test_a_cancelled_long_prefill_stops_at_the_next_chunk(engine):
     spy = Spy(engine)
     at_cancel = []
