@@ -82,9 +82,11 @@ class SteerRequest(BaseModel):
 class ValidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", **_STRICT)
 
-    context: Text = ""
-    draft: Text = Field(min_length=1)
-    min_excess_bits: float = Field(3.0, ge=0.0, le=64.0)
+    context: Text = Field("", description="the story so far; empty: the draft is checked against nothing")
+    draft: Text = Field(min_length=1, description="the text to check against the context")
+    sensitivity: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "how readily words are flagged: higher flags more. 0.5, the default, is the setting "
+        "bench/bench_validator.py chose; each 0.1 moves the bar by 1 bit (a factor of 2)"))
 
 
 # ---- OpenAI ---------------------------------------------------------------------------

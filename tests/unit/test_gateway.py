@@ -223,6 +223,11 @@ def test_bad_input_is_422_naming_the_field(client, route, change, field):
 
 def test_bad_validate_and_completion_input(client):
     assert error_param(client.post("/validate", json={"context": "x", "draft": ""})) == "draft"
+    for sensitivity in (-0.1, 1.5, "high"):
+        r = client.post("/validate", json={"draft": "x", "sensitivity": sensitivity})
+        assert r.status_code == 422 and error_param(r) == "sensitivity"
+    # The old knob is gone: sending it is a mistake worth hearing about, not silently ignored.
+    assert error_param(client.post("/validate", json={"draft": "x", "min_excess_bits": 3})) == "min_excess_bits"
     r = client.post("/v1/completions", json={"prompt": "x", "logic_weight": 7})
     assert r.status_code == 422 and error_param(r) == "logic_weight"
     assert error_param(client.post("/v1/completions", json={"prompt": "x", "n": 17})) == "n"
@@ -459,22 +464,64 @@ def test_health_ready_info_metrics(client, fakes):
 
 def test_validate_scores_the_draft_under_both_models(client, tiny_tokenizer, fakes):
     context, draft = "Once upon a time,", " Tom found a red ball. Tom was happy."
-    r = client.post("/validate", json={"context": context, "draft": draft})
+    r = client.post("/validate", json={"context": context, "draft": draft, "sensitivity": 1.0})
     assert r.status_code == 200, r.text
     body = r.json()
-    ids = tiny_tokenizer.encode(context).ids + tiny_tokenizer.encode(draft).ids
-    n_ctx = len(tiny_tokenizer.encode(context).ids)
-    assert [t["id"] for t in body["tokens"]] == ids[n_ctx:]
+    enc = tiny_tokenizer.encode(draft)
+    ids = tiny_tokenizer.encode(context).ids + enc.ids
+    alone = [0] + enc.ids  # the draft without its context: after end-of-text (id 0 here)
+    n_ctx = len(ids) - len(enc.ids)
+    assert [t["id"] for t in body["tokens"]] == enc.ids
     assert "".join(t["text"] for t in body["tokens"]) == draft
-    # Token k of the draft is scored given everything before it, by each fake's distribution.
-    for k, t in enumerate(body["tokens"]):
-        pos = n_ctx + k
+
+    def lp(fake, seq, pos):  # log p of seq[pos] given seq[:pos], as the fake scores it
+        return float(fake.model.dist(seq[pos - 1], pos)[seq[pos]])
+
+    for k, t in enumerate(body["tokens"]):  # token k of the draft, given everything before it
         for fake, key in ((fakes[0], "surprisal_gpt2_bits"), (fakes[1], "surprisal_bdh_bits")):
-            lp = fake.model.dist(ids[pos - 1], pos)[ids[pos]]
-            assert t[key] == pytest.approx(-lp / np.log(2), abs=1e-3)
-    assert body["consistent"] == (not body["spans"])
-    for s in body["spans"]:
-        assert draft[s["start"]: s["end"]] == s["text"] and "p=" in s["reason"]
+            assert t[key] == pytest.approx(-lp(fake, ids, n_ctx + k) / np.log(2), abs=1e-3)
+
+    # Words, never pieces: each word's tokens are merged, with and without the context.
+    words = body["words"]
+    assert [w["text"] for w in words] == ["Tom", "found", "a", "red", "ball", "Tom", "was", "happy"]
+    for w in words:
+        assert draft[w["start"]: w["end"]] == w["text"]
+        mine = [k for k, (a, b) in enumerate(enc.offsets) if a < w["end"] and b > w["start"]]
+        for fake, name in zip(fakes, ("gpt2", "bdh")):
+            with_ctx = sum(lp(fake, ids, n_ctx + k) for k in mine) / np.log(2)
+            without = sum(lp(fake, alone, 1 + k) for k in mine) / np.log(2)
+            assert w["surprisal_bits"][name] == pytest.approx(-with_ctx, abs=1e-3)
+            assert w["context_bits"][name] == pytest.approx(with_ctx - without, abs=1e-3)
+        assert isinstance(w["score"], float) and isinstance(w["flagged"], bool)
+    assert body["score"] == pytest.approx(np.mean([w["score"] for w in words]), abs=1e-3)
+
+    # At the highest sensitivity the fakes' random distributions flag something; each
+    # contradiction covers flagged words only and says what each model expected instead.
+    assert body["contradictions"] and body["consistent"] is False
+    flagged = [w for w in words if w["flagged"]]
+    assert {(w["start"], w["end"]) for w in flagged} == {
+        (w["start"], w["end"]) for w in words for c in body["contradictions"] if c["start"] <= w["start"] < c["end"]}
+    for c in body["contradictions"]:
+        assert draft[c["start"]: c["end"]] == c["text"] and "less likely after this context" in c["reason"]
+        worst = max((w for w in flagged if c["start"] <= w["start"] < c["end"]), key=lambda w: w["score"])
+        assert c["score"] == worst["score"] and repr(worst["text"]) in c["reason"]
+        first = min(k for k, (a, b) in enumerate(enc.offsets) if a < worst["end"] and b > worst["start"])
+        for fake, name in zip(fakes, ("gpt2", "bdh")):
+            row = fake.model.dist(ids[n_ctx + first - 1], n_ctx + first)
+            want = [int(i) for i in np.argsort(-row, kind="stable")[:6] if i != enc.ids[first]][:5]
+            assert [a["text"] for a in c["expected"][name]] == [tiny_tokenizer.decode([i]) for i in want]
+            assert [a["p"] for a in c["expected"][name]] == pytest.approx(np.exp(row[want]).tolist(), abs=1e-5)
+
+    # Sensitivity 0 flags at most what 1 flags.
+    strict = client.post("/validate", json={"context": context, "draft": draft, "sensitivity": 0.0}).json()
+    assert {w["text"] for w in strict["words"] if w["flagged"]} <= {w["text"] for w in flagged}
+    assert strict["consistent"] == (not strict["contradictions"])
+
+
+def test_validate_without_a_context_flags_nothing(client):
+    body = client.post("/validate", json={"draft": " Tom found a red ball.", "sensitivity": 1.0}).json()
+    assert body["consistent"] is True and body["contradictions"] == []
+    assert all(w["context_bits"] == {"gpt2": 0.0, "bdh": 0.0} and not w["flagged"] for w in body["words"])
 
 
 def test_openai_client_works(gateway, client):

@@ -1,5 +1,5 @@
-"""Gateway parts that need no server: torch-freedom, stop sequences, the validator's
-span finder, settings, the SSE parser and the CLI."""
+"""Gateway parts that need no server: torch-freedom, stop sequences, settings, the SSE
+parser and the CLI. (The validator's arithmetic: test_validator.py.)"""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from plotarmour.cli import main as cli_main
 from plotarmour.cli import parse_sse
 from services.gateway.generation import StopText
 from services.gateway.settings import GatewaySettings
-from services.gateway.validator import ValidatorParams, find_spans
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,35 +42,6 @@ def test_stop_text_holds_back_possible_starts_and_cuts_at_the_stop():
     assert StopText([]).push("anything") == ("anything", False)
     # Two stops in one piece: the earliest wins.
     assert StopText(["b", "a"]).push("xab") == ("x", True)
-
-
-def test_find_spans_flags_the_outlier_with_offsets_and_a_reason():
-    draft = "Tom ate the moon with a spoon."
-    words = ["Tom", " ate", " the", " moon", " with", " a", " spoon", "."]
-    offsets, pos = [], 0
-    for w in words:
-        offsets.append((pos, pos + len(w)))
-        pos += len(w)
-    bits = np.array([5.0, 4.0, 3.0, 16.0, 4.5, 3.5, 5.0, 3.0])
-    lp_bdh = -bits * np.log(2)
-    lp_gpt2 = -np.full_like(bits, 4.0) * np.log(2)
-    spans = find_spans(draft, offsets, lp_bdh, lp_gpt2)
-    assert len(spans) == 1
-    s = spans[0]
-    assert (s["start"], s["end"], s["text"]) == (11, 16, " moon")
-    assert "p=1.5e-05" in s["reason"] and "16.0 bits" in s["reason"] and "GPT-2 gives p=0.062" in s["reason"]
-    # A uniform draft has nothing to flag; a stricter margin flags nothing either.
-    assert find_spans(draft, offsets, -np.full(8, 4.0), lp_gpt2) == []
-    assert find_spans(draft, offsets, lp_bdh, lp_gpt2, ValidatorParams(min_excess_bits=20)) == []
-
-
-def test_find_spans_merges_adjacent_tokens():
-    offsets = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
-    bits = np.array([2.0, 2.5, 12.0, 14.0, 2.0, 2.2])
-    spans = find_spans("abcdef", offsets, -bits * np.log(2), -bits * np.log(2))
-    assert [(s["start"], s["end"]) for s in spans] == [(2, 4)]
-    assert "'d'" in spans[0]["reason"]  # the worst token of the span is quoted
-    assert "GPT-2 also finds it unlikely" in spans[0]["reason"]
 
 
 def test_settings_from_the_environment(monkeypatch):

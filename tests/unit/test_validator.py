@@ -1,0 +1,176 @@
+"""The validator's arithmetic on made-up log-probabilities (numpy only, no servers):
+words from tokens, the per-word measures, variants, the flag rule, merging, reasons and
+sensitivity. The route over fake servers: test_gateway.py; over real ones: integration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.gateway.validator import (
+    DEFAULT_VARIANT,
+    MODELS,
+    Expected,
+    Variant,
+    Word,
+    WordMeasures,
+    flag_words,
+    group_words,
+    merge_flags,
+    reason,
+    score_words,
+    threshold_bits,
+    times,
+    validate,
+)
+
+LN2 = np.log(2)
+
+
+def tokenize(pieces: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """A draft from its token texts, with each token's character offsets."""
+    offsets, pos = [], 0
+    for p in pieces:
+        offsets.append((pos, pos + len(p)))
+        pos += len(p)
+    return "".join(pieces), offsets
+
+
+def test_words_merge_their_pieces_and_leave_punctuation_out():
+    draft, offsets = tokenize([" Li", "ly", "'s", " qu", "ill", " was", " red", ".", '"', " Ok"])
+    words = group_words(draft, offsets)
+    assert [draft[w.start: w.end] for w in words] == ["Lily's", "quill", "was", "red", "Ok"]
+    assert [w.tokens for w in words] == [(0, 1, 2), (3, 4), (5,), (6,), (9,)]
+    assert group_words(" ...", [(0, 4)]) == []
+
+
+def test_a_token_across_two_words_joins_them():
+    # A tokenizer that merges across a hyphen: "well-known" is then one word, never a piece.
+    draft, offsets = tokenize([" we", "ll-kn", "own", " cat"])
+    words = group_words(draft, offsets)
+    assert [(draft[w.start: w.end], w.tokens) for w in words] == [("well-known", (0, 1, 2)), ("cat", (3,))]
+
+
+def test_measures_sum_a_words_tokens_in_bits():
+    words = [Word(0, 3, (0,)), Word(3, 9, (1, 2))]
+    with_ctx = {m: np.log([0.5, 0.25, 0.5]) for m in MODELS}
+    without = {"gpt2": np.log([0.5, 0.5, 0.5]), "bdh": np.log([0.25, 0.25, 0.5])}
+    ent = {m: np.full(3, LN2) for m in MODELS}  # 1 bit expected at each position
+    m = WordMeasures.from_token_logprobs(words, with_ctx, without, ent)
+    np.testing.assert_allclose(m.surprisal_bits, [[1, 3], [1, 3]])
+    np.testing.assert_allclose(m.context_bits, [[0, -1], [1, 0]])
+    np.testing.assert_allclose(m.excess_bits, [[0, 1], [0, 1]])
+
+
+def test_variants_weigh_the_models_and_the_surprisal_term():
+    m = WordMeasures(context_bits=np.array([[-4.0, 2.0], [0.0, -6.0]]), surprisal_bits=np.zeros((2, 2)),
+                     excess_bits=np.array([[2.0, 0.0], [2.0, 4.0]]))
+    score, ctx = score_words(m, Variant("gpt2", gpt2=1, bdh=0))
+    np.testing.assert_allclose(score, [4, -2])
+    np.testing.assert_allclose(ctx, [-4, 2])
+    score, ctx = score_words(m, Variant("sum", gpt2=1, bdh=1, surprisal=0.5))
+    np.testing.assert_allclose(score, [0.5 * (0.5 * 4 + 0.5 * 2) + 0.5 * (0.5 * 0 + 0.5 * 2),
+                                       0.5 * (0.5 * -2 + 0) + 0.5 * (0.5 * 6 + 0.5 * 4)])
+    np.testing.assert_allclose(ctx, [-2, -2])
+    score, ctx = score_words(m, Variant("max", gpt2=1, bdh=1, combine="max"))
+    np.testing.assert_allclose(score, [4, 6])  # each word: the model that objects more
+    np.testing.assert_allclose(ctx, [-4, -6])
+    score, _ = score_words(m, Variant("max of gpt2 only", gpt2=1, bdh=0, combine="max"))
+    np.testing.assert_allclose(score, [4, -2])  # a model with no weight does not count
+    with pytest.raises(ValueError, match="combine"):
+        score_words(m, Variant("x", combine="min"))
+
+
+def test_a_word_the_context_supports_is_never_flagged():
+    scores, ctx = np.array([9.0, 9.0, 1.0]), np.array([-0.5, 0.0, -8.0])
+    assert flag_words(scores, ctx, threshold=2.0).tolist() == [True, False, False]
+
+
+def test_adjacent_flags_merge_but_not_across_punctuation():
+    draft, offsets = tokenize(["The", " blue", " big", " ball", ",", " red", " hat", "."])
+    words = group_words(draft, offsets)
+    flags = [False, True, True, True, True, False]
+    assert merge_flags(draft, words, flags) == [(1, 3), (4, 4)]  # "blue big ball" | "red"
+    assert merge_flags(draft, words, [False] * 6) == []
+
+
+def test_reasons_say_how_much_less_likely_and_what_was_expected():
+    r = reason(" blue", context_bits=-np.log2(12), surprisal_bits=np.log2(340),
+               expected={"gpt2": " red", "bdh": " red"})
+    assert r == "'blue' is 12× less likely after this context than without it (1 in 340 here); both models expected 'red'"
+    r = reason("blue", context_bits=-1.5, surprisal_bits=3.0, expected={"gpt2": " red", "bdh": " green"})
+    assert r.endswith("; GPT-2 expected 'red', BDH expected 'green'") and "2.8× less likely" in r
+    assert reason("blue", -1.0, 3.0, {"gpt2": None, "bdh": None}).endswith("(1 in 8.0 here)")
+    assert times(3.6) == "12×" and times(0.5) == "1.4×"
+
+
+def test_expected_leaves_out_the_drafts_own_token():
+    e = Expected(ids=np.array([[7, 3, 9, 4, 5, 6]]), log_probs=np.log([[0.4, 0.2, 0.1, 0.05, 0.04, 0.03]]))
+    alts = e.at(0, own=3, decode=lambda ids: f"<{ids[0]}>")
+    assert [a["text"] for a in alts] == ["<7>", "<9>", "<4>", "<5>", "<6>"]
+    assert [a["p"] for a in alts] == pytest.approx([0.4, 0.1, 0.05, 0.04, 0.03])
+
+
+def synthetic(seed: int, n: int = 12, with_context: bool = True):
+    """Random per-token log-probs for a draft of n one-token words."""
+    rng = np.random.default_rng(seed)
+    draft, offsets = tokenize([f" w{i}" for i in range(n)])
+    lw = {m: -rng.gamma(2.0, 2.0, n) for m in MODELS}
+    lwo = {m: lw[m] + rng.normal(0, 2, n) for m in MODELS} if with_context else lw
+    ent = {m: rng.uniform(1, 5, n) for m in MODELS}
+    return draft, offsets, list(range(n)), lw, lwo, ent
+
+
+@pytest.mark.parametrize("variant", [DEFAULT_VARIANT, Variant("gpt2", 1, 0), Variant("max", 1, 1, 0.3, "max")])
+def test_higher_sensitivity_flags_at_least_as_much(variant):
+    levels = np.linspace(0, 1, 11)
+    assert all(np.diff([threshold_bits(s) for s in levels]) < 0)
+    for seed in range(20):
+        draft, offsets, ids, lw, lwo, ent = synthetic(seed)
+        flagged = [{w["start"] for w in validate(draft, offsets, ids, lw, lwo, ent, None, str, sensitivity=s,
+                                                 variant=variant)["words"] if w["flagged"]} for s in levels]
+        assert all(a <= b for a, b in zip(flagged, flagged[1:]))
+    assert flagged[0] != flagged[-1]  # and the range means something
+
+
+def test_without_a_context_nothing_is_flagged():
+    draft, offsets, ids, lw, lwo, ent = synthetic(3, with_context=False)
+    body = validate(draft, offsets, ids, lw, lwo, ent, None, str, sensitivity=1.0)
+    assert body["consistent"] and not any(w["flagged"] for w in body["words"])
+
+
+def test_validate_flags_the_whole_word_and_names_the_alternatives():
+    # "She threw the blue ball.": the context lowers " bl" + "ue" (12× in all, under both
+    # models); the word's first piece is not the one to blame, yet the whole word is flagged.
+    draft, offsets = tokenize([" She", " threw", " the", " bl", "ue", " ball", "."])
+    ids = [10, 11, 12, 13, 14, 15, 16]
+    p_with = np.array([0.5, 0.1, 0.6, 0.2, 0.05, 0.5, 0.7])
+    p_without = p_with.copy()
+    p_without[4] *= 12
+    lw = {m: np.log(p_with) for m in MODELS}
+    lwo = {m: np.log(p_without) for m in MODELS}
+    ent = {m: np.full(7, 1.0) for m in MODELS}
+    top = np.tile([20, 13, 21, 22, 23, 24], (7, 1))  # " red" (20) first, then the draft's own " bl" (13)
+    expected = {m: Expected(top, np.log(np.tile([0.5, 0.2, 0.1, 0.05, 0.02, 0.01], (7, 1)))) for m in MODELS}
+    names = {20: " red", 21: " green", 22: " pink", 23: " big", 24: " old"}
+    decode = lambda t: names[t[0]]  # noqa: E731
+    # "blue" scores 0.5 · 3.6 bits of context + 0.5 · 3.8 bits of excess surprisal = 3.7
+    both = Variant("both, λ=0.5", gpt2=1, bdh=1, surprisal=0.5)
+    body = validate(draft, offsets, ids, lw, lwo, ent, expected, decode, variant=both, threshold_at_default=3.0)
+    assert not body["consistent"]
+    (c,) = body["contradictions"]
+    assert (c["start"], c["end"], c["text"]) == (15, 19, "blue")
+    assert c["reason"].startswith("'blue' is 12× less likely after this context than without it")
+    assert c["reason"].endswith("both models expected 'red'")
+    assert [a["text"] for a in c["expected"]["gpt2"]] == [" red", " green", " pink", " big", " old"]
+    assert c["score"] == next(w["score"] for w in body["words"] if w["text"] == "blue")
+    words = {w["text"]: w for w in body["words"]}
+    assert list(words) == ["She", "threw", "the", "blue", "ball"]
+    assert words["blue"]["flagged"] and not any(w["flagged"] for t, w in words.items() if t != "blue")
+    assert words["blue"]["context_bits"] == {"gpt2": pytest.approx(-np.log2(12), abs=1e-3),
+                                             "bdh": pytest.approx(-np.log2(12), abs=1e-3)}
+    assert words["blue"]["surprisal_bits"]["gpt2"] == pytest.approx(-np.log2(0.2 * 0.05), abs=1e-3)
+    assert body["score"] == pytest.approx(np.mean([w["score"] for w in body["words"]]), abs=1e-3)
+    # The strictest setting lets it pass; a word every model supports never flags.
+    assert validate(draft, offsets, ids, lw, lwo, ent, expected, decode, variant=both, threshold_at_default=3.0,
+                    sensitivity=0.0)["consistent"]
