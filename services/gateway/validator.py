@@ -23,8 +23,9 @@ that (bench/bench_validator.py measures every variant; DEFAULT_VARIANT is its pi
 A word is flagged when its score reaches the threshold that `sensitivity` sets and the
 context really lowers it (its combined context bits are negative): a word the context
 supports is never called a contradiction, however surprising. Adjacent flagged words
-(only spaces between them) merge into one contradiction. The draft's score is the mean
-of its words' scores, so drafts of different lengths for one context compare.
+(only spaces between them) merge into one contradiction. Runs of punctuation are scored
+like words (the draft's probability includes them) but never flagged. The draft's score
+is the mean of all these scores, so drafts of different lengths for one context compare.
 
 Pure numpy and plain data: the route feeds it the Score answers; tests feed it made-up
 log-probabilities.
@@ -41,9 +42,10 @@ import numpy as np
 _LOG2 = float(np.log(2.0))
 MODELS = ("gpt2", "bdh")
 NAMES = {"gpt2": "GPT-2", "bdh": "BDH"}
-# A word: letters and digits, with inner apostrophes ("Lily's", "don't"). Punctuation is
-# not a word: it is neither scored for the heatmap nor flagged.
-_WORD = re.compile(r"\w+(?:['’]\w+)*")
+# A word: letters and digits, with inner apostrophes ("Lily's", "don't"); or a run of
+# punctuation, which is scored (the draft's probability includes it, and a sentence that
+# ends where the context says it should not is evidence too) but never flagged.
+_UNIT = re.compile(r"(\w+(?:['’]\w+)*)|[^\w\s]+")
 EXPECTED_K = 5  # alternatives listed per model for each contradiction
 
 
@@ -56,6 +58,7 @@ class Variant:
     bdh: float = 0.0
     surprisal: float = 0.0  # λ: the surprisal term's share; 0 = the context effect alone
     combine: str = "weighted"  # "weighted" | "max"
+    term: str = "excess"    # the surprisal term: "excess" (beyond the entropy) or "raw" surprisal
 
     def weights(self) -> np.ndarray:
         w = np.array([self.gpt2, self.bdh], dtype=np.float64)
@@ -64,9 +67,9 @@ class Variant:
 
 # The shipped variant and the threshold at the default sensitivity, both chosen by
 # bench/bench_validator.py on the tuning half of its triples (see its docstring).
-DEFAULT_VARIANT = Variant("gpt2 3:1 bdh, λ=0.5", gpt2=0.75, bdh=0.25, surprisal=0.5)
+DEFAULT_VARIANT = Variant("gpt2 3:1 bdh, λ=0.5 raw", gpt2=0.75, bdh=0.25, surprisal=0.5, term="raw")
 DEFAULT_SENSITIVITY = 0.5
-DEFAULT_THRESHOLD_BITS = 4.0  # the flag threshold at DEFAULT_SENSITIVITY
+DEFAULT_THRESHOLD_BITS = 6.75  # the flag threshold at DEFAULT_SENSITIVITY
 BITS_PER_SENSITIVITY = 10.0   # each 0.1 of sensitivity moves the threshold by 1 bit (a factor of 2)
 
 
@@ -80,19 +83,20 @@ class Word:
     start: int            # character offsets into the draft
     end: int
     tokens: tuple[int, ...]  # indices of the draft tokens it is made of (at least one)
+    punctuation: bool = False  # a run of punctuation: scored, never flagged
 
 
 def group_words(draft: str, offsets: Sequence[tuple[int, int]]) -> list[Word]:
-    """The draft's words, each with the tokens that overlap it.
+    """The draft's words and runs of punctuation, each with the tokens that overlap it.
 
-    A token that overlaps two words (a tokenizer that merges across a hyphen, say) joins
-    them into one, so a token always belongs to exactly one word or, for spaces and
-    punctuation, to none. Tokens overlap a word when their character ranges intersect.
+    A token that overlaps two of them (a tokenizer that merges across a hyphen, say)
+    joins them into one, so a token always belongs to exactly one unit, or to none when
+    it is only spaces. Tokens overlap a unit when their character ranges intersect.
     """
-    spans = [[m.start(), m.end(), []] for m in _WORD.finditer(draft)]
+    spans = [[m.start(), m.end(), [], m.group(1) is None] for m in _UNIT.finditer(draft)]
     if not spans:
         return []
-    starts = [s for s, _, _ in spans]
+    starts = [s for s, *_ in spans]
     for t, (a, b) in enumerate(offsets):
         if b <= a:
             continue
@@ -102,15 +106,16 @@ def group_words(draft: str, offsets: Sequence[tuple[int, int]]) -> list[Word]:
             spans[k][2].append(t)
             k -= 1
     merged: list[list] = []
-    for s, e, toks in spans:
+    for s, e, toks, punct in spans:
         if not toks:  # unreachable with a tokenizer whose offsets cover the text
             continue
-        if merged and min(toks) <= max(merged[-1][2]):  # shares a token with the previous word
+        if merged and min(toks) <= max(merged[-1][2]):  # shares a token with the previous unit
             merged[-1][1] = e
             merged[-1][2] = sorted(set(merged[-1][2]) | set(toks))
+            merged[-1][3] = merged[-1][3] and punct  # with a word in it, it is a word
         else:
-            merged.append([s, e, sorted(toks)])
-    return [Word(s, e, tuple(toks)) for s, e, toks in merged]
+            merged.append([s, e, sorted(toks), punct])
+    return [Word(s, e, tuple(toks), punct) for s, e, toks, punct in merged]
 
 
 def surprisal_bits_of(logprobs: np.ndarray) -> np.ndarray:
@@ -146,9 +151,19 @@ class WordMeasures:
         return cls(context_bits=lw - lwo, surprisal_bits=-lw, excess_bits=-lw - ent)
 
 
+def measures_of(word_rows: Sequence[dict]) -> WordMeasures:
+    """The measures back from a /validate answer's `words` (to rescore it under another variant)."""
+    def rows(key):
+        return np.array([[w[key][name] for w in word_rows] for name in MODELS], dtype=np.float64).reshape(2, -1)
+    return WordMeasures(rows("context_bits"), rows("surprisal_bits"), rows("excess_bits"))
+
+
 def score_words(m: WordMeasures, variant: Variant = DEFAULT_VARIANT) -> tuple[np.ndarray, np.ndarray]:
     """(score (n,), combined context bits (n,)) for each word under `variant`."""
-    per_model = (1.0 - variant.surprisal) * -m.context_bits + variant.surprisal * m.excess_bits  # (2, n)
+    if variant.term not in ("excess", "raw"):
+        raise ValueError(f"term must be 'excess' or 'raw', got {variant.term!r}")
+    term = m.excess_bits if variant.term == "excess" else m.surprisal_bits
+    per_model = (1.0 - variant.surprisal) * -m.context_bits + variant.surprisal * term  # (2, n)
     w = variant.weights()
     if variant.combine == "weighted":
         return w @ per_model, w @ m.context_bits
@@ -161,9 +176,12 @@ def score_words(m: WordMeasures, variant: Variant = DEFAULT_VARIANT) -> tuple[np
     raise ValueError(f"combine must be 'weighted' or 'max', got {variant.combine!r}")
 
 
-def flag_words(scores: np.ndarray, context_bits: np.ndarray, threshold: float) -> np.ndarray:
-    """A word is flagged when its score reaches the threshold and the context lowers it."""
-    return (np.asarray(scores) >= threshold) & (np.asarray(context_bits) < 0)
+def flag_words(scores: np.ndarray, context_bits: np.ndarray, threshold: float,
+               punctuation: Sequence[bool] | None = None) -> np.ndarray:
+    """A word is flagged when its score reaches the threshold and the context lowers it;
+    punctuation never is."""
+    flags = (np.asarray(scores) >= threshold) & (np.asarray(context_bits) < 0)
+    return flags if punctuation is None else flags & ~np.asarray(punctuation, dtype=bool)
 
 
 def merge_flags(draft: str, words: Sequence[Word], flags: Sequence[bool]) -> list[tuple[int, int]]:
@@ -244,7 +262,7 @@ def validate(draft: str, offsets: Sequence[tuple[int, int]], token_ids: Sequence
     threshold = threshold_bits(sensitivity, threshold_at_default)
     m = WordMeasures.from_token_logprobs(words, with_context, without_context, entropies)
     scores, ctx = score_words(m, variant) if words else (np.zeros(0), np.zeros(0))
-    flags = flag_words(scores, ctx, threshold)
+    flags = flag_words(scores, ctx, threshold, [wd.punctuation for wd in words])
     w = variant.weights()
     surprisal = w @ m.surprisal_bits if words else np.zeros(0)
 
@@ -266,9 +284,10 @@ def validate(draft: str, offsets: Sequence[tuple[int, int]], token_ids: Sequence
 
     word_rows = [{
         "start": wd.start, "end": wd.end, "text": draft[wd.start: wd.end], "score": _r(scores[k]),
-        "flagged": bool(flags[k]),
+        "flagged": bool(flags[k]), "punctuation": wd.punctuation,
         "surprisal_bits": {name: _r(m.surprisal_bits[r, k]) for r, name in enumerate(MODELS)},
         "context_bits": {name: _r(m.context_bits[r, k]) for r, name in enumerate(MODELS)},
+        "excess_bits": {name: _r(m.excess_bits[r, k]) for r, name in enumerate(MODELS)},
     } for k, wd in enumerate(words)]
     return {
         "consistent": not contradictions,

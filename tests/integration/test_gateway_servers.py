@@ -112,16 +112,38 @@ def test_same_seed_same_story_and_sse_concatenates(client):
 
 def test_validate_matches_in_process_scores(client, engines, tiny_tokenizer):
     context, draft = "Once upon a time, Tom found a big tree.", " Tom was happy. The end."
-    r = client.post("/validate", json={"context": context, "draft": draft})
+    r = client.post("/validate", json={"context": context, "draft": draft, "sensitivity": 1.0})
     assert r.status_code == 200, r.text
     body = r.json()
-    ids = tiny_tokenizer.encode(context).ids + tiny_tokenizer.encode(draft).ids
-    n = len(body["tokens"])
+    enc = tiny_tokenizer.encode(draft)
+    ids = tiny_tokenizer.encode(context).ids + enc.ids
+    alone = [0] + enc.ids  # end-of-text (id 0 in the tiny tokenizer), then the draft
+    n = len(enc.ids)
     for name in ("gpt2", "bdh"):
-        expected = -engines[name].score(ids)[-n:].numpy() / np.log(2)
+        eng = engines[name]
+        with_ctx = eng.score(ids)[-n:].numpy()
+        without = eng.score(alone).numpy()
+        with torch.inference_mode():
+            logp = torch.log_softmax(eng.feed(eng.begin(), ids[:-1], "all"), -1)[-n:]  # (n, V)
+        entropy = -(logp.exp() * logp).sum(-1).numpy()
         got = [t[f"surprisal_{name}_bits"] for t in body["tokens"]]
-        assert got == pytest.approx(expected.tolist(), abs=1e-3)
-    assert isinstance(body["consistent"], bool)
+        assert got == pytest.approx((-with_ctx / np.log(2)).tolist(), abs=1e-3)
+        for w in body["words"]:
+            mine = [k for k, (a, b) in enumerate(enc.offsets) if a < w["end"] and b > w["start"]]
+            bits = with_ctx[mine].sum() / np.log(2)
+            assert w["surprisal_bits"][name] == pytest.approx(-bits, abs=1e-3)
+            assert w["context_bits"][name] == pytest.approx(bits - without[mine].sum() / np.log(2), abs=1e-3)
+            assert w["excess_bits"][name] == pytest.approx(-bits - entropy[mine].sum() / np.log(2), abs=1e-3)
+        for c in body["contradictions"]:  # what the model expected at its worst word: its own top tokens
+            worst = max((w for w in body["words"] if c["start"] <= w["start"] < c["end"]), key=lambda w: w["score"])
+            first = min(k for k, (a, b) in enumerate(enc.offsets) if a < worst["end"] and b > worst["start"])
+            top = [int(i) for i in logp[first].topk(6).indices if i != enc.ids[first]][:5]
+            assert [a["text"] for a in c["expected"][name]] == [tiny_tokenizer.decode([i]) for i in top]
+            assert [a["p"] for a in c["expected"][name]] == pytest.approx(logp[first, top].exp().tolist(), abs=1e-5)
+    assert [w["text"] for w in body["words"]] == ["Tom", "was", "happy", ".", "The", "end", "."]
+    # Untrained models at the highest sensitivity: some word is always flagged, so the
+    # alternatives above were checked.
+    assert body["contradictions"] and body["consistent"] is False
     assert client.post("/validate", json={"draft": "x" * 30_000}).status_code == 422
 
 

@@ -483,7 +483,8 @@ def test_validate_scores_the_draft_under_both_models(client, tiny_tokenizer, fak
 
     # Words, never pieces: each word's tokens are merged, with and without the context.
     words = body["words"]
-    assert [w["text"] for w in words] == ["Tom", "found", "a", "red", "ball", "Tom", "was", "happy"]
+    assert [w["text"] for w in words] == ["Tom", "found", "a", "red", "ball", ".", "Tom", "was", "happy", "."]
+    assert [w["text"] for w in words if w["punctuation"]] == [".", "."]
     for w in words:
         assert draft[w["start"]: w["end"]] == w["text"]
         mine = [k for k, (a, b) in enumerate(enc.offsets) if a < w["end"] and b > w["start"]]
@@ -494,6 +495,7 @@ def test_validate_scores_the_draft_under_both_models(client, tiny_tokenizer, fak
             assert w["context_bits"][name] == pytest.approx(with_ctx - without, abs=1e-3)
         assert isinstance(w["score"], float) and isinstance(w["flagged"], bool)
     assert body["score"] == pytest.approx(np.mean([w["score"] for w in words]), abs=1e-3)
+    assert not any(w["flagged"] for w in words if w["punctuation"])
 
     # At the highest sensitivity the fakes' random distributions flag something; each
     # contradiction covers flagged words only and says what each model expected instead.

@@ -36,12 +36,13 @@ def tokenize(pieces: list[str]) -> tuple[str, list[tuple[int, int]]]:
     return "".join(pieces), offsets
 
 
-def test_words_merge_their_pieces_and_leave_punctuation_out():
+def test_words_merge_their_pieces_and_punctuation_is_its_own_unit():
     draft, offsets = tokenize([" Li", "ly", "'s", " qu", "ill", " was", " red", ".", '"', " Ok"])
     words = group_words(draft, offsets)
-    assert [draft[w.start: w.end] for w in words] == ["Lily's", "quill", "was", "red", "Ok"]
-    assert [w.tokens for w in words] == [(0, 1, 2), (3, 4), (5,), (6,), (9,)]
-    assert group_words(" ...", [(0, 4)]) == []
+    assert [draft[w.start: w.end] for w in words] == ["Lily's", "quill", "was", "red", '."', "Ok"]
+    assert [w.tokens for w in words] == [(0, 1, 2), (3, 4), (5,), (6,), (7, 8), (9,)]
+    assert [w.punctuation for w in words] == [False, False, False, False, True, False]
+    assert group_words(" ...", [(0, 4)]) == [Word(1, 4, (0,), punctuation=True)]
 
 
 def test_a_token_across_two_words_joins_them():
@@ -49,6 +50,10 @@ def test_a_token_across_two_words_joins_them():
     draft, offsets = tokenize([" we", "ll-kn", "own", " cat"])
     words = group_words(draft, offsets)
     assert [(draft[w.start: w.end], w.tokens) for w in words] == [("well-known", (0, 1, 2)), ("cat", (3,))]
+    assert not words[0].punctuation
+    # A token holding a word and its full stop makes them one word too.
+    draft, offsets = tokenize([" ball.", " Ok"])
+    assert [(draft[w.start: w.end], w.punctuation) for w in group_words(draft, offsets)] == [("ball.", False), ("Ok", False)]
 
 
 def test_measures_sum_a_words_tokens_in_bits():
@@ -81,17 +86,22 @@ def test_variants_weigh_the_models_and_the_surprisal_term():
         score_words(m, Variant("x", combine="min"))
 
 
-def test_a_word_the_context_supports_is_never_flagged():
-    scores, ctx = np.array([9.0, 9.0, 1.0]), np.array([-0.5, 0.0, -8.0])
-    assert flag_words(scores, ctx, threshold=2.0).tolist() == [True, False, False]
+def test_a_word_the_context_supports_and_punctuation_are_never_flagged():
+    scores, ctx = np.array([9.0, 9.0, 1.0, 9.0]), np.array([-0.5, 0.0, -8.0, -3.0])
+    assert flag_words(scores, ctx, threshold=2.0).tolist() == [True, False, False, True]
+    assert flag_words(scores, ctx, 2.0, punctuation=[False, False, False, True]).tolist() == [True, False, False, False]
 
 
 def test_adjacent_flags_merge_but_not_across_punctuation():
     draft, offsets = tokenize(["The", " blue", " big", " ball", ",", " red", " hat", "."])
-    words = group_words(draft, offsets)
-    flags = [False, True, True, True, True, False]
-    assert merge_flags(draft, words, flags) == [(1, 3), (4, 4)]  # "blue big ball" | "red"
-    assert merge_flags(draft, words, [False] * 6) == []
+    words = group_words(draft, offsets)  # The blue big ball , red hat .
+    flags = [False, True, True, True, False, True, False, False]
+    assert merge_flags(draft, words, flags) == [(1, 3), (5, 5)]  # "blue big ball" | "red"
+    assert merge_flags(draft, words, [False] * 8) == []
+    # Two flagged words with a character other than a space between them stay apart.
+    draft, offsets = tokenize(["blue", "-", "red"])
+    words = [Word(0, 4, (0,)), Word(5, 8, (2,))]
+    assert merge_flags(draft, words, [True, True]) == [(0, 0), (1, 1)]
 
 
 def test_reasons_say_how_much_less_likely_and_what_was_expected():
@@ -165,7 +175,7 @@ def test_validate_flags_the_whole_word_and_names_the_alternatives():
     assert [a["text"] for a in c["expected"]["gpt2"]] == [" red", " green", " pink", " big", " old"]
     assert c["score"] == next(w["score"] for w in body["words"] if w["text"] == "blue")
     words = {w["text"]: w for w in body["words"]}
-    assert list(words) == ["She", "threw", "the", "blue", "ball"]
+    assert list(words) == ["She", "threw", "the", "blue", "ball", "."]
     assert words["blue"]["flagged"] and not any(w["flagged"] for t, w in words.items() if t != "blue")
     assert words["blue"]["context_bits"] == {"gpt2": pytest.approx(-np.log2(12), abs=1e-3),
                                              "bdh": pytest.approx(-np.log2(12), abs=1e-3)}
