@@ -13,12 +13,14 @@ word is never split) is measured under each model m ∈ {gpt2, bdh}:
 
 A scoring `Variant` turns these into one score per word, in bits (higher: less consistent):
 
-    weighted:  score = Σ_m w_m · [(1 − λ) · (−context_bits_m) + λ · excess_bits_m]
+    weighted:  score = Σ_m w_m · [(1 − λ) · (−context_bits_m) + λ · term_m]
     max:       the larger of the two models' own scores (either model can raise it)
 
-λ mixes in the surprisal term: on the shipped pair, the context effect alone ranks the
-consistent draft of a pair first only about 2 times in 3, and the surprisal term lifts
-that (bench/bench_validator.py measures every variant; DEFAULT_VARIANT is its pick).
+with term_m the surprisal (raw) or the excess surprisal. λ mixes in the surprisal term:
+on the shipped pair the context effect alone ranks the consistent draft of a pair first
+only about 2 times in 3, and the surprisal term lifts that to about 4 in 5.
+bench/bench_validator.py measures every variant; DEFAULT_VARIANT is its pick:
+GPT-2 and BDH weighed 3:1, λ = 0.5, raw surprisal.
 
 A word is flagged when its score reaches the threshold that `sensitivity` sets and the
 context really lowers it (its combined context bits are negative): a word the context
@@ -204,9 +206,11 @@ def times(bits: float) -> str:
 
 
 def one_in(bits: float) -> str:
-    """A probability of 2**-bits in words: "1 in 340"."""
+    """A probability of 2**-bits in words, to two figures: "1 in 8.0", "1 in 340", "1 in 9,400"."""
     n = 2.0 ** bits
-    return f"1 in {n:,.0f}" if n >= 9.95 else f"1 in {n:.1f}"
+    if n < 9.95:
+        return f"1 in {n:.1f}"
+    return f"1 in {float(f'{n:.2g}'):,.0f}"
 
 
 def reason(word: str, context_bits: float, surprisal_bits: float, expected: dict[str, str | None]) -> str:

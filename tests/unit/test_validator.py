@@ -17,6 +17,7 @@ from services.gateway.validator import (
     flag_words,
     group_words,
     merge_flags,
+    one_in,
     reason,
     score_words,
     threshold_bits,
@@ -112,6 +113,7 @@ def test_reasons_say_how_much_less_likely_and_what_was_expected():
     assert r.endswith("; GPT-2 expected 'red', BDH expected 'green'") and "2.8× less likely" in r
     assert reason("blue", -1.0, 3.0, {"gpt2": None, "bdh": None}).endswith("(1 in 8.0 here)")
     assert times(3.6) == "12×" and times(0.5) == "1.4×"
+    assert [one_in(np.log2(n)) for n in (3, 42, 9399, 371844)] == ["1 in 3.0", "1 in 42", "1 in 9,400", "1 in 370,000"]
 
 
 def test_expected_leaves_out_the_drafts_own_token():
