@@ -39,7 +39,7 @@ async def score(backend: ModelBackend, ids: list[int], *, expected: bool) -> pb.
 
 
 def _floats(data: bytes, skip: int, n: int) -> np.ndarray:
-    """The last n of a Score answer's per-position float32 values (the draft's), after `skip`."""
+    """A Score answer's per-position float32 values for the draft: n of them after `skip`."""
     return np.frombuffer(data, dtype="<f4")[skip: skip + n]
 
 
@@ -71,8 +71,9 @@ async def validate(req: ValidateRequest, gw: GatewayDep, request: Request):
     tok, enc, skip, answers = await unless_disconnected(request, gw.slot_for(run()))
     n = len(enc.ids)
     with_ctx = {m: _floats(a.log_probs, skip, n) for m, a in zip(MODELS, answers)}
+    # <eot> + draft: the draft's values start at once (with no context, that was the only call)
     alone = answers[len(MODELS):] or answers[: len(MODELS)]
-    without = {m: _floats(a.log_probs, len(a.log_probs) // 4 - n, n) for m, a in zip(MODELS, alone)}
+    without = {m: _floats(a.log_probs, 0, n) for m, a in zip(MODELS, alone)}
     entropies = {m: _floats(a.entropies, skip, n) for m, a in zip(MODELS, answers)}
     expected = {}
     for m, a in zip(MODELS, answers):
