@@ -6,27 +6,33 @@
 import { readEvents } from "./sse.js";
 
 export class ApiError extends Error {
-  constructor(status, message, field = null) {
+  constructor(status, message, field = null, { retryAfter = null, code = null, midStream = false } = {}) {
     super(message);
     this.status = status;
     this.field = field;
+    this.retryAfter = retryAfter;  // seconds, from a 429's or 503's Retry-After
+    this.code = code;
+    this.midStream = midStream;  // the story had started: what was written is kept
   }
 }
 
 async function errorOf(response) {
   let message = `${response.status} ${response.statusText}`;
   let field = null;
+  let code = null;
   try {
     const body = await response.json();
-    // The gateway answers {"error": {"message", "param"}} (OpenAI's shape) on every failure.
+    // The gateway answers {"error": {"message", "type", "param", "code"}} (OpenAI's shape) on every failure.
     if (body && body.error) {
       message = body.error.message || message;
       field = body.error.param || null;
+      code = body.error.code || null;
     }
   } catch {
     // Not JSON (a proxy's page, say): keep the status line.
   }
-  return new ApiError(response.status, message, field);
+  const after = Number(response.headers.get("Retry-After"));
+  return new ApiError(response.status, message, field, { retryAfter: after > 0 ? Math.ceil(after) : null, code });
 }
 
 // A gateway started with an API key wants it on every API call (the page itself is public).
@@ -85,7 +91,7 @@ export async function validate(request) {
   return (await post("/validate", request)).json();
 }
 
-/** {ready: bool, problems: [...]}; never throws. */
+/** {ready: bool, problems: [...]} (problems only with the API key); never throws. */
 export async function readiness() {
   try {
     const response = await fetch("/ready", { cache: "no-store", headers: authHeaders() });

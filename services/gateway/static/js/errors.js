@@ -1,24 +1,45 @@
-// What the page says for each kind of failure: the status decides the advice, the gateway's
-// own message (which names the field or the server) is kept as it is.
+// What the page says for each kind of failure: one plain sentence for a storyteller, and
+// the gateway's own words (which name the field or the server) kept for a "Details" line.
 
 import { ApiError } from "./api.js";
 
-export function describe(err) {
-  if (!(err instanceof ApiError)) return `Something went wrong in the page: ${err && err.message ? err.message : err}`;
+/** {message, detail} for an error; message is plain language, detail the technical part. */
+export function explain(err) {
+  if (!(err instanceof ApiError)) {
+    return { message: "Something went wrong in this page. Reloading it may help.", detail: String(err && err.message || err) };
+  }
+  const detail = `${err.status ? `HTTP ${err.status}: ` : ""}${err.message}`;
+  const wait = err.retryAfter ? ` Try again in ${err.retryAfter} s.` : " Try again in a moment.";
   switch (err.status) {
     case 0:
-      return `Cannot reach the gateway: ${err.message}.`;
+      return { message: "Cannot reach the PlotArmour gateway. Is it still running?", detail };
     case 401:
-      return `This gateway needs an API key (401): enter it under Settings and try again.`;
+      return { message: "This gateway needs an API key: enter it under More settings, then try again.", detail };
     case 413:
-      return `The request is too large (413): ${err.message}`;
+      return { message: "That is too much text for the gateway at once. Try a shorter prompt.", detail };
     case 422:
-      return `Please check the input (422): ${err.message}`;
+      return { message: `Please check ${err.field ? fieldName(err.field) : "the settings"}: ${err.message}`, detail };
     case 429:
-      return `The gateway is busy (429): ${err.message}`;
+      return { message: `The gateway is busy writing other stories.${wait}`, detail };
     case 503:
-      return `A model server is unavailable (503): ${err.message}`;
+    case 504:
+      return { message: `A model is not answering right now.${wait}`, detail };
     default:
-      return `The gateway answered ${err.status}: ${err.message}`;
+      if (err.midStream) return { message: "The story stopped early: a model stopped answering. Your story so far is kept.", detail };
+      return { message: "The gateway could not write this story.", detail };
   }
+}
+
+const NAMES = { prompt: "the start of the story", max_new_tokens: "Max tokens", temperature: "Temperature",
+                top_k: "Top-k", top_p: "Top-p", seed: "Seed", blend: "Blend", logic_weight: "the mix",
+                draft: "the draft", context: "the context", sensitivity: "Sensitivity" };
+
+function fieldName(field) {
+  return NAMES[field] || field;
+}
+
+/** One line: the plain message and, in brackets, the technical detail (for small spaces). */
+export function describe(err) {
+  const { message, detail } = explain(err);
+  return `${message} (${detail})`;
 }

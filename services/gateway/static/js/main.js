@@ -1,9 +1,12 @@
-// The story page: wires the form, the hemisphere slider, the three story panes, live
-// steering and the validator to the gateway's API. No framework and no build step.
+// The story page: wires the form, the mix slider, the three story panes, live steering, the
+// token inspector, the output buttons and the logic check to the gateway's API. No
+// framework and no build step.
 
 import { ApiError, generateStream, info, readiness, setApiKey, steer } from "./api.js";
-import { describe } from "./errors.js";
+import { explain } from "./errors.js";
 import { percent } from "./format.js";
+import { Inspector } from "./inspector.js";
+import { copyText, download, forgetHistory, loadHistory, markdown, readShareLink, remember, shareLink } from "./output.js";
 import { StoryPane } from "./story.js";
 import { setupValidator } from "./validator.js";
 
@@ -12,14 +15,32 @@ const form = $("generate-form");
 const slider = $("weight");
 const generateBtn = $("generate");
 const stopBtn = $("stop");
-const panes = { blend: new StoryPane($("pane-blend")), gpt2: new StoryPane($("pane-gpt2")), bdh: new StoryPane($("pane-bdh")) };
+const panes = {
+  blend: new StoryPane($("pane-blend"), { badge: $("blend-badge"), strip: { figure: $("strip"), svg: $("strip-svg") } }),
+  gpt2: new StoryPane($("pane-gpt2"), { tint: false }),
+  bdh: new StoryPane($("pane-bdh"), { tint: false }),
+};
+const inspector = new Inspector(Object.values(panes));
+
+const ALTERNATIVES = 5;       // each token's top-5 alternatives, for the inspector
+const STALL_MS = 2000;        // no token for this long: say what the story waits for
+const STEER_SETTLE_MS = 250;  // arrow keys fire a change per step: steer once they pause
 
 // The generation in progress: its AbortController (Stop aborts every stream of it: the
-// gateway ends a generation whose client left and frees both servers' sessions) and,
-// once the first event came, the id that live steering addresses.
+// gateway ends a generation whose client left and frees both servers' sessions), the id
+// that live steering addresses, when its last token came, and its first failure.
 let run = null;
+// The last story written: its setup (what writes it again), whether it had the side panes,
+// how often it was continued, and its history entry.
+let last = null;
 
-// ---- the hemisphere slider -------------------------------------------------------------
+// On a phone or tablet there is no Shift key to add a line: Enter adds one, a button generates.
+const touch = matchMedia("(pointer: coarse)").matches
+  || (navigator.maxTouchPoints > 0 && matchMedia("(hover: none)").matches);
+document.documentElement.classList.toggle("touch", touch);
+if (touch) $("prompt").setAttribute("enterkeyhint", "enter");
+
+// ---- the mix slider ----------------------------------------------------------------------
 function weight() {
   return Number(slider.value) / 100;  // 70 -> 0.7, the same double as Python's 0.7
 }
@@ -27,26 +48,32 @@ function weight() {
 function showWeight() {
   const pct = Number(slider.value);
   $("weight-pct").textContent = `${pct}%`;
-  $("blend-badge").textContent = `${pct}%`;
   slider.setAttribute("aria-valuetext", `${pct}% Logic (BDH), ${100 - pct}% Creativity (GPT-2)`);
   slider.style.setProperty("--pct", `${pct}%`);
+  // Before any story the badge previews the slider; after, it belongs to the story.
+  if (!panes.blend.weights.length) $("blend-badge").textContent = `${pct}% logic`;
+  markPreset();
 }
 
+// Dragging only moves the label; the story is steered once, where the drag ends (change).
 slider.addEventListener("input", () => {
   showWeight();
+  if (run && run.id) status();
+});
+slider.addEventListener("change", () => {
   if (run && run.id) scheduleSteer();
 });
 
 // ---- live steering -----------------------------------------------------------------------
-// A drag fires many input events: wait for a short pause, keep one request in flight and
-// send only the latest value after it, so the gateway ends on the weight the user left.
+// One request in flight at a time; a value set meanwhile is sent after it, so the gateway
+// ends on the weight the user left.
 let steerTimer = null;
 let steerBusy = false;
 let steerAgain = false;
 
 function scheduleSteer() {
   clearTimeout(steerTimer);
-  steerTimer = setTimeout(sendSteer, 80);
+  steerTimer = setTimeout(sendSteer, STEER_SETTLE_MS);
 }
 
 async function sendSteer() {
@@ -57,12 +84,16 @@ async function sendSteer() {
   }
   steerBusy = true;
   const w = weight();
+  const thisRun = run;
   try {
-    const r = await steer(run.id, w);
+    const r = await steer(thisRun.id, w);
     // null: the story finished before the request arrived; nothing to steer.
-    if (r) $("steer-note").textContent = `Steered to ${percent(r.logic_weight)}% logic from token ${r.applies_from_token + 1}.`;
+    if (r && run === thisRun) {
+      thisRun.steering = { weight: r.logic_weight, from: r.applies_from_token };
+      status();
+    }
   } catch (e) {
-    $("steer-note").textContent = `Could not steer: ${describe(e)}`;
+    if (run === thisRun) status(`Could not steer: ${explain(e).message}`);
   } finally {
     steerBusy = false;
     if (steerAgain) {
@@ -72,34 +103,84 @@ async function sendSteer() {
   }
 }
 
-// ---- the form ------------------------------------------------------------------------------
+// ---- status, stalls and the one error message ------------------------------------------------
+/** The status line: the weight in effect while a story is written, or a given message. */
+function status(text) {
+  if (text === undefined) {
+    if (!run) return;
+    const inEffect = panes.blend.lastWeight;
+    if (run.stalledFor) {
+      text = `Waiting for the logic model… no new word for ${run.stalledFor} s.`;
+    } else if (inEffect === null) {
+      text = "Reading the prompt into both models…";
+    } else {
+      const s = run.steering;
+      const pending = s && s.weight !== inEffect ? ` Steering to ${percent(s.weight)}% from the next word…` : "";
+      text = `Writing at ${percent(inEffect)}% logic.${pending || " Move the slider to steer."}`;
+    }
+  }
+  $("status").textContent = text;
+  $("status").dataset.weight = panes.blend.lastWeight === null ? "" : String(percent(panes.blend.lastWeight));
+}
+
+function watchForStalls() {
+  run.lastTokenAt = performance.now();
+  run.stallTimer = setInterval(() => {
+    if (!run) return;
+    const quiet = performance.now() - run.lastTokenAt;
+    if (quiet < STALL_MS) return;
+    const first = !run.stalledFor;
+    run.stalledFor = Math.floor(quiet / 1000);
+    if (first) {
+      for (const p of run.panes) if (p.root.dataset.state === "streaming" || p.root.dataset.state === "waiting") {
+        p.stall("waiting for the logic model…");
+      }
+      checkReadiness();  // a stalled model is often a dead one: the badge should know at once
+    }
+    status();
+  }, 500);
+}
+
+function tokenArrived() {
+  if (!run) return;
+  run.lastTokenAt = performance.now();
+  if (run.stalledFor) {
+    run.stalledFor = 0;
+    for (const p of run.panes) p.stall(null);
+    if (!$("readiness").classList.contains("pill-ok")) checkReadiness();
+  }
+}
+
 const FIELDS = { prompt: "prompt", max_new_tokens: "max-tokens", temperature: "temperature", top_k: "top-k",
                  top_p: "top-p", seed: "seed", blend: "blend" };
 
-function showError(message, field = null) {
-  const box = $("error");
-  box.textContent = message;
-  box.hidden = false;
+function showError(err, { retry = true, pane = null } = {}) {
+  const { message, detail } = typeof err === "string" ? { message: err, detail: "" } : explain(err);
+  $("error-message").textContent = pane ? `${pane}: ${message}` : message;
+  $("error-detail").textContent = detail;
+  $("error-details").hidden = !detail;
+  $("retry").hidden = !retry;
+  $("error-continue").hidden = !(retry && panes.blend.hasStory);
+  $("error").hidden = false;
+  const field = err instanceof ApiError && err.field;
   const input = field && FIELDS[field] && $(FIELDS[field]);
   if (input) input.setAttribute("aria-invalid", "true");
 }
 
 function clearError() {
   $("error").hidden = true;
-  $("error").textContent = "";
+  $("error-message").textContent = "";
   for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
 }
 
-function status(text) {
-  $("status").textContent = text;
-}
-
-/** The request the form describes, or null (with the problem shown) when a field is invalid. */
-function readRequest() {
+// ---- the form ------------------------------------------------------------------------------
+/** The setup the form describes, or null (with the problem shown) when a field is invalid. */
+function readSetup() {
   for (const el of form.querySelectorAll("input, textarea, select")) {
     if (!el.checkValidity()) {
       const name = el.labels && el.labels[0] ? el.labels[0].textContent.trim().split("\n")[0] : el.name;
-      showError(`${name}: ${el.validationMessage}`);
+      if (el.closest("details")) el.closest("details").open = true;
+      showError(`${name}: ${el.validationMessage}`, { retry: false });
       el.setAttribute("aria-invalid", "true");
       el.focus();
       return null;
@@ -107,11 +188,12 @@ function readRequest() {
   }
   let seed = $("seed").value === "" ? null : Number($("seed").value);
   if (seed !== null && !Number.isSafeInteger(seed)) {
-    showError(`Seed: use a whole number up to ${Number.MAX_SAFE_INTEGER}.`, "seed");
+    $("settings").open = true;
+    showError(`Seed: use a whole number up to ${Number.MAX_SAFE_INTEGER}.`, { retry: false });
     $("seed").focus();
     return null;
   }
-  // Draw the seed here rather than on the gateway so the split view can reuse it.
+  // Draw the seed here rather than on the gateway so the side panes and Share can reuse it.
   if (seed === null) seed = Math.floor(Math.random() * 2 ** 31);
   return {
     prompt: $("prompt").value,
@@ -122,7 +204,28 @@ function readRequest() {
     top_k: Number($("top-k").value),
     top_p: Number($("top-p").value),
     seed,
+    split: $("split").checked,
   };
+}
+
+/** Fill the form from a setup (a share link, a history entry); missing fields stay as they are. */
+function applySetup(setup) {
+  if (typeof setup.prompt === "string") $("prompt").value = setup.prompt;
+  if (setup.logic_weight !== null && setup.logic_weight !== undefined) slider.value = String(percent(setup.logic_weight));
+  const set = (id, v) => { if (v !== null && v !== undefined) $(id).value = String(v); };
+  set("max-tokens", setup.max_new_tokens);
+  set("temperature", setup.temperature);
+  set("top-k", setup.top_k);
+  set("top-p", setup.top_p);
+  set("seed", setup.seed);
+  if (setup.blend && [...$("blend").options].some((o) => o.value === setup.blend)) $("blend").value = setup.blend;
+  if (typeof setup.split === "boolean") $("split").checked = setup.split;
+  showWeight();
+}
+
+function request(setup, prompt, logicWeight, seed) {
+  const { split, ...rest } = setup;
+  return { ...rest, prompt, logic_weight: logicWeight, seed, top_alternatives: ALTERNATIVES };
 }
 
 function setRunning(on) {
@@ -133,76 +236,102 @@ function setRunning(on) {
   // A disabled button drops keyboard focus to <body>: hand it to the button that now works.
   if (on && document.activeElement === generateBtn) stopBtn.focus();
   if (!on && hadFocus) generateBtn.focus();
+  updateOutputs();
 }
 
 /** Stream one generation into a pane; resolves to "done", "stopped" or the error. Never throws. */
-async function streamInto(pane, request, signal, onStart) {
+async function streamInto(pane, req, signal, onStart) {
+  let started = false;
   try {
-    for await (const ev of generateStream(request, signal)) {
+    for await (const ev of generateStream(req, signal)) {
       if (ev.type === "start") {
-        pane.started(ev);
+        started = true;
+        pane.started(ev, req.max_new_tokens);
         if (onStart) onStart(ev);
       } else if (ev.type === "token") {
         pane.addToken(ev);
+        if (pane === panes.blend) {
+          tokenArrived();
+          status();
+        }
       } else if (ev.type === "end") {
         pane.end(ev);
         return "done";
       } else if (ev.type === "error") {
-        throw new ApiError(ev.status || 500, (ev.error && ev.error.message) || "the generation failed");
+        throw new ApiError(ev.status || 500, (ev.error && ev.error.message) || "the generation failed",
+                           ev.error && ev.error.param, { code: ev.error && ev.error.code, midStream: true });
       }
     }
-    throw new ApiError(0, "the stream ended before the story did");
+    throw new ApiError(0, "the stream ended before the story did", null, { midStream: started });
   } catch (e) {
     if (e.name === "AbortError") {
       pane.stopped();
       return "stopped";
     }
-    pane.fail(describe(e));
+    // One failure, one message: the first goes above the story, the panes only say they stopped.
+    if (!run.failure) {
+      run.failure = e;
+      showError(e, { pane: pane === panes.blend ? null : pane === panes.gpt2 ? "GPT-2 alone" : "BDH alone" });
+      checkReadiness();  // the badge learns of a dead model at once, not at its next poll
+      if (e.status === 401) showApiKey();
+    }
+    pane.fail(`stopped early${pane.tokenCount ? ` after ${pane.tokenCount} tokens` : ""}`);
     return e;
   }
 }
 
-async function generate() {
+/** Write a story: fresh from the form (setup given: Retry), or on from where it stopped (Continue). */
+async function generate({ setup = null, continuing = false } = {}) {
   if (run) return;
   clearError();
-  const request = readRequest();
-  if (!request) return;
-  const split = $("split").checked;
-  $("panes").classList.toggle("split", split);
-  $("steer-note").textContent = "";
-  const controller = new AbortController();
-  run = { controller, id: null };
-  setRunning(true);
-  status("Reading the prompt into both models…");
-
-  panes.blend.begin("waiting for the models…");
-  const comparisons = [];
-  if (split) {
-    panes.gpt2.begin("starts with the blend…");
-    panes.bdh.begin("starts with the blend…");
+  inspector.close();
+  if (!continuing) {
+    setup = setup || readSetup();
+    if (!setup) return;
+    last = { setup, continued: 0, historyAt: null };
+  } else {
+    last.continued += 1;
   }
+  const split = continuing ? last.split : last.setup.split;
+  last.split = split;
+  $("panes").classList.toggle("split", split);
+  const controller = new AbortController();
+  const active = split ? [panes.blend, panes.gpt2, panes.bdh] : [panes.blend];
+  run = { controller, id: null, panes: active, stalledFor: 0, failure: null, steering: null };
+  setRunning(true);
+  status(continuing ? "Reading the story so far into both models…" : "Reading the prompt into both models…");
 
+  const s = last.setup;
+  // Continue: a new generation whose prompt is the prompt plus what each pane wrote, at the
+  // weight the slider shows now, with a seed derived from the story's.
+  const seed = continuing ? (s.seed + last.continued) % 2 ** 53 : s.seed;
+  const w = continuing ? weight() : s.logic_weight;
+  const promptOf = (pane) => (continuing ? s.prompt + pane.text() : s.prompt);
+  for (const pane of active) {
+    const label = pane === panes.blend ? "waiting for the models…" : "starts with the blend…";
+    if (continuing) pane.resume(label, s.max_new_tokens);
+    else pane.begin(s.prompt, label);
+  }
+  if (!split) for (const pane of [panes.gpt2, panes.bdh]) pane.clear();
+  watchForStalls();
+
+  const comparisons = [];
   const onStart = (ev) => {
     run.id = ev.id;
     $("story").dataset.generationId = ev.id;
-    status(`Writing at ${percent(ev.logic_weight)}% logic — move the slider to steer.`);
-    if (weight() !== request.logic_weight) scheduleSteer();  // moved during the prefill
+    status();
+    if (weight() !== w) scheduleSteer();  // moved during the prefill
     if (split) {
       // Started once the blend holds its place, so a busy gateway refuses these, not the blend.
-      comparisons.push(streamInto(panes.gpt2, { ...request, logic_weight: 0 }, controller.signal));
-      comparisons.push(streamInto(panes.bdh, { ...request, logic_weight: 1 }, controller.signal));
+      comparisons.push(streamInto(panes.gpt2, request(s, promptOf(panes.gpt2), 0, seed), controller.signal));
+      comparisons.push(streamInto(panes.bdh, request(s, promptOf(panes.bdh), 1, seed), controller.signal));
     }
   };
-  const outcome = await streamInto(panes.blend, request, controller.signal, onStart);
-  if (outcome === "done") status(`Done: ${panes.blend.tokenCount} tokens.`);
+  const outcome = await streamInto(panes.blend, request(s, promptOf(panes.blend), w, seed), controller.signal, onStart);
+  clearInterval(run.stallTimer);
+  if (outcome === "done") status(`Done: ${panes.blend.tokenCount} tokens, ending at ${percent(panes.blend.lastWeight)}% logic.`);
   else if (outcome === "stopped") status("Stopped.");
-  else {
-    status("The story could not be written.");
-    showError(describe(outcome), outcome.field);
-    panes.blend.fail(`failed${outcome.status ? ` (${outcome.status})` : ""}: see the message above`);
-    if (outcome.status === 503 || outcome.status === 0) checkReadiness();
-    if (outcome.status === 401) showApiKey();
-  }
+  else status(panes.blend.hasStory ? "The story stopped early." : "The story could not be written.");
   if (split && comparisons.length === 0) {
     const why = outcome === "stopped" ? "stopped before it started" : "not started: the blend could not start";
     panes.gpt2.skipped(why);
@@ -211,6 +340,7 @@ async function generate() {
   await Promise.all(comparisons);
   run = null;
   setRunning(false);
+  if (panes.blend.hasStory) saveToHistory(outcome);
 }
 
 function stop() {
@@ -224,44 +354,184 @@ form.addEventListener("submit", (e) => {
   generate();
 });
 stopBtn.addEventListener("click", stop);
+$("retry").addEventListener("click", () => last && generate({ setup: last.setup }));
+$("continue").addEventListener("click", () => last && generate({ continuing: true }));
+$("error-continue").addEventListener("click", () => last && generate({ continuing: true }));
 
-// Enter in the prompt generates (Shift+Enter for a new line); Ctrl/Cmd+Enter works anywhere
-// in the form, and Esc stops from anywhere on the page.
+// Enter in the prompt generates (Shift+Enter for a new line) on a keyboard; on a touch screen
+// Enter adds a line. Ctrl/Cmd+Enter works anywhere in the form, and Esc closes the word's
+// details or stops.
 $("prompt").addEventListener("keydown", (e) => {
-  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+  if (!touch && e.key === "Enter" && !e.shiftKey && !e.isComposing && !e.ctrlKey && !e.metaKey) {
     e.preventDefault();
     form.requestSubmit();
   }
 });
 document.addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && run) {
+  if (e.key === "Escape" && inspector.isOpen) {
+    e.preventDefault();
+    inspector.close(true);
+  } else if (e.key === "Escape" && run) {
     e.preventDefault();
     stop();
   } else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
     const target = e.target.closest && e.target.closest("form");
-    if (target && target !== form) return;  // the validator handles its own
+    if (target && target !== form) return;  // the logic check handles its own
     e.preventDefault();
     form.requestSubmit();
   }
 });
 
+// ---- examples and presets --------------------------------------------------------------------
+const PRESETS = {
+  wild: { logic_weight: 0.15, temperature: 1.2, top_k: 0, top_p: 1 },
+  balanced: { logic_weight: 0.5, temperature: 1, top_k: 0, top_p: 0.95 },
+  strict: { logic_weight: 0.85, temperature: 0.7, top_k: 20, top_p: 0.9 },
+};
+
+function markPreset() {
+  for (const b of document.querySelectorAll("[data-preset]")) {
+    const p = PRESETS[b.dataset.preset];
+    const on = percent(p.logic_weight) === Number(slider.value) && p.temperature === Number($("temperature").value)
+      && p.top_k === Number($("top-k").value) && p.top_p === Number($("top-p").value);
+    b.setAttribute("aria-pressed", String(on));
+  }
+}
+
+for (const b of document.querySelectorAll("[data-preset]")) {
+  b.addEventListener("click", () => {
+    applySetup(PRESETS[b.dataset.preset]);
+    if (run && run.id) scheduleSteer();
+  });
+}
+for (const id of ["temperature", "top-k", "top-p"]) $(id).addEventListener("input", markPreset);
+for (const b of document.querySelectorAll("[data-example]")) {
+  b.addEventListener("click", () => {
+    $("prompt").value = b.dataset.example;
+    if (!touch) $("prompt").focus();  // (a phone would open its keyboard over the page)
+  });
+}
+
+// ---- tinting -------------------------------------------------------------------------------------
+const TINT_KEY = "plotarmour.tint";
+function showTint() {
+  const on = $("tint").checked;
+  $("panes").classList.toggle("no-tint", !on);
+  $("legend").classList.toggle("tint-off", !on);
+}
+$("tint").addEventListener("change", () => {
+  showTint();
+  try { localStorage.setItem(TINT_KEY, $("tint").checked ? "on" : "off"); } catch { /* blocked: per page only */ }
+});
+try { if (localStorage.getItem(TINT_KEY) === "off") $("tint").checked = false; } catch { /* blocked */ }
+showTint();
+
+// ---- output: copy, download, share, history ----------------------------------------------------
+function updateOutputs() {
+  const has = panes.blend.hasStory && last;
+  $("copy").disabled = !has;
+  $("download").disabled = !has;
+  $("share").disabled = !has;
+  $("continue").disabled = !has || Boolean(run);
+  $("error-continue").disabled = Boolean(run);
+  $("retry").disabled = Boolean(run);
+}
+
+function note(text) {
+  const el = $("output-note");
+  el.textContent = text;
+  clearTimeout(note.timer);
+  note.timer = setTimeout(() => { el.textContent = ""; }, 6000);
+}
+
+function storyMarkdown() {
+  return markdown({ setup: last.setup, text: panes.blend.text(), weights: panes.blend.weights,
+                    tokens: panes.blend.tokenCount, finish: panes.blend.finishReason, link: shareLink(last.setup) });
+}
+
+$("copy").addEventListener("click", async () => {
+  const ok = await copyText(last.setup.prompt + panes.blend.text());
+  note(ok ? "Copied the story." : "This browser would not copy: select the text instead.");
+});
+$("download").addEventListener("click", () => {
+  download(`plotarmour-story-${last.setup.seed}.md`, storyMarkdown());
+  note("Downloaded the story with its settings.");
+});
+$("share").addEventListener("click", async () => {
+  const link = shareLink(last.setup);
+  history.replaceState(null, "", link);
+  const ok = await copyText(link);
+  note(ok ? "Copied a link: it opens this page with the same prompt, settings and seed."
+    : "The link is in the address bar: copy it from there.");
+});
+
+function renderHistory(items = loadHistory()) {
+  $("history-count").textContent = items.length ? `(${items.length})` : "";
+  $("history-clear").hidden = !items.length;
+  const list = $("history-list");
+  if (!items.length) {
+    list.replaceChildren(Object.assign(document.createElement("li"), { className: "hint", textContent: "None yet." }));
+    return;
+  }
+  list.replaceChildren(...items.map((h) => {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "history-item";
+    const when = new Date(h.at).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+    const snippet = (h.setup.prompt + h.text).replace(/\s+/g, " ").trim();
+    b.textContent = snippet.length > 110 ? `${snippet.slice(0, 110)}…` : snippet;
+    const meta = document.createElement("span");
+    meta.className = "history-meta";
+    meta.textContent = `${when} · ${percent(h.setup.logic_weight)}% logic · seed ${h.setup.seed}`;
+    b.append(meta);
+    b.addEventListener("click", () => {
+      applySetup(h.setup);
+      status("Settings restored from your history: press Generate to write it again.");
+    });
+    li.append(b);
+    return li;
+  }));
+}
+
+function saveToHistory(outcome) {
+  const finish = outcome === "done" ? panes.blend.finishReason : outcome === "stopped" ? "stopped" : "error";
+  // A continued story replaces its own entry.
+  const kept = loadHistory().filter((h) => h.at !== last.historyAt);
+  try { localStorage.setItem("plotarmour.history", JSON.stringify(kept)); } catch { /* blocked */ }
+  const items = remember({ setup: last.setup, text: panes.blend.text(), tokens: panes.blend.tokenCount, finish,
+                           weights: panes.blend.weights });
+  last.historyAt = items[0].at;
+  renderHistory(items);
+}
+
+$("history-clear").addEventListener("click", () => {
+  forgetHistory();
+  renderHistory([]);
+});
+
 // ---- the API key (only shown once the gateway asks for one) -------------------------------
 function showApiKey() {
+  $("settings").open = true;
   $("api-key-field").hidden = false;
   $("api-key").focus();
 }
 $("api-key").addEventListener("change", () => {
   setApiKey($("api-key").value.trim());
   loadLimits();
+  checkReadiness();
 });
 
 // ---- readiness and limits ----------------------------------------------------------------
+let readinessAsked = 0;
 async function checkReadiness() {
   const pill = $("readiness");
+  const asked = ++readinessAsked;
   const r = await readiness();
+  if (asked !== readinessAsked) return;  // a later check already answered
   pill.className = `pill ${r.ready ? "pill-ok" : "pill-bad"}`;
-  pill.textContent = r.ready ? "Models ready" : "Not ready";
-  pill.title = r.ready ? "Both model servers answer" : r.problems.join("\n");
+  pill.textContent = r.ready ? "Models ready" : "A model is not answering";
+  pill.title = r.ready ? "Both model servers answer" : (r.problems.length ? r.problems.join("\n") : "See /ready");
 }
 
 async function loadLimits() {
@@ -270,12 +540,24 @@ async function loadLimits() {
   const limits = i.gateway.limits;
   const maxTokens = $("max-tokens");
   maxTokens.max = String(limits.max_new_tokens_limit);
-  if (maxTokens.value === maxTokens.defaultValue) maxTokens.value = String(limits.default_max_new_tokens);
+  if (maxTokens.value === maxTokens.defaultValue && !location.hash) maxTokens.value = String(limits.default_max_new_tokens);
 }
 
+// ---- start: a share link restores its setup ------------------------------------------------------
+function openShareLink() {
+  const shared = readShareLink(location.hash);
+  if (!shared) return;
+  applySetup(shared);
+  status("Opened a shared story: press Generate to write it (the same seed writes the same story).");
+}
+window.addEventListener("hashchange", openShareLink);
+
 showWeight();
-setupValidator({ storyText: () => panes.blend.text(), prompt: () => $("prompt").value });
+setupValidator({ storyText: () => panes.blend.text(), prompt: () => (last ? last.setup.prompt : $("prompt").value) });
+renderHistory();
+openShareLink();
+updateOutputs();
 loadLimits();
 checkReadiness();
-setInterval(checkReadiness, 15000);
+setInterval(checkReadiness, 10000);
 document.documentElement.dataset.ready = "true";  // the page's scripts are wired (tests wait for this)

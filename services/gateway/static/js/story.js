@@ -1,65 +1,117 @@
-// One story pane: tokens stream in as tinted spans, with markers where the weight changed.
+// One story pane: the prompt in a neutral colour, then the tokens as they stream in, with a
+// marker where the weight changed and one where a model's context window slid.
 //
-// The tint says which model favoured the token that was drawn: the log-ratio of BDH's to
-// GPT-2's probability for it, so a token both liked equally stays plain whatever its
-// absolute probability. Both probabilities (and the blend's) go in the title for hover.
+// The tint says which model drove the choice of each token: BDH's share of the blended
+// probability, w·p_bdh against (1−w)·p_gpt2. A token the two shares split about evenly
+// stays plain; the pure panes (w = 0 or 1, one model drives everything) are never tinted.
+// Every token is focusable (one tab stop per pane, arrow keys move between tokens) so the
+// token inspector opens by click, tap or keyboard.
 
-import { formatProb, percent } from "./format.js";
+import { percent } from "./format.js";
 
-// log2(p_bdh / p_gpt2) at which the tint is full: 16x more likely under one model.
-const FULL_TINT_BITS = 4;
-// Below this |lean| (half a bit: under 1.41x) the models agree and the token stays plain,
-// so the colour picks out the tokens that one model really drove.
-const PLAIN_BELOW = 0.125;
-const TINY = 1e-30;  // a probability that underflowed to 0 still has a side
+// Under this |2·share − 1| (a 2:1 split of the blended probability) neither model really
+// drove the token: it stays plain, so the colour picks out the choices one model made.
+export const PLAIN_BELOW = 1 / 3;
+const ROLE_NAMES = { gpt2: "GPT-2", bdh: "BDH" };
 
-export function lean(pBdh, pGpt2) {
-  const bits = Math.log2(Math.max(pBdh, TINY) / Math.max(pGpt2, TINY));
-  return Math.max(-1, Math.min(1, bits / FULL_TINT_BITS));
+/** BDH's share of the blended probability of a token drawn at weight w (0.5 when both are 0). */
+export function bdhShare(w, pBdh, pGpt2) {
+  const b = w * pBdh;
+  const g = (1 - w) * pGpt2;
+  return b + g > 0 ? b / (b + g) : 0.5;
 }
 
 export class StoryPane {
-  constructor(root) {
+  /** root: the pane's <article>; tint: whether its tokens are tinted (false in the pure panes). */
+  constructor(root, { tint = true, badge = null, strip = null } = {}) {
     this.root = root;
+    this.tint = tint;
+    this.badgeEl = badge;
+    this.strip = strip;
     this.textEl = root.querySelector('[data-role="text"]');
     this.metaEl = root.querySelector('[data-role="meta"]');
-    this.clear();
+    this.tokens = [];  // the token events shown, in order (span.dataset.i indexes this)
+    this.pieces = [];
+    this.weights = [];  // [token number, weight] where the weight took each value
+    this.tokenCount = 0;
+    this.hasStory = false;
+    this.textEl.addEventListener("keydown", (e) => this.onKey(e));
   }
 
   clear() {
     this.textEl.replaceChildren();
     this.metaEl.textContent = "";
     this.root.classList.remove("is-error", "is-done", "is-stopped");
+    delete this.root.dataset.stalled;
     this.lastWeight = null;
     this.seed = null;
+    this.tokens = [];
     this.pieces = [];
+    this.weights = [];
     this.tokenCount = 0;
+    this.hasStory = false;
+    this.planned = 0;
+    this.renderStrip();
   }
 
-  begin(label) {
+  /** A new story: the prompt heads it, in a neutral colour. */
+  begin(prompt, label) {
     this.clear();
+    this.prompt = prompt;
+    const head = document.createElement("span");
+    head.className = "prompt-head";
+    head.textContent = prompt;
+    this.textEl.append(head);
+    this.waiting(label);
+  }
+
+  /** The same story goes on (Continue): the text stays, new tokens follow it. */
+  resume(label, plannedMore) {
+    this.root.classList.remove("is-error", "is-done", "is-stopped");
+    this.planned = this.tokenCount + plannedMore;
+    this.waiting(label);
+  }
+
+  waiting(label) {
     this.textEl.setAttribute("aria-busy", "true");
     this.root.dataset.state = "waiting";
     this.metaEl.textContent = label;
   }
 
-  started(ev) {
+  started(ev, planned) {
     this.root.dataset.state = "streaming";
     this.root.dataset.generationId = ev.id;
-    this.lastWeight = ev.logic_weight;
     this.seed = ev.seed;
-    this.metaEl.textContent = `seed ${ev.seed} · ${ev.blend} blend · streaming…`;
+    if (planned) this.planned = this.tokenCount + planned;
+    if (this.lastWeight === null) this.noteWeight(ev.logic_weight);
+    this.metaEl.textContent = `seed ${ev.seed} · ${ev.blend} blend · writing…`;
+  }
+
+  noteWeight(w) {
+    this.weights.push([this.tokenCount, w]);
+    this.lastWeight = w;
+    this.renderBadge();
   }
 
   addToken(ev) {
+    if (this.lastWeight !== null && ev.logic_weight !== this.lastWeight) {
+      this.addMarker(ev.logic_weight, this.tokenCount);
+      this.noteWeight(ev.logic_weight);
+    } else if (this.lastWeight === null) {
+      this.noteWeight(ev.logic_weight);
+    }
     this.tokenCount += 1;
-    if (this.lastWeight !== null && ev.logic_weight !== this.lastWeight) this.addMarker(ev.logic_weight, ev.index);
-    this.lastWeight = ev.logic_weight;
+    if (ev.context_shift && ev.context_shift.length) this.addShift(ev.context_shift);
+    this.scheduleStrip();
     if (!ev.text) return;  // end-of-text, or bytes the detokenizer holds until a character is whole
+    this.hasStory = true;
     const span = document.createElement("span");
-    const l = lean(ev.p_bdh, ev.p_gpt2);
-    span.className = "tok " + (l >= PLAIN_BELOW ? "by-bdh" : l <= -PLAIN_BELOW ? "by-gpt2" : "by-both");
-    span.style.setProperty("--a", Math.abs(l).toFixed(3));
+    const share = bdhShare(ev.logic_weight, ev.p_bdh, ev.p_gpt2);
+    const lean = 2 * share - 1;
+    span.className = "tok " + (!this.tint ? "by-none"
+      : lean >= PLAIN_BELOW ? "by-bdh" : lean <= -PLAIN_BELOW ? "by-gpt2" : "by-both");
+    // Strength past the plain band: 0 at a 2:1 split, 1 when one model gave all of it.
+    if (this.tint) span.style.setProperty("--a", Math.max(0, (Math.abs(lean) - PLAIN_BELOW) / (1 - PLAIN_BELOW)).toFixed(3));
     // Most tokens start with their space: tint only the word, so the text does not read as
     // gapped blocks. The span's textContent is still exactly the token's text.
     const [, space, word] = /^(\s*)([\s\S]*)$/.exec(ev.text);
@@ -67,10 +119,15 @@ export class StoryPane {
     ink.className = "ink";
     ink.textContent = word;
     span.append(space, ink);
+    span.dataset.i = String(this.tokens.length);
     span.dataset.pBdh = ev.p_bdh;
     span.dataset.pGpt2 = ev.p_gpt2;
-    span.title = `BDH ${formatProb(ev.p_bdh)} · GPT-2 ${formatProb(ev.p_gpt2)} · blend ${formatProb(ev.p_blend)}`
-      + ` · weight ${percent(ev.logic_weight)}% logic`;
+    span.dataset.pBlend = ev.p_blend;
+    span.dataset.weight = String(percent(ev.logic_weight));
+    span.dataset.share = share.toFixed(4);
+    span.tabIndex = this.tokens.length === 0 ? 0 : -1;  // one tab stop per pane: the roving token
+    span.setAttribute("aria-describedby", "inspector-summary");
+    this.tokens.push({ ...ev, share, number: this.tokenCount });
     this.textEl.append(span);
     this.pieces.push(ev.text);
   }
@@ -85,39 +142,140 @@ export class StoryPane {
     this.textEl.append(mark);
   }
 
+  /** A model's context window slid before this token: it now reads only the later part. */
+  addShift(roles) {
+    const mark = document.createElement("span");
+    mark.className = "shift-mark";
+    mark.dataset.roles = roles.join(" ");
+    const who = roles.map((r) => ROLE_NAMES[r] || r).join(" and ");
+    mark.setAttribute("role", "img");
+    mark.setAttribute("aria-label", `${who} forgot the start of the story here (its window slid on)`);
+    mark.title = mark.getAttribute("aria-label");
+    mark.textContent = "⟲";
+    this.textEl.append(mark);
+  }
+
+  // ---- the weight strip and the badge -----------------------------------------------------------
+  scheduleStrip() {
+    if (!this.strip || this.stripQueued) return;
+    this.stripQueued = true;
+    requestAnimationFrame(() => {
+      this.stripQueued = false;
+      this.renderStrip();
+    });
+  }
+
+  /** A step line of the weight over the story's tokens (x: token, y: weight, 100% at the top). */
+  renderStrip() {
+    if (!this.strip) return;
+    const { figure, svg } = this.strip;
+    if (!this.weights.length) {
+      figure.hidden = true;
+      return;
+    }
+    figure.hidden = false;
+    const n = Math.max(this.tokenCount, this.planned || 0, 1);
+    const x = (i) => ((i / n) * 1000).toFixed(1);
+    const y = (w) => (38 - w * 36).toFixed(1);
+    let d = `M0,${y(this.weights[0][1])}`;
+    for (const [at, w] of this.weights.slice(1)) d += ` H${x(at)} V${y(w)}`;
+    d += ` H${x(this.tokenCount)}`;
+    svg.querySelector(".strip-line").setAttribute("d", d);
+    svg.querySelector(".strip-area").setAttribute("d", `${d} V40 H0 Z`);
+    const steps = this.weights.map(([at, w]) => `${percent(w)}% from token ${at + 1}`);
+    svg.setAttribute("aria-label", `Logic weight over the story: ${steps.join(", ")}`);
+  }
+
+  /** The weights this story was written at (kept when the slider moves after it). */
+  renderBadge() {
+    if (!this.badgeEl || !this.weights.length) return;
+    const ws = this.weights.map(([, w]) => percent(w));
+    const label = ws.length === 1 ? `${ws[0]}%` : ws.length === 2 ? `${ws[0]} → ${ws[1]}%` : `${ws[0]} → … → ${ws[ws.length - 1]}%`;
+    this.badgeEl.textContent = `${label} logic`;
+  }
+
+  // ---- endings ------------------------------------------------------------------------------------
   end(ev) {
-    this.textEl.setAttribute("aria-busy", "false");
-    this.root.dataset.state = "done";
+    this.settle("done");
     this.root.classList.add("is-done");
     const speed = ev.timings && ev.timings.tokens_per_s ? ` · ${Math.round(ev.timings.tokens_per_s)} tok/s` : "";
     const reason = { eos_token: "end of text", length: "length limit", stop_sequence: "stop sequence" }[ev.finish_reason]
       || ev.finish_reason;
-    this.metaEl.textContent = `${ev.usage.completion_tokens} tokens · ${reason}${speed} · seed ${this.seed}`;
+    this.finishReason = ev.finish_reason;
+    this.metaEl.textContent = `${this.tokenCount} tokens · ${reason}${speed} · seed ${this.seed}`;
   }
 
   stopped() {
-    this.textEl.setAttribute("aria-busy", "false");
-    this.root.dataset.state = "stopped";
+    this.settle("stopped");
     this.root.classList.add("is-stopped");
+    this.finishReason = "stopped";
     this.metaEl.textContent = `stopped after ${this.tokenCount} tokens`;
   }
 
   /** Never started (the blend it waits for failed or was stopped first). */
   skipped(message) {
-    this.textEl.setAttribute("aria-busy", "false");
-    this.root.dataset.state = "skipped";
+    this.settle("skipped");
     this.metaEl.textContent = message;
   }
 
   fail(message) {
-    this.textEl.setAttribute("aria-busy", "false");
-    this.root.dataset.state = "error";
+    this.settle("error");
     this.root.classList.add("is-error");
+    this.finishReason = "error";
     this.metaEl.textContent = message;
   }
 
-  /** The story's text, without the markers. */
+  settle(state) {
+    this.planned = 0;  // the strip now spans the story as written
+    this.textEl.setAttribute("aria-busy", "false");
+    this.root.dataset.state = state;
+    this.stall(false);
+    this.renderStrip();
+  }
+
+  /** No token for a while: say what the pane waits for (null clears it). */
+  stall(message) {
+    if (message) {
+      this.root.dataset.stalled = "true";
+      this.metaEl.dataset.before = this.metaEl.dataset.before || this.metaEl.textContent;
+      this.metaEl.textContent = message;
+    } else if (this.root.dataset.stalled) {
+      delete this.root.dataset.stalled;
+      if (this.root.dataset.state === "streaming" || this.root.dataset.state === "waiting") {
+        this.metaEl.textContent = this.metaEl.dataset.before || "";
+      }
+      delete this.metaEl.dataset.before;
+    }
+  }
+
+  /** The story's text, without the prompt and the markers. */
   text() {
     return this.pieces.join("");
   }
+
+  // ---- keyboard: one tab stop, arrows move between tokens ----------------------------------------
+  onKey(e) {
+    const tok = e.target.closest && e.target.closest(".tok");
+    if (!tok) return;
+    const all = [...this.textEl.querySelectorAll(".tok")];
+    const i = all.indexOf(tok);
+    const to = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: all.length - 1 }[e.key];
+    if (to === undefined) return;
+    e.preventDefault();
+    const next = all[Math.max(0, Math.min(all.length - 1, to))];
+    if (next) focusToken(next);
+  }
+
+  tokenOf(span) {
+    return this.tokens[Number(span.dataset.i)];
+  }
 }
+
+/** Focus a token and make it its pane's tab stop. */
+export function focusToken(span) {
+  const text = span.closest('[data-role="text"]');
+  for (const t of text.querySelectorAll('.tok[tabindex="0"]')) t.tabIndex = -1;
+  span.tabIndex = 0;
+  span.focus();
+}
+

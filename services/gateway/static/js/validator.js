@@ -1,39 +1,100 @@
-// The logic validator panel: sends context + draft to /validate and shows the draft with
-// the flagged spans highlighted, each with its reason (on hover, and listed below for
-// keyboard and screen-reader users: each mark points at its reason).
+// The logic check panel: sends context + draft to /validate and shows the draft as a
+// per-word heatmap (how much the context lowers each word's probability), the flagged
+// words marked, and for each its reason and what each model expected instead. Each mark
+// is focusable and points at its reason, for keyboard and screen-reader users.
 
 import { validate } from "./api.js";
-import { describe } from "./errors.js";
+import { explain } from "./errors.js";
+import { formatProb, visible } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
+const MODELS = [["gpt2", "GPT-2"], ["bdh", "BDH"]];
 
-/** The draft as text nodes and <mark>s; spans are character offsets into it, in order. */
-export function renderDraft(container, draft, spans) {
-  container.replaceChildren();
-  let at = 0;
-  spans.forEach((span, i) => {
-    if (span.start > at) container.append(draft.slice(at, span.start));
-    const mark = document.createElement("mark");
-    mark.className = "flag";
-    mark.textContent = draft.slice(span.start, span.end);
-    mark.title = span.reason;
-    mark.tabIndex = 0;  // reachable by keyboard, so its reason is too
-    mark.setAttribute("aria-describedby", `v-reason-${i}`);
-    mark.dataset.start = span.start;
-    mark.dataset.end = span.end;
-    container.append(mark);
-    at = Math.max(at, span.end);
-  });
-  if (at < draft.length) container.append(draft.slice(at));
+// A word's score is in bits (how much less likely the context makes it, with its surprisal
+// mixed in): the heat is full at 8 bits (256× less likely), half at the default flag bar.
+const FULL_HEAT_BITS = 8;
+
+/** Heat in [0, 1] per word; words the context makes likelier stay cold. */
+export function heats(words) {
+  return words.map((w) => Math.max(0, Math.min(1, w.score / FULL_HEAT_BITS)));
 }
 
-function renderReasons(list, spans) {
-  list.replaceChildren(...spans.map((span, i) => {
+/** The draft as text, word spans (heat) and <mark>s (contradictions); offsets index the draft. */
+export function renderDraft(container, draft, words, contradictions) {
+  container.replaceChildren();
+  const heat = heats(words);
+  const cuts = new Set([0, draft.length]);
+  for (const x of [...words, ...contradictions]) cuts.add(x.start).add(x.end);
+  const points = [...cuts].filter((p) => p >= 0 && p <= draft.length).sort((a, b) => a - b);
+  let mark = null;
+  let markOf = null;
+  for (let i = 0; i + 1 < points.length; i++) {
+    const [a, b] = [points[i], points[i + 1]];
+    const ci = contradictions.findIndex((c) => c.start <= a && b <= c.end);
+    const wi = words.findIndex((w) => w.start <= a && b <= w.end);
+    let node;
+    if (wi >= 0) {
+      const w = words[wi];
+      node = document.createElement("span");
+      node.className = "w";
+      node.style.setProperty("--h", heat[wi].toFixed(3));
+      node.dataset.score = String(w.score);
+      node.dataset.heat = heat[wi].toFixed(3);
+      node.title = wordTitle(w);
+      node.textContent = draft.slice(a, b);
+    } else {
+      node = document.createTextNode(draft.slice(a, b));
+    }
+    if (ci >= 0) {
+      if (markOf !== ci) {
+        mark = document.createElement("mark");
+        mark.className = "flag";
+        mark.tabIndex = 0;  // reachable by keyboard, so its reason is too
+        mark.setAttribute("aria-describedby", `v-reason-${ci}`);
+        mark.dataset.start = contradictions[ci].start;
+        mark.dataset.end = contradictions[ci].end;
+        container.append(mark);
+        markOf = ci;
+      }
+      mark.append(node);
+    } else {
+      markOf = null;
+      container.append(node);
+    }
+  }
+}
+
+function wordTitle(w) {
+  const bits = (o) => (o ? MODELS.map(([k, n]) => `${n} ${Number(o[k]).toFixed(1)}`).join(", ") : "");
+  const parts = [`score ${Number(w.score).toFixed(1)} bits${w.flagged ? " (flagged)" : ""}`];
+  if (w.context_bits) parts.push(`the context changes its log-probability by (bits) ${bits(w.context_bits)}`);
+  if (w.surprisal_bits) parts.push(`surprisal (bits) ${bits(w.surprisal_bits)}`);
+  return parts.join(" · ");
+}
+
+function renderReasons(list, contradictions) {
+  list.replaceChildren(...contradictions.map((c, i) => {
     const li = document.createElement("li");
     li.id = `v-reason-${i}`;
     const quote = document.createElement("q");
-    quote.textContent = span.text;
-    li.append(quote, ` — ${span.reason}`);
+    quote.textContent = c.text.trim();
+    const reason = document.createElement("span");
+    reason.className = "reason";
+    reason.textContent = ` — ${c.reason}`;
+    li.append(quote, reason);
+    const expected = c.expected || {};
+    const dl = document.createElement("dl");
+    dl.className = "expected";
+    for (const [key, name] of MODELS) {
+      const alts = expected[key] || [];
+      if (!alts.length) continue;
+      const dt = document.createElement("dt");
+      dt.textContent = `${name} expected`;
+      const dd = document.createElement("dd");
+      dd.textContent = alts.slice(0, 5).map((a) => `${visible(a.text)} ${formatProb(a.p)}`).join(" · ");
+      dl.append(dt, dd);
+    }
+    if (dl.childElementCount) li.append(dl);
     return li;
   }));
 }
@@ -41,13 +102,17 @@ function renderReasons(list, spans) {
 export function setupValidator({ storyText, prompt }) {
   const form = $("validate-form");
   const button = $("validate");
+  const sensitivity = $("v-sensitivity");
+  const showSensitivity = () => { $("v-sensitivity-out").textContent = Number(sensitivity.value).toFixed(2); };
+  sensitivity.addEventListener("input", showSensitivity);
+  showSensitivity();
 
   async function run() {
     const box = $("v-error");
     box.hidden = true;
     for (const el of form.querySelectorAll("textarea, input")) {
       if (!el.checkValidity()) {
-        box.textContent = `${el.id === "v-bits" ? "Sensitivity" : "Draft"}: ${el.validationMessage}`;
+        box.textContent = `${el.id === "v-sensitivity" ? "Sensitivity" : "Draft"}: ${el.validationMessage}`;
         box.hidden = false;
         el.focus();
         return;
@@ -58,33 +123,34 @@ export function setupValidator({ storyText, prompt }) {
     // Context and draft are one text in two boxes: when neither side has a space at the seam,
     // send the draft with one (as the story would read), and shift the offsets back.
     const sep = context && !/\s$/.test(context) && !/^\s/.test(draft) ? " " : "";
+    const back = (x) => ({ ...x, start: Math.max(0, x.start - sep.length), end: Math.max(0, x.end - sep.length) });
     button.disabled = true;
-    button.textContent = "Validating…";
+    button.textContent = "Checking…";
     try {
-      const r = await validate({ context, draft: sep + draft, min_excess_bits: Number($("v-bits").value) });
-      const spans = r.spans
-        .map((s) => ({ ...s, start: Math.max(0, s.start - sep.length), end: Math.max(0, s.end - sep.length) }))
-        .filter((s) => s.end > s.start)
-        .sort((a, b) => a.start - b.start);
-      const mean = `mean surprisal: BDH ${r.mean_surprisal_bits.bdh.toFixed(1)} bits, GPT-2 ${r.mean_surprisal_bits.gpt2.toFixed(1)} bits`;
+      const r = await validate({ context, draft: sep + draft, sensitivity: Number(sensitivity.value) });
+      const words = (r.words || []).map(back).filter((w) => w.end > w.start).sort((a, b) => a.start - b.start);
+      const found = (r.contradictions || []).map(back).filter((c) => c.end > c.start).sort((a, b) => a.start - b.start);
       const verdict = $("v-verdict");
-      verdict.className = `verdict ${r.consistent ? "ok" : "flagged"}`;
-      verdict.textContent = r.consistent
-        ? `Consistent: nothing stands out to BDH (${mean}).`
-        : `${spans.length} improbable ${spans.length === 1 ? "span" : "spans"} for BDH (${mean}).`;
-      renderDraft($("v-draft-view"), draft, spans);
-      renderReasons($("v-reasons"), spans);
+      const score = typeof r.score === "number" ? ` Draft score ${r.score.toFixed(2)} (higher fits the context less).` : "";
+      verdict.className = `verdict ${found.length ? "flagged" : "ok"}`;
+      verdict.textContent = found.length
+        ? `${found.length === 1 ? "One place stands out" : `${found.length} places stand out`}.${score}`
+        : `Nothing stands out.${score}`;
+      renderDraft($("v-draft-view"), draft, words, found);
+      renderReasons($("v-reasons"), found);
       $("v-result").hidden = false;
     } catch (e) {
-      box.textContent = describe(e);
+      const { message, detail } = explain(e);
+      box.textContent = `${message} (${detail})`;
       box.hidden = false;
       if (e.status === 401) {
+        document.getElementById("settings").open = true;
         $("api-key-field").hidden = false;
         $("api-key").focus();
       }
     } finally {
       button.disabled = false;
-      button.textContent = "Validate";
+      button.textContent = "Check";
     }
   }
 
@@ -92,7 +158,7 @@ export function setupValidator({ storyText, prompt }) {
     e.preventDefault();
     run();
   });
-  // Ctrl/Cmd+Enter in a textarea validates (plain Enter stays a new line in a draft).
+  // Ctrl/Cmd+Enter in a textarea checks (plain Enter stays a new line in a draft).
   form.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
@@ -102,10 +168,11 @@ export function setupValidator({ storyText, prompt }) {
   $("use-story").addEventListener("click", () => {
     const text = storyText();
     if (!text) {
-      $("v-error").textContent = "Generate a story first: its prompt becomes the context and its text the draft.";
+      $("v-error").textContent = "Write a story first: its start becomes the context and the rest the draft.";
       $("v-error").hidden = false;
       return;
     }
+    $("v-error").hidden = true;
     $("v-context").value = prompt();
     $("v-draft").value = text;
     $("v-draft").focus();

@@ -1,0 +1,138 @@
+// The token inspector: a small panel beside a word with each model's probability for it, the
+// blend's, the weight in effect when it was drawn, which model drove the choice and each
+// model's likeliest alternatives. Click, tap or keyboard focus on a word opens it; Esc,
+// the close button or a click elsewhere closes it. Focus stays on the word, so the arrow
+// keys walk the story with the panel following.
+
+import { formatProb, percent, visible } from "./format.js";
+import { PLAIN_BELOW } from "./story.js";
+
+const $ = (id) => document.getElementById(id);
+const COLUMNS = [["blend", "Blend"], ["gpt2", "GPT-2"], ["bdh", "BDH"]];
+const ROLE_NAMES = { gpt2: "GPT-2", bdh: "BDH" };
+
+export class Inspector {
+  /** panes: the StoryPanes whose words it explains. */
+  constructor(panes) {
+    this.panes = panes;
+    this.el = $("inspector");
+    this.current = null;
+    for (const pane of panes) {
+      pane.textEl.addEventListener("click", (e) => {
+        const span = e.target.closest(".tok");
+        if (span) this.open(pane, span);
+      });
+      pane.textEl.addEventListener("focusin", (e) => {
+        const span = e.target.closest(".tok");
+        if (span) this.open(pane, span);
+      });
+      pane.textEl.addEventListener("focusout", (e) => {
+        // Tabbing away from the story closes it; moving to another word or into the panel does not.
+        const to = e.relatedTarget;
+        if (to && !(to.closest && (to.closest(".tok") || this.el.contains(to)))) this.close();
+      });
+    }
+    $("inspector-close").addEventListener("click", () => this.close(true));
+    document.addEventListener("click", (e) => {
+      if (this.current && !this.el.contains(e.target) && !e.target.closest(".tok")) this.close();
+    });
+    window.addEventListener("resize", () => this.current && this.place(this.current.span));
+  }
+
+  get isOpen() {
+    return !this.el.hidden;
+  }
+
+  open(pane, span) {
+    const t = pane.tokenOf(span);
+    if (!t) return;
+    if (this.current) this.current.span.classList.remove("is-inspected");
+    this.current = { pane, span };
+    span.classList.add("is-inspected");
+    this.el.dataset.tokenIndex = span.dataset.i;
+    this.el.dataset.pane = pane.root.id;
+    this.render(pane, t);
+    this.el.hidden = false;
+    this.place(span);
+  }
+
+  /** refocus: give focus back to the word (the close button had it). */
+  close(refocus = false) {
+    if (!this.current) return;
+    const { span } = this.current;
+    span.classList.remove("is-inspected");
+    this.current = null;
+    this.el.hidden = true;
+    if (refocus) span.focus();
+  }
+
+  render(pane, t) {
+    $("inspector-title").textContent = `“${visible(t.text)}” · token ${t.number}`;
+    const w = percent(t.logic_weight);
+    $("inspector-summary").textContent = `GPT-2 ${formatProb(t.p_gpt2)} · BDH ${formatProb(t.p_bdh)} · `
+      + `blend ${formatProb(t.p_blend)} · written at ${w}% logic. ${this.driver(pane, t)}`;
+    const bar = $("inspector-share");
+    bar.hidden = !pane.tint;
+    bar.firstElementChild.style.width = `${((1 - t.share) * 100).toFixed(1)}%`;
+    bar.lastElementChild.style.width = `${(t.share * 100).toFixed(1)}%`;
+
+    const shift = $("inspector-shift");
+    const shifted = t.context_shift || [];
+    shift.hidden = !shifted.length;
+    shift.textContent = shifted.length
+      ? `${shifted.map((r) => ROLE_NAMES[r] || r).join(" and ")} had to forget the start of the story just before this word.`
+      : "";
+
+    const alts = $("inspector-alts");
+    if (!t.alternatives) {
+      alts.replaceChildren(Object.assign(document.createElement("p"), {
+        className: "hint", textContent: "No alternatives were sent for this word." }));
+      return;
+    }
+    alts.replaceChildren(...COLUMNS.map(([role, name]) => {
+      const col = document.createElement("section");
+      col.className = `alt-col alt-${role}`;
+      const h = document.createElement("h4");
+      h.textContent = name;
+      const list = document.createElement("ol");
+      for (const a of (t.alternatives[role] || []).slice(0, 5)) {
+        const li = document.createElement("li");
+        if (a.id === t.id) li.className = "is-chosen";
+        const word = document.createElement("span");
+        word.className = "alt-text";
+        word.textContent = visible(a.text);
+        const p = document.createElement("span");
+        p.className = "alt-p";
+        p.textContent = formatProb(a.p);
+        li.append(word, p);
+        list.append(li);
+      }
+      col.append(h, list);
+      return col;
+    }));
+  }
+
+  driver(pane, t) {
+    if (!pane.tint) return t.logic_weight >= 1 ? "Written by BDH alone." : "Written by GPT-2 alone.";
+    const bdh = Math.round(t.share * 100);
+    if (Math.abs(2 * t.share - 1) < PLAIN_BELOW) return `Both drove it: ${bdh}% of its blended probability came from BDH.`;
+    return t.share > 0.5
+      ? `BDH drove it: ${bdh}% of its blended probability came from BDH.`
+      : `GPT-2 drove it: ${100 - bdh}% of its blended probability came from GPT-2.`;
+  }
+
+  /** Under the word (above it when there is no room below), inside the window. */
+  place(span) {
+    const r = span.getBoundingClientRect();
+    const box = this.el.getBoundingClientRect();
+    const vw = document.documentElement.clientWidth;
+    // On a phone the dock covers the bottom of the screen: keep the panel above it.
+    const dock = document.querySelector(".dock");
+    const dockTop = dock && getComputedStyle(dock).position === "fixed" ? dock.getBoundingClientRect().top : innerHeight;
+    let top = r.bottom + 6;
+    if (top + box.height > dockTop - 4 && r.top - box.height - 6 > 0) top = r.top - box.height - 6;
+    const left = Math.max(8, Math.min(r.left, vw - box.width - 8));
+    this.el.style.top = `${Math.round(top + scrollY)}px`;
+    this.el.style.left = `${Math.round(left + scrollX)}px`;
+  }
+}

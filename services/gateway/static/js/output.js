@@ -1,0 +1,133 @@
+// What leaves the page: a story copied, downloaded as Markdown with its settings, a share
+// link that restores the page, and a short history of this browser's runs.
+//
+// A "setup" is what writes a story again: {prompt, logic_weight, blend, max_new_tokens,
+// temperature, top_k, top_p, seed, split}. With the same models, the same setup (and no
+// steering) writes the same story.
+
+import { percent } from "./format.js";
+
+// ---- share links: the setup in the URL's fragment (never sent to the server) ------------------
+const SHORT = { prompt: "p", logic_weight: "w", blend: "b", max_new_tokens: "n", temperature: "t", top_k: "k",
+                top_p: "tp", seed: "s", split: "split" };
+
+export function shareLink(setup) {
+  const q = new URLSearchParams();
+  for (const [name, key] of Object.entries(SHORT)) {
+    const v = setup[name];
+    if (v === null || v === undefined) continue;
+    q.set(key, name === "logic_weight" ? String(percent(v)) : name === "split" ? (v ? "1" : "0") : String(v));
+  }
+  return `${location.origin}${location.pathname}#${q.toString()}`;
+}
+
+/** The setup a share link carries, or null when the fragment holds none. */
+export function readShareLink(hash) {
+  const q = new URLSearchParams(hash.replace(/^#/, ""));
+  if (!q.has("p")) return null;
+  const num = (key) => (q.has(key) && q.get(key) !== "" && Number.isFinite(Number(q.get(key))) ? Number(q.get(key)) : null);
+  const w = num("w");
+  return {
+    prompt: q.get("p"),
+    logic_weight: w === null ? null : Math.min(100, Math.max(0, Math.round(w))) / 100,
+    blend: q.get("b"),
+    max_new_tokens: num("n"),
+    temperature: num("t"),
+    top_k: num("k"),
+    top_p: num("tp"),
+    seed: num("s"),
+    split: q.has("split") ? q.get("split") === "1" : null,
+  };
+}
+
+// ---- copy and download ---------------------------------------------------------------------------
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    // No clipboard API (an insecure origin, say): the old way, through a hidden textarea.
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.append(area);
+    area.select();
+    const ok = document.execCommand && document.execCommand("copy");
+    area.remove();
+    return Boolean(ok);
+  }
+}
+
+const FINISH = { eos_token: "the story ended itself", length: "the length limit", stop_sequence: "a stop sequence",
+                 stopped: "stopped by hand", error: "an error" };
+
+/** The story as Markdown, its settings listed after it. */
+export function markdown({ setup, text, weights, tokens, finish, link }) {
+  const steered = weights.length > 1
+    ? ` (steered: ${weights.map(([at, w]) => `${percent(w)}% from token ${at + 1}`).join(", ")})` : "";
+  const lines = [
+    "# A PlotArmour story",
+    "",
+    (setup.prompt + text).trim(),
+    "",
+    "---",
+    "",
+    `- Logic weight: ${percent(weights.length ? weights[0][1] : setup.logic_weight)}% logic (BDH), `
+      + `${100 - percent(weights.length ? weights[0][1] : setup.logic_weight)}% creativity (GPT-2)${steered}`,
+    `- Blend: ${setup.blend}`,
+    `- Seed: ${setup.seed}`,
+    `- Temperature: ${setup.temperature} · top-k: ${setup.top_k || "none"} · top-p: ${setup.top_p}`,
+    `- Max new tokens: ${setup.max_new_tokens}`,
+    `- Written: ${tokens} tokens, ended by ${FINISH[finish] || finish || "nothing yet"}`,
+    `- Prompt: ${JSON.stringify(setup.prompt)}`,
+    `- Date: ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`,
+    `- Write it again: ${link}`,
+    "",
+  ];
+  return lines.join("\n");
+}
+
+export function download(filename, text, type = "text/markdown") {
+  const url = URL.createObjectURL(new Blob([text], { type: `${type};charset=utf-8` }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// ---- history: the last runs in this browser (localStorage) ----------------------------------------
+const HISTORY_KEY = "plotarmour.history";
+const HISTORY_MAX = 12;
+const TEXT_MAX = 4000;
+
+export function loadHistory() {
+  try {
+    const items = JSON.parse(localStorage.getItem(HISTORY_KEY) || "[]");
+    return Array.isArray(items) ? items.filter((h) => h && h.setup && typeof h.setup.prompt === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+export function remember(entry) {
+  const items = [{ ...entry, text: entry.text.slice(0, TEXT_MAX), at: Date.now() }, ...loadHistory()].slice(0, HISTORY_MAX);
+  try {
+    localStorage.setItem(HISTORY_KEY, JSON.stringify(items));
+  } catch {
+    // Storage full or blocked (a private window): the history is a convenience, not a must.
+  }
+  return items;
+}
+
+export function forgetHistory() {
+  try {
+    localStorage.removeItem(HISTORY_KEY);
+  } catch {
+    // blocked: nothing was kept either
+  }
+}
