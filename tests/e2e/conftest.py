@@ -16,6 +16,8 @@ import pytest
 CHROMIUM = os.environ.get("PLOTARMOUR_CHROMIUM", "/usr/bin/chromium")
 # Screenshots land here so CI can keep them; the directory is git-ignored.
 ARTIFACTS = Path(__file__).parent / "artifacts"
+# axe-core from npm (scripts/install.sh --dev puts it here; never committed).
+AXE = Path(os.environ.get("PLOTARMOUR_AXE", Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"))
 
 
 def _need_browser() -> None:
@@ -129,19 +131,42 @@ def browser():
 
 
 @pytest.fixture()
-def page(browser, gateway):
-    """A fresh desktop-sized tab on the page; fails the test on any uncaught script error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda e: errors.append(str(e)))
-    tab.goto(gateway.url + "/")
-    yield tab
-    context.close()
+def open_page(browser):
+    """Factory: open_page(url, width=1280, height=900, phone=False, **context options) -> a
+    fresh tab on url with the page's scripts wired. A phone tab is a touch device with a
+    mobile viewport. Fails the test on any uncaught script error in any tab it opened."""
+    contexts, errors = [], []
+
+    def open_(url: str, width: int = 1280, height: int = 900, phone: bool = False, **options):
+        context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=phone, has_touch=phone,
+                                      **options)
+        contexts.append(context)
+        tab = context.new_page()
+        tab.on("pageerror", lambda e: errors.append(str(e)))
+        tab.goto(url)
+        tab.wait_for_selector("html[data-ready]")
+        return tab
+
+    yield open_
+    for context in contexts:
+        context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture()
+def page(open_page, gateway):
+    """A fresh desktop-sized tab on the page (clipboard allowed)."""
+    return open_page(gateway.url + "/", permissions=["clipboard-read", "clipboard-write"])
 
 
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def axe_script() -> Path:
+    if not AXE.exists():
+        pytest.skip(f"axe-core is not installed at {AXE} (scripts/install.sh --dev installs it from npm)")
+    return AXE

@@ -1,6 +1,8 @@
 """The story page in headless Chromium against the real gateway and both real model servers:
-streaming equals the API, the split view, Stop frees the servers' sessions, live steering is
-marked, the validator highlights, errors show, phone-sized layout, and screenshots.
+streaming equals the API with the prompt heading each story, the tint (which model drove
+each choice), the token inspector, Stop frees the servers' sessions, steering that the page
+reports truly, stalls, errors, Continue, the output buttons, the layout at laptop and phone
+sizes, screenshots and an axe-core run.
 
 Where a test must catch a story mid-stream it freezes the GPT-2 server (SIGSTOP): the gateway
 then waits for that server's next distribution, so the generation surely stays open until the
@@ -9,90 +11,19 @@ test lets it go (SIGCONT) — no sleeps and no timing assumptions.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
+import json
 import socket
 import threading
-import time
+from pathlib import Path
 
 import httpx
 import pytest
+from pagekit import (PROMPT, WAIT_MS, api_generate, fill_settings, frozen, hold_mid_story, long_story_seed,
+                     open_settings, reachable, run_axe, set_weight, story_text, wait_done)
 from waiting import open_sessions, wait_until
 
-
-PROMPT = "Once upon a time, Lily found"
-WAIT_MS = 20_000  # upper bound for page waits; they return as soon as the condition holds
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-
-
-
-
-@contextlib.contextmanager
-def frozen(server):
-    """The server's process stopped for the duration (always resumed, whatever happens)."""
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
-def story_text(page, pane: str = "#pane-blend") -> str:
-    return page.eval_on_selector_all(f"{pane} .tok", "els => els.map(e => e.textContent).join('')")
-
-
-def fill_settings(page, *, prompt=PROMPT, max_tokens=120, seed=None, temperature="1", split=True):
-    page.fill("#prompt", "")
-    page.locator("#prompt").press_sequentially(prompt)  # typed, key by key
-    page.fill("#max-tokens", str(max_tokens))
-    page.fill("#temperature", temperature)
-    page.fill("#seed", "" if seed is None else str(seed))
-    page.set_checked("#split", split)
-
-
-def api_generate(gateway, **req) -> dict:
-    r = httpx.post(gateway.url + "/generate", json=req, timeout=60)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def long_story_seed(gateway, logic_weight: float, n: int, skip: int = 0) -> int:
-    """A seed whose story at this weight runs all n tokens (the fine-tuned models usually end
-    a story within ~50), so a test has time to act while it streams."""
-    found = 0
-    for seed in range(200):
-        if api_generate(gateway, prompt=PROMPT, logic_weight=logic_weight, seed=seed,
-                        max_new_tokens=n)["finish_reason"] == "length":
-            if found == skip:
-                return seed
-            found += 1
-    pytest.fail("no seed gives a story that long")
-
-
-def hold_mid_story(page, gateway, model_servers, seed_for):
-    """Start a (split-view-off) generation and freeze GPT-2 while it is surely still running.
-
-    Returns (generation id, the frozen() context, entered). If the story happened to finish
-    between its first token and the freeze, it retries with the next long seed."""
-    for attempt in range(4):
-        page.fill("#seed", str(seed_for(attempt)))
-        page.click("#generate")
-        page.wait_for_selector("#story .tok", timeout=WAIT_MS)
-        freeze = frozen(model_servers["gpt2"])
-        freeze.__enter__()
-        gen_id = page.get_attribute("#story", "data-generation-id")
-        # Still registered twice over, with no token done in between: waiting on frozen GPT-2.
-        first = httpx.get(f"{gateway.url}/generations/{gen_id}", timeout=5)
-        time.sleep(0.05)
-        second = httpx.get(f"{gateway.url}/generations/{gen_id}", timeout=5)
-        if first.status_code == second.status_code == 200 and first.json() == second.json():
-            return gen_id, freeze
-        freeze.__exit__(None, None, None)
-        page.wait_for_selector("#pane-blend[data-state='done']", timeout=WAIT_MS)
-    pytest.fail("every story finished before it could be held")
+ALL_PANES = ("#pane-blend", "#pane-gpt2", "#pane-bdh")
+PLAIN_BELOW = 1 / 3  # the page's plain band: |2·share − 1| under a 2:1 split
 
 
 def record_streaming(page) -> None:
@@ -106,28 +37,48 @@ def record_streaming(page) -> None:
     }""")
 
 
-# ---- tests ----------------------------------------------------------------------------------------
+def record_requests(page, path: str) -> list[dict]:
+    """The JSON bodies of the page's POSTs to URLs containing path, as they are sent."""
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.method == "POST" and path in r.url else None)
+    return bodies
 
 
-def test_story_streams_in_and_equals_the_api_with_the_split_view(page, gateway):
-    page.wait_for_selector("html[data-ready]")
+def visible(text: str) -> str:
+    """The page's visible() for a token's text (format.js)."""
+    if text == "":
+        return "∅"
+    shown = text.replace("\n", "↵").replace("\t", "⇥")
+    return shown.replace(" ", "␣") if shown.strip() == "" else shown.strip()
+
+
+def share(w: float, p_bdh: float, p_gpt2: float) -> float:
+    b, g = w * p_bdh, (1 - w) * p_gpt2
+    return b / (b + g) if b + g > 0 else 0.5
+
+
+# ---- the story --------------------------------------------------------------------------------
+
+
+def test_story_streams_in_under_its_prompt_tinted_by_the_model_that_drove_it(page, gateway):
+    # The empty state says what to do, and is still there once the scripts have run.
+    assert "Generate" in page.text_content("#story .placeholder")
+    assert page.is_visible("#story .placeholder")
     fill_settings(page, seed=11, max_tokens=120)
-    # Keyboard only: Tab from the prompt reaches the slider; End, then 30 steps left = 70%.
-    page.focus("#prompt")
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "weight"
+    # The slider by keyboard: End, then 30 steps left = 70%.
+    page.focus("#weight")
     page.keyboard.press("End")
     for _ in range(30):
         page.keyboard.press("ArrowLeft")
     assert page.input_value("#weight") == "70"
     assert page.text_content("#weight-pct") == "70%"
     assert "70% Logic (BDH), 30% Creativity (GPT-2)" == page.get_attribute("#weight", "aria-valuetext")
+    assert page.text_content("label[for=weight]").strip() and "Hemisphere" not in page.content()
 
     record_streaming(page)
     page.focus("#prompt")
-    page.keyboard.press("Enter")  # Enter in the prompt generates
-    for pane in ("#pane-blend", "#pane-gpt2", "#pane-bdh"):
-        page.wait_for_selector(f"{pane}[data-state='done']", timeout=WAIT_MS)
+    page.keyboard.press("Enter")  # Enter in the prompt generates (on a keyboard device)
+    wait_done(page, *ALL_PANES)
 
     req = {"prompt": PROMPT, "seed": 11, "max_new_tokens": 120, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
            "blend": "linear"}
@@ -142,32 +93,127 @@ def test_story_streams_in_and_equals_the_api_with_the_split_view(page, gateway):
     n = len(page.query_selector_all("#story .tok"))
     assert any(0 < count < n and busy == "true" for count, busy in snapshots), snapshots
 
-    # Each token is tinted by the model that favoured it, with both probabilities on hover.
+    # The prompt heads each story, untinted, in the same neutral colour everywhere.
+    heads = page.eval_on_selector_all(".prompt-head", """els => els.map(e => ({
+        text: e.textContent, color: getComputedStyle(e).color, bg: getComputedStyle(e).backgroundColor,
+        first: e.parentElement.firstElementChild === e}))""")
+    assert len(heads) == 3 and all(h["text"] == PROMPT and h["first"] for h in heads)
+    assert len({h["color"] for h in heads}) == 1 and {h["bg"] for h in heads} == {"rgba(0, 0, 0, 0)"}
+
+    # The tint is BDH's share of the blended probability, 0.7·p_bdh against 0.3·p_gpt2.
     toks = page.eval_on_selector_all("#story .tok", """els => els.map(e => ({
-        cls: e.className, title: e.title, bdh: Number(e.dataset.pBdh), gpt2: Number(e.dataset.pGpt2)}))""")
+        cls: e.className, bdh: Number(e.dataset.pBdh), gpt2: Number(e.dataset.pGpt2), weight: e.dataset.weight,
+        share: Number(e.dataset.share), bg: getComputedStyle(e.querySelector('.ink')).backgroundColor}))""")
     api_toks = [t for t in blended["tokens"] if t["text"]]
     assert len(toks) == len(api_toks)
     for shown, t in zip(toks, api_toks):
         # Loose: a server batching the three streams together rounds a little differently.
         assert shown["bdh"] == pytest.approx(t["p_bdh"], rel=1e-3) and shown["gpt2"] == pytest.approx(t["p_gpt2"], rel=1e-3)
-        ratio = t["p_bdh"] / t["p_gpt2"]
-        side = "by-bdh" if ratio > 1.5 else "by-gpt2" if ratio < 1 / 1.5 else "by-both" if 1 / 1.3 < ratio < 1.3 else None
-        if side:  # (near the threshold either is right)
+        s = share(0.7, t["p_bdh"], t["p_gpt2"])
+        assert shown["share"] == pytest.approx(s, abs=1e-3)
+        lean = 2 * s - 1
+        side = ("by-bdh" if lean > PLAIN_BELOW + 0.01 else "by-gpt2" if lean < -PLAIN_BELOW - 0.01
+                else "by-both" if abs(lean) < PLAIN_BELOW - 0.01 else None)
+        if side:  # (at the edge of the band either is right)
             assert side in shown["cls"].split(), (shown, t)
-        assert "BDH" in shown["title"] and "GPT-2" in shown["title"] and "70% logic" in shown["title"]
-    assert page.get_attribute("#story", "aria-live") == "polite"
-    assert page.get_attribute("#story", "aria-busy") == "false"
+            assert (shown["bg"] == "rgba(0, 0, 0, 0)") == (side == "by-both"), shown
+        assert shown["weight"] == "70"
     assert {"by-bdh", "by-gpt2"} & {c for t in toks for c in t["cls"].split()}  # some token was driven
-    assert not page.query_selector_all("#story .steer-mark")  # the slider did not move mid-story
-    assert page.is_disabled("#stop") and page.is_enabled("#generate")
+    # No tint in the pure panes: one model drove every word there.
+    pure = page.eval_on_selector_all("#pane-gpt2 .tok, #pane-bdh .tok", """els => els.map(e => [e.className,
+        getComputedStyle(e.querySelector('.ink')).backgroundColor])""")
+    assert pure and all(c == "tok by-none" and bg == "rgba(0, 0, 0, 0)" for c, bg in pure)
 
-    # The story can go straight to the validator: the prompt as context, the story as draft.
-    page.click("#use-story")
-    assert page.input_value("#v-context") == PROMPT and page.input_value("#v-draft") == blended["text"]
+    assert page.get_attribute("#story", "aria-busy") == "false"
+    assert not page.query_selector_all("#story .steer-mark")  # the slider did not move mid-story
+    assert page.text_content("#blend-badge") == "70% logic"
+    assert page.is_disabled("#stop") and page.is_enabled("#generate")
+    assert "Done:" in page.text_content("#status") and "70% logic" in page.text_content("#status")
+
+    # A switch turns tinting off (and the page remembers it).
+    page.click("#tint")
+    assert "no-tint" in page.get_attribute("#panes", "class")
+    assert set(page.eval_on_selector_all("#story .tok .ink", "els => els.map(e => getComputedStyle(e).backgroundColor)")) \
+        == {"rgba(0, 0, 0, 0)"}
+    assert not page.is_visible(".legend-key")
+    page.reload()
+    page.wait_for_selector("html[data-ready]")
+    assert not page.is_checked("#tint") and "no-tint" in page.get_attribute("#panes", "class")
+    page.click("#tint")
+    assert page.is_checked("#tint") and "no-tint" not in page.get_attribute("#panes", "class")
+
+
+def test_the_token_inspector_opens_by_click_keyboard_and_tap(page, gateway, open_page):
+    fill_settings(page, seed=5, max_tokens=30, weight=40)
+    page.click("#generate")
+    wait_done(page, *ALL_PANES)
+    api = api_generate(gateway, prompt=PROMPT, seed=5, max_new_tokens=30, logic_weight=0.4, temperature=1.0,
+                       top_k=0, top_p=1.0, blend="linear", top_alternatives=5)
+    shown = [t for t in api["tokens"] if t["text"]]
+    assert len(shown) >= 4
+
+    def inspector() -> dict:
+        return page.evaluate("""() => {
+            const el = document.querySelector('#inspector');
+            return {open: !el.hidden, index: el.dataset.tokenIndex, pane: el.dataset.pane,
+                    title: el.querySelector('#inspector-title').textContent,
+                    summary: el.querySelector('#inspector-summary').textContent,
+                    cols: [...el.querySelectorAll('.alt-col')].map(c => ({
+                        name: c.querySelector('h4').textContent,
+                        alts: [...c.querySelectorAll('li')].map(li => [li.querySelector('.alt-text').textContent,
+                                                                       li.classList.contains('is-chosen')])}))};
+        }""")
+
+    # Click: each model's probability, the blend's, the weight in effect and each model's top 5.
+    page.click("#story .tok >> nth=2")
+    box = inspector()
+    t = shown[2]
+    assert box["open"] and box["index"] == "2" and box["pane"] == "pane-blend"
+    assert visible(t["text"]) in box["title"]
+    assert "GPT-2 " in box["summary"] and "BDH " in box["summary"] and "blend " in box["summary"]
+    assert "written at 40% logic" in box["summary"]
+    s = share(0.4, t["p_bdh"], t["p_gpt2"])
+    assert f"{round(s * 100) if s > 0.5 else round((1 - s) * 100)}%" in box["summary"]
+    assert [c["name"] for c in box["cols"]] == ["Blend", "GPT-2", "BDH"]
+    for col, role in zip(box["cols"], ("blend", "gpt2", "bdh")):
+        assert [a for a, _ in col["alts"]] == [visible(a["text"]) for a in t["alternatives"][role]]
+        assert [chosen for _, chosen in col["alts"]] == [a["id"] == t["id"] for a in t["alternatives"][role]]
+    assert page.is_visible("#inspector .alt-col li >> nth=4")
+
+    # Keyboard: Esc closes it and leaves focus on the word; arrows walk the story with it open.
+    page.keyboard.press("Escape")
+    assert not inspector()["open"]
+    assert page.evaluate("document.activeElement.dataset.i") == "2"
+    page.keyboard.press("ArrowRight")
+    box = inspector()
+    assert box["open"] and box["index"] == "3" and visible(shown[3]["text"]) in box["title"]
+    # Each pane is one tab stop: Tab goes on to the BDH pane's word; its panel says who wrote it.
+    page.keyboard.press("Tab")
+    box = inspector()
+    assert box["open"] and box["pane"] == "pane-bdh" and "Written by BDH alone" in box["summary"]
+    page.keyboard.press("Tab")  # out of the story: the panel closes
+    assert not inspector()["open"]
+    # A click elsewhere closes it too.
+    page.click("#story .tok >> nth=0")
+    assert inspector()["open"]
+    page.click("#story-title")
+    assert not inspector()["open"]
+
+    # A tap on a phone opens it, inside the screen and clear of the dock.
+    phone = open_page(gateway.url + "/", 390, 844, phone=True)
+    fill_settings(phone, seed=5, max_tokens=30, split=False, weight=40)
+    phone.tap("#generate")
+    wait_done(phone)
+    phone.locator("#story .tok >> nth=3").scroll_into_view_if_needed()
+    phone.tap("#story .tok >> nth=3")
+    phone.wait_for_selector("#inspector:not([hidden])")
+    r = phone.eval_on_selector("#inspector", "e => e.getBoundingClientRect().toJSON()")
+    dock = phone.eval_on_selector(".dock", "e => e.getBoundingClientRect().top")
+    assert r["left"] >= 0 and r["right"] <= 390 and r["top"] >= 0 and r["bottom"] <= dock + 1, (r, dock)
+    assert visible(shown[3]["text"]) in phone.text_content("#inspector-title")
 
 
 def test_stop_cancels_the_generation_on_both_servers(page, gateway, model_servers):
-    page.wait_for_selector("html[data-ready]")
     fill_settings(page, max_tokens=200, split=False)
     assert open_sessions(model_servers["bdh"]) == 0 and open_sessions(model_servers["gpt2"]) == 0
     _, freeze = hold_mid_story(page, gateway, model_servers, lambda k: long_story_seed(gateway, 0.5, 200, k))
@@ -183,67 +229,109 @@ def test_stop_cancels_the_generation_on_both_servers(page, gateway, model_server
         freeze.__exit__(None, None, None)
     assert wait_until(lambda: open_sessions(model_servers["gpt2"]) == 0), "GPT-2 session still open after Stop"
     assert page.is_enabled("#generate") and page.is_disabled("#stop")
+    assert page.is_hidden("#error")  # stopping is not a failure
 
 
-def test_moving_the_slider_mid_story_steers_it_and_is_marked(page, gateway, model_servers, artifacts):
-    page.wait_for_selector("html[data-ready]")
+def test_a_drag_steers_once_and_the_page_reports_the_weight_in_effect(page, gateway, model_servers, artifacts):
     fill_settings(page, max_tokens=200, split=False)
     assert page.input_value("#weight") == "50"
+    steers = record_requests(page, "/generations/")
     gen_id, freeze = hold_mid_story(page, gateway, model_servers, lambda k: long_story_seed(gateway, 0.5, 200, k))
     try:
         before = len(page.query_selector_all("#story .tok"))
-        page.focus("#weight")
-        page.keyboard.press("End")  # to 100%: pure logic from the next token on
-        page.wait_for_function("document.querySelector('#steer-note').textContent.includes('Steered to 100%')",
+        assert "Writing at 50% logic" in page.text_content("#status")
+        # A slow drag from the thumb (50%) to near the right end, through many values.
+        box = page.locator("#weight").bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] / 2, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.9, y, steps=25)
+        page.mouse.up()
+        final = int(page.input_value("#weight"))
+        assert final >= 75
+        page.wait_for_function(f"document.querySelector('#status').textContent.includes('Steering to {final}%')",
                                timeout=WAIT_MS)
-        assert httpx.get(f"{gateway.url}/generations/{gen_id}").json()["logic_weight"] == 1.0
+        # One request, with the value the drag ended on; the status still tells the weight in effect.
+        assert steers == [{"logic_weight": final / 100}]
+        assert "Writing at 50% logic" in page.text_content("#status")
+        assert httpx.get(f"{gateway.url}/generations/{gen_id}").json()["logic_weight"] == final / 100
     finally:
         freeze.__exit__(None, None, None)
-    page.wait_for_selector("#pane-blend[data-state='done']", timeout=WAIT_MS)
+    page.wait_for_function(f"document.querySelector('#status').dataset.weight === '{final}'", timeout=WAIT_MS)
+    wait_done(page)
+    assert len(steers) == 1
 
+    # One marker, where the weight changed: tokens before it at 50%, after it at the drag's end.
     marks = page.query_selector_all("#story .steer-mark")
-    assert len(marks) == 1 and marks[0].get_attribute("data-weight") == "100"
-    assert "100%" in marks[0].text_content()
-    # The marker sits where the weight changed: every token before it was drawn at 50%, after it at 100%.
+    assert len(marks) == 1 and marks[0].get_attribute("data-weight") == str(final)
     sides = page.evaluate("""() => {
         const out = {before: [], after: []}; let seen = false;
-        for (const el of document.querySelector('#story').children) {
+        for (const el of document.querySelectorAll('#story .tok, #story .steer-mark')) {
             if (el.classList.contains('steer-mark')) seen = true;
-            else out[seen ? 'after' : 'before'].push(el.title.match(/weight (\\d+)% logic/)[1]);
+            else out[seen ? 'after' : 'before'].push(el.dataset.weight);
         }
         return out;
     }""")
     assert len(sides["before"]) >= before and set(sides["before"]) == {"50"}
-    assert sides["after"] and set(sides["after"]) == {"100"}
+    assert sides["after"] and set(sides["after"]) == {str(final)}
+    assert f"ending at {final}% logic" in page.text_content("#status")
+    # The weight-over-time strip under the story and the story's label both carry the change...
+    strip = page.get_attribute("#strip-svg", "aria-label")
+    assert "50% from token 1" in strip and f"{final}% from token" in strip and page.is_visible("#strip")
+    assert page.text_content("#blend-badge") == f"50 → {final}% logic"
     page.locator("#pane-blend").screenshot(path=str(artifacts / "story-steered.png"))
-    print(f"screenshot (steered story): {artifacts / 'story-steered.png'}")
+    # ...and keep it when the slider moves after the story.
+    set_weight(page, 10)
+    assert page.text_content("#blend-badge") == f"50 → {final}% logic"
+    assert len(page.query_selector_all("#story .steer-mark")) == 1 and len(steers) == 1
 
 
-def test_validator_highlights_the_improbable_span(page):
-    page.wait_for_selector("html[data-ready]")
-    page.fill("#v-context", "Once upon a time, Tom found a big tree.")
-    page.fill("#v-draft", ' Tom was happy. Tom showed a big tree to Mia. Mia said, "Zebra!" They played all day.')
-    page.fill("#v-bits", "3")
-    page.focus("#v-draft")
-    page.keyboard.press("Control+Enter")
-    page.wait_for_selector("#v-draft-view mark.flag", timeout=WAIT_MS)
-    marks = page.query_selector_all("#v-draft-view mark.flag")
-    assert any("Z" in m.text_content() for m in marks), [m.text_content() for m in marks]
-    assert all("BDH gives" in m.get_attribute("title") for m in marks)
-    assert len(page.query_selector_all("#v-reasons li")) == len(marks)
-    assert "improbable" in page.text_content("#v-verdict")
-    # The highlighted view still reads as the draft, character for character.
-    assert page.text_content("#v-draft-view") == page.input_value("#v-draft")
-
-    # The same story told as the corpus tells it: nothing to flag.
-    page.fill("#v-draft", ' Tom was happy. Tom showed a big tree to Mia. Mia said, "Wow!" They played all day.')
-    page.click("#validate")
-    page.wait_for_function("document.querySelector('#v-verdict').textContent.startsWith('Consistent')",
-                           timeout=WAIT_MS)
-    assert not page.query_selector_all("#v-draft-view mark.flag")
+def test_a_stall_is_announced_and_the_readiness_badge_follows_at_once(page, gateway, model_servers):
+    page.wait_for_selector("#readiness.pill-ok", timeout=WAIT_MS)
+    fill_settings(page, max_tokens=200, split=False)
+    _, freeze = hold_mid_story(page, gateway, model_servers, lambda k: long_story_seed(gateway, 0.5, 200, k))
+    try:
+        # Two seconds without a token: the page says what it waits for...
+        page.wait_for_function("document.querySelector('#status').textContent.includes('Waiting for the logic model…')",
+                               timeout=WAIT_MS)
+        assert "waiting for the logic model…" in page.text_content("#pane-blend .pane-meta")
+        # ...and asks the gateway at once, whose health check finds the frozen server (the
+        # page polls only every 10 s otherwise; the check itself waits connect_timeout_s).
+        page.wait_for_selector("#readiness.pill-bad", timeout=WAIT_MS)
+    finally:
+        freeze.__exit__(None, None, None)
+    # Tokens again: the note goes, the badge recovers.
+    page.wait_for_function("!document.querySelector('#status').textContent.includes('Waiting')", timeout=WAIT_MS)
+    page.wait_for_selector("#readiness.pill-ok", timeout=WAIT_MS)
+    wait_done(page)
+    assert page.get_attribute("#pane-blend", "data-stalled") is None
+    assert page.is_hidden("#error")
 
 
-def test_errors_from_the_gateway_are_shown(browser, start_gateway, model_servers):
+def test_continue_writes_on_from_the_story_so_far(page, gateway):
+    seed = long_story_seed(gateway, 0.5, 200)
+    fill_settings(page, max_tokens=24, seed=seed, split=False)
+    streams = record_requests(page, "/generate_stream")
+    page.click("#generate")
+    wait_done(page)
+    first = story_text(page)
+    assert page.is_enabled("#continue") and "length limit" in page.text_content("#pane-blend .pane-meta")
+    page.click("#continue")
+    wait_done(page)
+    # A new generation: the prompt plus the text so far, the same settings, a seed derived from the story's.
+    assert len(streams) == 2
+    cont = streams[1]
+    assert cont["prompt"] == PROMPT + first and cont["seed"] == seed + 1
+    assert {k: cont[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "blend", "logic_weight")} \
+        == {k: streams[0][k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "blend", "logic_weight")}
+    more = api_generate(gateway, **{k: v for k, v in cont.items() if k != "top_alternatives"})["text"]
+    assert story_text(page) == first + more and more
+    # Still one story: one prompt at its head, and the strip spans both parts.
+    assert len(page.query_selector_all("#story .prompt-head")) == 1
+    assert page.text_content("#pane-blend .pane-meta").startswith(f"{48} tokens")
+
+
+def test_errors_give_one_plain_message_with_retry(browser, start_gateway, open_page):
     # A GPT-2 "server" that accepts connections and never answers: requests to it hang until
     # the gateway's connect timeout, which holds the gateway's only slot meanwhile.
     black_hole = socket.socket()
@@ -252,10 +340,7 @@ def test_errors_from_the_gateway_are_shown(browser, start_gateway, model_servers
     try:
         gw = start_gateway(gpt2_address=f"127.0.0.1:{black_hole.getsockname()[1]}", max_concurrent=1,
                            connect_timeout_s=3, retry_interval_s=600)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.goto(gw.url + "/")
-        page.wait_for_selector("html[data-ready]")
+        page = open_page(gw.url + "/")
         page.wait_for_selector("#readiness.pill-bad", timeout=WAIT_MS)
 
         # 429: someone else holds the only slot.
@@ -266,74 +351,250 @@ def test_errors_from_the_gateway_are_shown(browser, start_gateway, model_servers
                           in httpx.get(gw.url + "/metrics").text)
         page.click("#generate")
         page.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
-        assert "busy (429)" in page.text_content("#error")
+        message = page.text_content("#error-message")
+        assert "busy" in message and "429" not in message  # plain words; the status is under Details
+        assert "429" in page.text_content("#error-detail")
         page.wait_for_selector("#pane-blend[data-state='error']")
         assert page.get_attribute("#pane-gpt2", "data-state") == page.get_attribute("#pane-bdh", "data-state") == "skipped"
+        assert page.is_visible("#retry") and page.is_hidden("#error-continue")  # nothing written to continue
         holder.join(30)
 
-        # 503: the slot is free now, but the GPT-2 server does not answer.
-        page.click("#generate")
-        page.wait_for_function("document.querySelector('#error').textContent.includes('(503)')", timeout=WAIT_MS)
-        assert "model server is unavailable" in page.text_content("#error")
+        # 503: the slot is free now, but the GPT-2 server does not answer. Retry sends it again.
+        page.click("#retry")
+        page.wait_for_function("document.querySelector('#error-detail').textContent.includes('503')", timeout=WAIT_MS)
+        assert "not answering" in page.text_content("#error-message")
         assert page.is_enabled("#generate") and page.is_disabled("#stop")
-        context.close()
+        assert page.inner_text("body").count(page.text_content("#error-message")) == 1
     finally:
         black_hole.close()
 
 
-def test_phone_sized_and_desktop_screenshots(browser, gateway, artifacts):
-    shots = {}
-    for name, viewport, mobile in (("desktop", {"width": 1280, "height": 900}, False),
-                                   ("phone", {"width": 390, "height": 844}, True)):
-        context = browser.new_context(viewport=viewport, is_mobile=mobile, has_touch=mobile,
-                                      device_scale_factor=2 if mobile else 1)
-        page = context.new_page()
-        page.goto(gateway.url + "/")
-        page.wait_for_selector("html[data-ready]")
-        fill_settings(page, seed=3, max_tokens=80)
-        page.fill("#weight", "65")
-        page.dispatch_event("#weight", "input")
-        page.click("#generate")
-        page.wait_for_selector("#pane-blend[data-state='done']", timeout=WAIT_MS)
-        page.wait_for_selector("#pane-bdh[data-state='done']", timeout=WAIT_MS)
-        page.wait_for_selector("#pane-gpt2[data-state='done']", timeout=WAIT_MS)
-        # The validator's own example: its draft has no leading space, the page joins it to the context.
-        page.click("#validate")
-        page.wait_for_selector("#v-draft-view mark.flag", timeout=WAIT_MS)
-        assert "Z" in page.text_content("#v-draft-view mark.flag")
-        page.wait_for_selector("#readiness.pill-ok", timeout=WAIT_MS)
-        # Nothing wider than the screen: no sideways scrolling, on the phone either.
+# ---- output ---------------------------------------------------------------------------------------
+
+
+def test_copy_download_share_history_examples_and_presets(page, gateway, open_page):
+    fill_settings(page, seed=21, max_tokens=40, split=False, weight=60)
+    assert page.is_disabled("#copy") and page.is_disabled("#share")
+    page.click("#generate")
+    wait_done(page)
+    text = story_text(page)
+
+    page.click("#copy")
+    page.wait_for_function("document.querySelector('#output-note').textContent.includes('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == PROMPT + text
+
+    with page.expect_download() as dl:
+        page.click("#download")
+    assert dl.value.suggested_filename == "plotarmour-story-21.md"
+    md = Path(dl.value.path()).read_text(encoding="utf-8")
+    assert (PROMPT + text).strip() in md
+    for line in ("- Logic weight: 60% logic (BDH), 40% creativity (GPT-2)", "- Blend: linear", "- Seed: 21",
+                 "- Temperature: 1 · top-k: none · top-p: 1", "- Max new tokens: 40"):
+        assert line in md, md
+
+    page.click("#share")
+    page.wait_for_function("document.querySelector('#output-note').textContent.includes('link')")
+    link = page.evaluate("navigator.clipboard.readText()")
+    assert link == page.url and "#" in link and "s=21" in link
+    # Opening the link restores the page; Generate writes the same story again.
+    other = open_page(link)
+    assert other.input_value("#prompt") == PROMPT and other.input_value("#weight") == "60"
+    assert other.input_value("#seed") == "21" and other.input_value("#max-tokens") == "40"
+    assert not other.is_checked("#split") and "shared" in other.text_content("#status")
+    other.click("#generate")
+    wait_done(other)
+    assert story_text(other) == text
+
+    # This browser's history: the run is listed and restores its settings.
+    assert page.text_content("#history-count") == "(1)"
+    page.fill("#prompt", "Something else")
+    set_weight(page, 5)
+    page.click("#history summary")
+    page.click("#history-list .history-item >> nth=0")
+    assert page.input_value("#prompt") == PROMPT and page.input_value("#weight") == "60"
+    page.reload()
+    page.wait_for_selector("html[data-ready]")
+    assert page.text_content("#history-count") == "(1)"
+    stored = json.loads(page.evaluate("localStorage.getItem('plotarmour.history')"))
+    assert stored[0]["setup"]["seed"] == 21 and stored[0]["text"] == text
+
+    # Example openings and the three presets.
+    example = page.get_attribute("[data-example] >> nth=1", "data-example")
+    page.click("[data-example] >> nth=1")
+    assert page.input_value("#prompt") == example
+    open_settings(page)
+    for name, (w, temp, k, p) in {"wild": (15, "1.2", "0", "1"), "balanced": (50, "1", "0", "0.95"),
+                                  "strict": (85, "0.7", "20", "0.9")}.items():
+        page.click(f"[data-preset={name}]")
+        assert (page.input_value("#weight"), page.input_value("#temperature"), page.input_value("#top-k"),
+                page.input_value("#top-p")) == (str(w), temp, k, p)
+        assert page.eval_on_selector_all("[data-preset]", "els => els.filter(e => e.ariaPressed === 'true')"
+                                                          ".map(e => e.dataset.preset)") == [name]
+
+
+# ---- the logic check ------------------------------------------------------------------------------
+
+
+def validator_answer(gateway) -> dict:
+    """/validate's answer for the page's own example (the page joins its draft to the context with a space)."""
+    r = httpx.post(gateway.url + "/validate", json={"context": "Lily had a red ball.",
+                                                    "draft": " She threw the blue ball to her dog.",
+                                                    "sensitivity": 0.5}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_the_logic_check_shows_a_heatmap_reasons_and_what_the_models_expected(page, gateway):
+    api = validator_answer(gateway)
+    assert api["contradictions"], "the tiny models flag nothing in the page's example"
+    # The page's own example (its draft has no leading space: the page joins it to the context).
+    assert page.input_value("#v-context") == "Lily had a red ball."
+    assert page.input_value("#v-draft") == "She threw the blue ball to her dog."
+    assert page.input_value("#v-sensitivity") == "0.5" and "higher flags more" in page.text_content("#v-sensitivity-hint").lower()
+    page.focus("#v-draft")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#v-result:not([hidden])", timeout=WAIT_MS)
+    # A heatmap over every word, reading as the draft character for character.
+    assert page.text_content("#v-draft-view") == page.input_value("#v-draft")
+    heats = page.eval_on_selector_all("#v-draft-view .w", "els => els.map(e => [e.textContent, Number(e.dataset.heat)])")
+    assert [w for w, _ in heats] == [w["text"] for w in api["words"]]
+    assert all(0 <= h <= 1 for _, h in heats) and len({h for _, h in heats}) > 1
+    # Each flagged word (merged as the validator merged them) with its reason and what each model expected.
+    marks = page.eval_on_selector_all("#v-draft-view mark.flag", "els => els.map(e => e.textContent)")
+    assert marks == [c["text"] for c in api["contradictions"]]
+    reasons = page.query_selector_all("#v-reasons li")
+    assert len(reasons) == len(api["contradictions"])
+    for li, c in zip(reasons, api["contradictions"]):
+        assert li.query_selector("q").text_content() == c["text"].strip()
+        assert c["reason"] in li.query_selector(".reason").text_content()
+        expected = li.eval_on_selector_all("dt", "els => els.map(e => e.textContent)")
+        assert expected == [f"{n} expected" for n, k in (("GPT-2", "gpt2"), ("BDH", "bdh")) if c["expected"][k]]
+    first = page.query_selector("#v-draft-view mark.flag")
+    assert first.get_attribute("aria-describedby") == reasons[0].get_attribute("id")
+    assert "stand" in page.text_content("#v-verdict") and "score" in page.text_content("#v-verdict")
+
+    # A draft that fits its context: nothing stands out, and the page says so in plain words.
+    page.fill("#v-context", "Once upon a time, Tom found a big tree. Tom was happy.")
+    page.fill("#v-draft", " Tom showed a big tree to Mia.")
+    page.click("#validate")
+    page.wait_for_function("document.querySelector('#v-verdict').textContent.startsWith('Nothing stands out')",
+                           timeout=WAIT_MS)
+    assert not page.query_selector_all("#v-draft-view mark.flag") and not page.query_selector_all("#v-reasons li")
+    assert "Consistent" not in page.text_content("#v-result")
+    # "Use the story" fills the check from the last story: its prompt as context, its text as draft.
+    fill_settings(page, seed=8, max_tokens=20, split=False)
+    page.click("#generate")
+    wait_done(page)
+    page.click("#use-story")
+    assert page.input_value("#v-context") == PROMPT and page.input_value("#v-draft") == story_text(page)
+
+
+# ---- layout --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width,height", [(1366, 768), (1024, 768)])
+def test_generate_and_stop_stay_reachable_while_a_story_is_read(open_page, gateway, model_servers, width, height):
+    page = open_page(gateway.url + "/", width, height)
+    fill_settings(page, max_tokens=200, split=True)
+    _, freeze = hold_mid_story(page, gateway, model_servers, lambda k: long_story_seed(gateway, 0.5, 200, k))
+    try:
+        for where in ("#story .tok >> nth=-1", "#validator-title", "footer"):
+            page.locator(where).scroll_into_view_if_needed()
+            assert reachable(page, "#stop") and reachable(page, "#weight"), where
+        assert page.evaluate("scrollY") > 0
+        page.click("#stop")  # a real click, where the reader is
+        page.wait_for_selector("#pane-blend[data-state='stopped']", timeout=WAIT_MS)
+    finally:
+        freeze.__exit__(None, None, None)
+    assert reachable(page, "#generate")
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+
+
+def test_on_a_phone_enter_adds_a_line_and_the_slider_stays_reachable(open_page, gateway, model_servers):
+    page = open_page(gateway.url + "/", 390, 844, phone=True)
+    assert page.is_visible(".when-touch") and not page.is_visible(".when-keys")
+    page.focus("#prompt")
+    page.keyboard.press("End")
+    page.keyboard.press("Enter")
+    page.keyboard.type("Then")
+    assert page.input_value("#prompt") == PROMPT + "\nThen" and page.is_disabled("#stop")  # no story started
+    fill_settings(page, max_tokens=200, split=True)
+    assert page.locator("#generate").bounding_box()["height"] >= 40  # a thumb-sized button generates
+    _, freeze = hold_mid_story(page, gateway, model_servers, lambda k: long_story_seed(gateway, 0.5, 200, k))
+    try:
+        for where in ("#story .tok >> nth=-1", "#pane-bdh", "#validator-title", "footer"):
+            page.locator(where).scroll_into_view_if_needed()
+            assert reachable(page, "#weight") and reachable(page, "#stop"), where
+        # The three panes stacked, the blend first; nothing wider than the screen.
+        boxes = [page.locator(p).bounding_box() for p in ALL_PANES]
+        assert boxes[0]["y"] < boxes[1]["y"] < boxes[2]["y"]
         assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
-        if mobile:
-            # Tap-sized controls and the three panes stacked, the blend first.
-            assert page.locator("#generate").bounding_box()["height"] >= 40
-            boxes = [page.locator(p).bounding_box() for p in ("#pane-blend", "#pane-gpt2", "#pane-bdh")]
-            assert boxes[0]["y"] < boxes[1]["y"] < boxes[2]["y"]
-        shots[name] = artifacts / f"page-{name}.png"
-        page.screenshot(path=str(shots[name]), full_page=True)
-        context.close()
-    for name, path in shots.items():
+        page.tap("#stop")
+        page.wait_for_selector("#pane-blend[data-state='stopped']", timeout=WAIT_MS)
+    finally:
+        freeze.__exit__(None, None, None)
+
+
+def _dress(page, gateway, *, split=True, validate=True):
+    """A finished story with a word's details open and, unless told not to, a logic check's result."""
+    fill_settings(page, seed=3, max_tokens=80, split=split, weight=65)
+    page.evaluate("document.getElementById('settings').open = false")
+    page.click("#generate")
+    wait_done(page, *(ALL_PANES if split else ALL_PANES[:1]))
+    if validate:
+        page.click("#validate")
+        page.wait_for_selector("#v-result:not([hidden])", timeout=WAIT_MS)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.click("#story .tok >> nth=4")
+    page.wait_for_selector("#inspector:not([hidden])")
+
+
+def test_screenshots(open_page, gateway, artifacts):
+    shots = []
+    for name, (w, h), phone in (("1440x900", (1440, 900), False), ("1366x768", (1366, 768), False),
+                                ("390x844", (390, 844), True)):
+        page = open_page(gateway.url + "/", w, h, phone=phone)
+        page.screenshot(path=str(artifacts / f"page-{name}-empty.png"))
+        _dress(page, gateway)
+        page.wait_for_selector("#readiness.pill-ok", timeout=WAIT_MS)
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        for kind, full in (("story", False), ("full", True)):
+            path = artifacts / f"page-{name}-{kind}.png"
+            page.screenshot(path=str(path), full_page=full)
+            shots.append(path)
+    for path in shots:
         assert path.stat().st_size > 10_000
-        print(f"screenshot ({name}): {path}")
+        print(f"screenshot: {path}")
 
 
-def test_a_gateway_with_an_api_key_asks_for_it(browser, start_gateway):
+def test_axe_finds_no_serious_or_critical_violations(open_page, gateway, axe_script):
+    found = {}
+    page = open_page(gateway.url + "/")
+    found["empty"] = run_axe(page, axe_script)
+    _dress(page, gateway)
+    found["story, word details, check"] = run_axe(page, axe_script)
+    dark = open_page(gateway.url + "/", color_scheme="dark")
+    _dress(dark, gateway, validate=False)
+    found["dark"] = run_axe(dark, axe_script)
+    phone = open_page(gateway.url + "/", 390, 844, phone=True)
+    found["phone"] = run_axe(phone, axe_script)
+    assert not any(found.values()), json.dumps(found, indent=1)
+
+
+def test_a_gateway_with_an_api_key_asks_for_it(open_page, start_gateway):
     from services.gateway.settings import GatewaySettings
 
     if "api_key" not in GatewaySettings.model_fields:
         pytest.skip("this gateway has no API key setting")
     gw = start_gateway(api_key="e2e-secret")
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(gw.url + "/")  # the page itself is public
-    page.wait_for_selector("html[data-ready]")
+    page = open_page(gw.url + "/")  # the page itself is public
     fill_settings(page, seed=2, max_tokens=20, split=False)
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#error').textContent.includes('(401)')", timeout=WAIT_MS)
+    page.wait_for_function("document.querySelector('#error-detail').textContent.includes('401')", timeout=WAIT_MS)
+    assert "API key" in page.text_content("#error-message")
     assert page.is_visible("#api-key")
     page.fill("#api-key", "e2e-secret")
     page.dispatch_event("#api-key", "change")
     page.click("#generate")
-    page.wait_for_selector("#pane-blend[data-state='done']", timeout=WAIT_MS)
+    wait_done(page)
     assert page.is_hidden("#error") and story_text(page)
-    context.close()
