@@ -162,10 +162,16 @@ function showError(err, { retry = true, pane = null } = {}) {
   $("retry").hidden = !retry;
   $("error-continue").hidden = !(retry && panes.blend.hasStory);
   $("error").hidden = false;
+  // A reader further down the story would not see it: bring it into view.
+  const r = $("error").getBoundingClientRect();
+  if (r.top < 0 || r.bottom > innerHeight) $("error").scrollIntoView({ behavior: motion(), block: "nearest" });
   const field = err instanceof ApiError && err.field;
   const input = field && FIELDS[field] && $(FIELDS[field]);
   if (input) input.setAttribute("aria-invalid", "true");
 }
+
+const oneColumn = matchMedia("(max-width: 860px)");
+const motion = () => (matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth");
 
 function clearError() {
   $("error").hidden = true;
@@ -313,6 +319,8 @@ async function generate({ setup = null, continuing = false } = {}) {
     else pane.begin(s.prompt, label);
   }
   if (!split) for (const pane of [panes.gpt2, panes.bdh]) pane.clear();
+  // In one column the story is below the form: bring it up, where the words will come.
+  if (oneColumn.matches && !continuing) $("story-section").scrollIntoView({ behavior: motion(), block: "start" });
   watchForStalls();
 
   const comparisons = [];
