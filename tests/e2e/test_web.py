@@ -12,6 +12,7 @@ test lets it go (SIGCONT) — no sleeps and no timing assumptions.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 from pathlib import Path
@@ -50,6 +51,11 @@ def visible(text: str) -> str:
         return "∅"
     shown = text.replace("\n", "↵").replace("\t", "⇥")
     return shown.replace(" ", "␣") if shown.strip() == "" else shown.strip()
+
+
+def js_round(x: float) -> int:
+    """JavaScript's Math.round (halves up), not Python's round (halves to even)."""
+    return math.floor(x + 0.5)
 
 
 def share(w: float, p_bdh: float, p_gpt2: float) -> float:
@@ -173,7 +179,12 @@ def test_the_token_inspector_opens_by_click_keyboard_and_tap(page, gateway, open
     assert "GPT-2 " in box["summary"] and "BDH " in box["summary"] and "blend " in box["summary"]
     assert "written at 40% logic" in box["summary"]
     s = share(0.4, t["p_bdh"], t["p_gpt2"])
-    assert f"{round(s * 100) if s > 0.5 else round((1 - s) * 100)}%" in box["summary"]
+    if abs(2 * s - 1) < PLAIN_BELOW:
+        assert f"Both drove it: {js_round(s * 100)}% of its blended probability came from BDH" in box["summary"]
+    elif s > 0.5:
+        assert f"BDH drove it: {js_round(s * 100)}% of its blended probability came from BDH" in box["summary"]
+    else:
+        assert f"GPT-2 drove it: {100 - js_round(s * 100)}% of its blended probability came from GPT-2" in box["summary"]
     assert [c["name"] for c in box["cols"]] == ["Blend", "GPT-2", "BDH"]
     for col, role in zip(box["cols"], ("blend", "gpt2", "bdh")):
         assert [a for a, _ in col["alts"]] == [visible(a["text"]) for a in t["alternatives"][role]]
