@@ -247,6 +247,61 @@ class Expected:
         return out
 
 
+@dataclass(frozen=True)
+class Displacement:
+    """A displaced expectation (measured by the bench; not the shipped flag rule yet).
+
+    At a draft word's first token, an alternative e the model expected there with the
+    context (one of its top-k, p_ctx(e) ≥ floor, e ≠ the draft's token) displaces the word
+    when the context boosted e more than it boosted the word:
+
+        shift(e)     = [log2 p_ctx(e) − log2 p_noctx(e)] − [log2 p_ctx(w) − log2 p_noctx(w)]
+        shortfall(e) = log2 p_ctx(e) − log2 p_ctx(w)
+        displaced    = max over e of min(shift(e), shortfall(e)), 0 when no e qualifies
+
+    p_noctx(e) comes from the no-context top-k; where e is not in it, the k-th value there
+    is an upper bound on it, so shift(e) is then a lower bound. `context_only` keeps only
+    expectations that are tokens of the context itself ('red', 'Lily', 'park', 'two');
+    an e that occurs at or after this position in the draft is deferred, not displaced.
+    """
+
+    name: str
+    gpt2: float = 1.0
+    bdh: float = 0.0
+    floor: float = 0.03
+    context_only: bool = True
+
+
+def displaced_bits(words: Sequence[Word], token_ids: Sequence[int], with_context: np.ndarray,
+                   without_context: np.ndarray, expected: Expected, expected_without: Expected,
+                   context_ids: Sequence[int] = (), floor: float = 0.03,
+                   context_only: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One model's displaced expectation per word, in bits (n,), and the displacing token
+    id (n,), −1 where none; punctuation gets 0. Inputs as for `validate`, for one model."""
+    ctx = set(int(i) for i in context_ids)
+    ids = [int(i) for i in token_ids]
+    out = np.zeros(len(words))
+    by = np.full(len(words), -1, dtype=np.int64)
+    for k, wd in enumerate(words):
+        if wd.punctuation:
+            continue
+        t = wd.tokens[0]
+        later = set(ids[t:])
+        lwc, lwn = float(with_context[t]), float(without_context[t])
+        no = dict(zip(expected_without.ids[t].tolist(), expected_without.log_probs[t].tolist()))
+        bound = float(expected_without.log_probs[t][-1])
+        for e, lec in zip(expected.ids[t].tolist(), expected.log_probs[t].tolist()):
+            if np.exp(lec) < floor:
+                break  # likeliest first: the rest are rarer still
+            if e in later or (context_only and e not in ctx):
+                continue
+            shift = ((lec - no.get(e, bound)) - (lwc - lwn)) / _LOG2
+            s = min(shift, (lec - lwc) / _LOG2)
+            if s > out[k]:
+                out[k], by[k] = s, e
+    return out, by
+
+
 def _r(x: float) -> float:
     return round(float(x), 4)
 

@@ -14,6 +14,7 @@ from services.gateway.validator import (
     Variant,
     Word,
     WordMeasures,
+    displaced_bits,
     flag_words,
     group_words,
     merge_flags,
@@ -186,3 +187,40 @@ def test_validate_flags_the_whole_word_and_names_the_alternatives():
     # The strictest setting lets it pass; a word every model supports never flags.
     assert validate(draft, offsets, ids, lw, lwo, ent, expected, decode, variant=both, threshold_at_default=3.0,
                     sensitivity=0.0)["consistent"]
+
+
+def test_displaced_expectation_is_the_context_word_the_draft_pushed_aside():
+    # Context "Lily had a red ball." (ids 20 " red", 30 " ball"); draft " She threw the blue ball".
+    draft, offsets = tokenize([" She", " threw", " the", " blue", " ball"])
+    words = group_words(draft, offsets)
+    ids = [10, 11, 12, 13, 30]
+    lw = np.log([0.8, 0.1, 0.6, 0.01, 0.5])     # with the context
+    lwo = np.log([0.01, 0.1, 0.6, 0.005, 0.1])  # without: " blue" only 2× likelier with the context
+    k = 4
+    # elsewhere the model expected the draft's own token; at " blue": " ball", " red", " blue", " big"
+    top = np.array([[i, 40, 41, 42] for i in ids])
+    lp = np.log(np.tile([0.9, 0.01, 0.005, 0.001], (5, 1)))
+    top[3], lp[3] = [30, 20, 13, 40], np.log([0.4, 0.16, 0.01, 0.005])
+    top_no = np.tile([50, 13, 30, 41], (5, 1))    # " red" is not in the no-context top-k:
+    lp_no = np.log(np.tile([0.2, 0.005, 0.1, 0.001], (5, 1)))  # its p there is at most the k-th, 0.001
+    ctx = [1, 2, 3, 20, 30, 4]
+    d, by = displaced_bits(words, ids, lw, lwo, Expected(top, lp), Expected(top_no, lp_no), ctx)
+    # at " blue": " ball" comes later in the draft (deferred, not displaced); " red" was boosted
+    # ≥ 0.16/0.001 = 160× against 2× for " blue" (shift ≥ log2 80) and is 16× likelier than " blue"
+    # here: min(6.32, 4) = 4 bits. " big" (40) is not a context word and does not count.
+    assert by.tolist() == [-1, -1, -1, 20, -1]
+    assert d[3] == pytest.approx(4.0) and d[[0, 1, 2, 4]].tolist() == [0, 0, 0, 0]
+    # without the context-word restriction, " big" still loses to " red" (0.005 < floor 0.03)
+    d2, by2 = displaced_bits(words, ids, lw, lwo, Expected(top, lp), Expected(top_no, lp_no), ctx,
+                             context_only=False)
+    assert by2[3] == 20 and d2[3] == pytest.approx(4.0)
+    # the consistent draft (" red" in that place) has nothing displaced at the word
+    ids_ok = [10, 11, 12, 20, 30]
+    lw_ok, lwo_ok = lw.copy(), lwo.copy()
+    lw_ok[3], lwo_ok[3] = np.log(0.16), np.log(0.001)
+    d3, _ = displaced_bits(words, ids_ok, lw_ok, lwo_ok, Expected(top, lp), Expected(top_no, lp_no), ctx)
+    assert d3.tolist() == [0, 0, 0, 0, 0]
+    # a floor above p(" red") leaves nothing to be displaced by
+    assert displaced_bits(words, ids, lw, lwo, Expected(top, lp), Expected(top_no, lp_no), ctx,
+                          floor=0.2)[0].tolist() == [0, 0, 0, 0, 0]
+    assert k == top.shape[1]
