@@ -156,6 +156,8 @@ const FIELDS = { prompt: "prompt", max_new_tokens: "max-tokens", temperature: "t
 
 function showError(err, { retry = true, pane = null } = {}) {
   const { message, detail } = typeof err === "string" ? { message: err, detail: "" } : explain(err);
+  // The same request again cannot pass where the gateway refused the input itself: fix it, then Generate.
+  if (err instanceof ApiError && (err.status === 413 || err.status === 422)) retry = false;
   $("error-message").textContent = pane ? `${pane}: ${message}` : message;
   $("error-detail").textContent = detail;
   $("error-details").hidden = !detail;
