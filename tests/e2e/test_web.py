@@ -578,7 +578,7 @@ def test_screenshots(open_page, gateway, artifacts):
         print(f"screenshot: {path}")
 
 
-def test_axe_finds_no_serious_or_critical_violations(open_page, gateway, axe_script):
+def test_axe_finds_no_serious_or_critical_violations(axe_script, open_page, gateway):
     found = {}
     page = open_page(gateway.url + "/")
     found["empty"] = run_axe(page, axe_script)
