@@ -11,7 +11,8 @@ const $ = (id) => document.getElementById(id);
 const MODELS = [["gpt2", "GPT-2"], ["bdh", "BDH"]];
 
 // A word's score is in bits (how much less likely the context makes it, with its surprisal
-// mixed in): the heat is full at 8 bits (256× less likely), half at the default flag bar.
+// mixed in), comparable between drafts: the heat is absolute, full at 8 bits, so the same
+// word looks as hot whatever the sensitivity (which only moves the flag bar).
 const FULL_HEAT_BITS = 8;
 
 /** Heat in [0, 1] per word; words the context makes likelier stay cold. */
