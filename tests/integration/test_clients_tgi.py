@@ -214,13 +214,14 @@ def test_hub_return_full_text(hub):
 
 
 def test_hub_truncate(hub, gateway, tiny_tokenizer):
-    """`truncate` keeps the prompt's last tokens: a prompt over the model's context is
-    refused without it, and with it the story is the one the kept tokens alone write."""
+    """`truncate` keeps the prompt's last tokens: a prompt over max_input_tokens is refused
+    without it, and with it the story is the one the kept tokens alone write."""
     n_ids = len(tiny_tokenizer.encode(PROMPT).ids)
-    long = "The dog ran to the park. " * 60 + "\n" + PROMPT
+    max_input = httpx.get(gateway.url + "/info").json()["max_input_tokens"]
+    unit = "The dog ran to the park. "
+    long = unit * int(1.3 * max_input / len(tiny_tokenizer.encode(unit).ids)) + "\n" + PROMPT
     ids = tiny_tokenizer.encode(long).ids
     assert ids[-n_ids:] == tiny_tokenizer.encode(PROMPT).ids  # PROMPT tokenizes alike at the end
-    max_input = httpx.get(gateway.url + "/info").json()["max_input_tokens"]
     assert len(ids) > max_input
     with pytest.raises(HubValidationError, match="inputs"):
         hub.text_generation(long, max_new_tokens=N)
@@ -404,10 +405,11 @@ def test_info(gateway):
     hub = InferenceClient(gateway.url, provider="hf-inference", timeout=60)
     info = hub.get_endpoint_info()
     settings = GatewaySettings()
-    max_total = min(m["max_context"] for m in info["models"].values())
     assert info["model_id"] == settings.model_name
-    assert info["max_total_tokens"] == max_total == 256  # the tiny GPT-2's n_positions
-    assert info["max_input_tokens"] == min(settings.max_prompt_tokens, max_total - 1)
+    assert info["gateway"]["models_context"] == 256  # the tiny GPT-2's n_positions
+    # With context shift a prompt may outgrow the models' contexts (each reads its last window).
+    assert info["max_input_tokens"] == settings.max_prompt_tokens
+    assert info["max_total_tokens"] == settings.max_prompt_tokens + settings.max_new_tokens_limit
     assert info["max_concurrent_requests"] == settings.max_concurrent
     assert info["version"] == VERSION
     assert hub.health_check()

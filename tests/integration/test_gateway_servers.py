@@ -152,13 +152,30 @@ def test_validate_matches_in_process_scores(client, engines, tiny_tokenizer):
 
 def test_errors_against_real_servers(client, gateway, gpt2_server, bdh_server):
     assert client.post("/generate", json={"prompt": PROMPT, "logic_weight": 1.01}).status_code == 422
-    r = client.post("/generate", json={"prompt": "Lily " * 400})  # more tokens than GPT-2's 256 positions
+    r = client.post("/generate", json={"prompt": "Lily " * 9000})  # over max_prompt_tokens (8192)
     assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
     assert client.post("/generations/gen-0000", json={"logic_weight": 0.2}).status_code == 404
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["tokenizer_fingerprint"]
     info = client.get("/info").json()
     assert info["models"]["gpt2"]["model_type"] == "gpt2" and info["models"]["bdh"]["model_type"] == "bdh"
+
+
+def test_a_story_runs_past_the_real_gpt2_context(client):
+    """The tiny GPT-2 has 256 positions: a longer prompt is read through its last window, and
+    a story that fills the window reopens it on the story's last half and goes on."""
+    r = client.post("/generate", json={"prompt": "Lily " * 400, "max_new_tokens": 3, "seed": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] > 256 and r.json()["tokens"][0]["context_shift"] == ["gpt2"]
+    r = client.post("/generate", json={"prompt": "Lily " * 250, "max_new_tokens": 40, "seed": 2, "temperature": 0})
+    tokens = r.json()["tokens"]
+    assert r.status_code == 200 and r.json()["finish_reason"] in ("length", "eos_token")
+    slid = [i for i, t in enumerate(tokens) if "context_shift" in t]
+    n_prompt = r.json()["usage"]["prompt_tokens"]
+    # The session holds prompt + tokens fed; it is full at 256, so the token fed next
+    # (index 256 - n_prompt) reopens it, and the one after is drawn from the new window.
+    first = 256 - n_prompt + 1
+    assert n_prompt < 256 and slid == ([first] if len(tokens) > first else [])
 
 
 def test_refuses_a_server_with_another_tokenizer(tiny_pair, gpt2_server, start_model_server, tmp_path):

@@ -13,7 +13,7 @@ from ..streaming import event_stream, sse
 
 router = APIRouter(tags=["native"])
 
-TOKEN_FIELDS = ("id", "text", "p_blend", "p_gpt2", "p_bdh", "logic_weight", "special", "alternatives")
+TOKEN_FIELDS = ("id", "text", "p_blend", "p_gpt2", "p_bdh", "logic_weight", "special", "alternatives", "context_shift")
 
 
 def job(req: GenerateRequest) -> Job:
