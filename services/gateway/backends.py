@@ -149,6 +149,9 @@ class BatchStream:
             raise
         except Exception as e:  # AioRpcError or the stream's end: nothing more will come
             self._fail(_translate(b.role, b.address, e, b.step_deadline))
+            # End the request iterator too: grpc's task that drains it would otherwise wait
+            # on the outbox for the gateway's whole life.
+            self._outbox.put_nowait(None)
 
     def _fail(self, err: GatewayError) -> None:
         self.failure = self.failure or err
@@ -240,6 +243,26 @@ class BatchStream:
 
 
 @dataclass
+class Scored:
+    """A Score answer as arrays, one row per scored position (len(ids) − 1 of them):
+    log p of each next token (natural log), the `top_k` likeliest tokens there with their
+    log-probs (k columns; none when top_k was 0) and the entropy in nats (None unless asked)."""
+
+    log_probs: np.ndarray                 # (T,)
+    top_ids: np.ndarray                   # (T, k)
+    top_log_probs: np.ndarray             # (T, k)
+    entropies: np.ndarray | None = None   # (T,)
+
+    @classmethod
+    def from_proto(cls, r: pb.ScoreResponse) -> Scored:
+        lp = np.frombuffer(r.log_probs, dtype="<f4")
+        ids = np.frombuffer(r.top_ids, dtype="<u4")
+        k = len(ids) // len(lp) if len(lp) else 0  # top_k, or fewer where the vocabulary is smaller
+        return cls(lp, ids.reshape(len(lp), k), np.frombuffer(r.top_log_probs, dtype="<f4").reshape(len(lp), k),
+                   np.frombuffer(r.entropies, dtype="<f4") if r.entropies else None)
+
+
+@dataclass
 class ServerInfo:
     """What GetInfo said, minus the tokenizer text."""
 
@@ -315,12 +338,15 @@ class ModelBackend:
         stream, session = self.stream(), next(self._session_ids)
         return stream, session, await stream.open(session, prompt_ids, fingerprint)
 
-    async def score(self, ids: list[int]) -> np.ndarray:
+    async def score(self, ids: list[int], top_k: int = 0, entropy: bool = False) -> Scored:
+        """The server's Score of `ids`, bounded by step_timeout_s like every call to a server
+        (a dead or silent one is a 503). Cancelling the caller cancels the call."""
         try:
-            r = await self.stub.Score(pb.ScoreRequest(token_ids=ids), timeout=self.settings.step_timeout_s)
+            r = await self.stub.Score(pb.ScoreRequest(token_ids=ids, top_k=top_k, entropy=entropy),
+                                      timeout=self.settings.step_timeout_s)
         except grpc.aio.AioRpcError as e:
             raise _translate(self.role, self.address, e, self.step_deadline) from None
-        return np.frombuffer(r.log_probs, dtype="<f4")
+        return Scored.from_proto(r)
 
     async def aclose(self) -> None:
         for stream in self.streams:
