@@ -22,12 +22,25 @@ only about 2 times in 3, and the surprisal term lifts that to about 4 in 5.
 bench/bench_validator.py measures every variant; DEFAULT_VARIANT is its pick:
 GPT-2 and BDH weighed 3:1, λ = 0.5, raw surprisal.
 
-A word is flagged when its score reaches the threshold that `sensitivity` sets and the
-context really lowers it (its combined context bits are negative): a word the context
-supports is never called a contradiction, however surprising. Adjacent flagged words
-(only spaces between them) merge into one contradiction. Runs of punctuation are scored
-like words (the draft's probability includes them) but never flagged. The draft's score
-is the mean of all these scores, so drafts of different lengths for one context compare.
+The per-word score ranks drafts and colours the heatmap; it does not flag. A word is
+flagged by a displaced expectation under GPT-2 (`displaced_bits`, `DEFAULT_DISPLACEMENT`):
+at the word's first token, a word of the context that GPT-2 expected there instead (one
+of its top-64, p ≥ 0.03 with the context, not occurring later in the draft) and that the
+context boosted more than the draft's word:
+
+    shift(e)     = [log2 p_ctx(e) − log2 p_noctx(e)] − [log2 p_ctx(w) − log2 p_noctx(w)]
+    shortfall(e) = log2 p_ctx(e) − log2 p_ctx(w)
+    displaced    = max over e of min(shift(e), shortfall(e)) bits, 0 when no e qualifies
+
+("Lily had a red ball." then " She threw the blue ball.": at " blue", GPT-2 expected
+" red", which the context boosted and which is likelier than " blue" there.) A word is
+flagged when its displaced bits are positive and reach the bar that `sensitivity` sets
+(`threshold_bits`): 1.8 bits at the default 0.5, the bar bench/bench_validator.py tunes on
+half of its triples; higher sensitivity, lower bar, more flags (each 0.1 moves it by
+0.3 bits, from 3.3 bits at 0 to 0.3 bits at 1). Adjacent flagged words (only spaces
+between them) merge into one contradiction; runs of punctuation are never flagged. The
+draft's score is the mean of the per-word scores above (all words and punctuation), so
+drafts of different lengths for one context compare.
 
 Pure numpy and plain data: the route feeds it the Score answers; tests feed it made-up
 log-probabilities.
@@ -67,16 +80,19 @@ class Variant:
         return w / w.sum()
 
 
-# The shipped variant and the threshold at the default sensitivity, both chosen by
+# The shipped variant (the draft score and the per-word heatmap scores), chosen by
 # bench/bench_validator.py on the tuning half of its triples (see its docstring).
 DEFAULT_VARIANT = Variant("gpt2 3:1 bdh, λ=0.5 raw", gpt2=0.75, bdh=0.25, surprisal=0.5, term="raw")
 DEFAULT_SENSITIVITY = 0.5
-DEFAULT_THRESHOLD_BITS = 6.75  # the flag threshold at DEFAULT_SENSITIVITY
-BITS_PER_SENSITIVITY = 10.0   # each 0.1 of sensitivity moves the threshold by 1 bit (a factor of 2)
+# The flag rule's bar on displaced bits at DEFAULT_SENSITIVITY (the bench's tuned bar) and
+# how far sensitivity moves it: each 0.1 lowers it by 0.3 bits, 3.3 bits at 0, 0.3 at 1.
+DEFAULT_THRESHOLD_BITS = 1.8
+BITS_PER_SENSITIVITY = 3.0
+EXPECT_TOP_K = 64  # alternatives the route asks Score for, with and without the context
 
 
 def threshold_bits(sensitivity: float, at_default: float = DEFAULT_THRESHOLD_BITS) -> float:
-    """The word score a flag needs. Higher sensitivity, lower bar: flags are a superset."""
+    """The displaced bits a flag needs. Higher sensitivity, lower bar: flags are a superset."""
     return at_default + BITS_PER_SENSITIVITY * (DEFAULT_SENSITIVITY - sensitivity)
 
 
@@ -180,8 +196,8 @@ def score_words(m: WordMeasures, variant: Variant = DEFAULT_VARIANT) -> tuple[np
 
 def flag_words(scores: np.ndarray, context_bits: np.ndarray, threshold: float,
                punctuation: Sequence[bool] | None = None) -> np.ndarray:
-    """A word is flagged when its score reaches the threshold and the context lowers it;
-    punctuation never is."""
+    """The previous flag rule, kept for the bench to measure: a word's score reaches the
+    threshold and the context lowers it; punctuation never is."""
     flags = (np.asarray(scores) >= threshold) & (np.asarray(context_bits) < 0)
     return flags if punctuation is None else flags & ~np.asarray(punctuation, dtype=bool)
 
@@ -213,18 +229,13 @@ def one_in(bits: float) -> str:
     return f"1 in {float(f'{n:.2g}'):,.0f}"
 
 
-def reason(word: str, context_bits: float, surprisal_bits: float, expected: dict[str, str | None]) -> str:
-    """A plain sentence: how much less likely the context makes the word, and what the
-    models expected instead ("'blue' is 12× less likely after this context than without
-    it (1 in 340 here); both models expected 'red'")."""
-    text = f"{word.strip()!r} is {times(-context_bits)} less likely after this context than without it " \
-           f"({one_in(surprisal_bits)} here)"
-    alts = {m: e.strip() for m, e in expected.items() if e is not None and e.strip()}
-    if len(alts) == 2 and len(set(alts.values())) == 1:
-        return f"{text}; both models expected {next(iter(alts.values()))!r}"
-    if alts:
-        return text + "; " + ", ".join(f"{NAMES[m]} expected {e!r}" for m, e in alts.items())
-    return text
+def reason(word: str, expected: str, bits: float, model: str = "gpt2") -> str:
+    """A plain sentence naming the displaced expectation: "'blue' where GPT-2 expected
+    'red' (this context makes 'red' 16× likelier than 'blue')". The factor is 2**bits, the
+    displaced bits: after the context the expectation is at least that much likelier than
+    the word, and the context raised its odds against the word at least that much."""
+    w, e = word.strip(), expected.strip()
+    return f"{w!r} where {NAMES[model]} expected {e!r} (this context makes {e!r} {times(bits)} likelier than {w!r})"
 
 
 @dataclass
@@ -249,20 +260,16 @@ class Expected:
 
 @dataclass(frozen=True)
 class Displacement:
-    """A displaced expectation (measured by the bench; not the shipped flag rule yet).
-
-    At a draft word's first token, an alternative e the model expected there with the
-    context (one of its top-k, p_ctx(e) ≥ floor, e ≠ the draft's token) displaces the word
-    when the context boosted e more than it boosted the word:
-
-        shift(e)     = [log2 p_ctx(e) − log2 p_noctx(e)] − [log2 p_ctx(w) − log2 p_noctx(w)]
-        shortfall(e) = log2 p_ctx(e) − log2 p_ctx(w)
-        displaced    = max over e of min(shift(e), shortfall(e)), 0 when no e qualifies
+    """How displaced expectations flag words: which models count (their displaced bits
+    are weighed and summed), the floor on p_ctx of an expectation, and whether only the
+    context's own tokens count as expectations. See `displaced_bits`.
 
     p_noctx(e) comes from the no-context top-k; where e is not in it, the k-th value there
     is an upper bound on it, so shift(e) is then a lower bound. `context_only` keeps only
     expectations that are tokens of the context itself ('red', 'Lily', 'park', 'two');
-    an e that occurs at or after this position in the draft is deferred, not displaced.
+    an e that occurs at or after this position in the draft is deferred, not displaced
+    ("the black cat" after a context about a cat: " cat" comes later, so " black" did not
+    push it aside).
     """
 
     name: str
@@ -270,6 +277,10 @@ class Displacement:
     bdh: float = 0.0
     floor: float = 0.03
     context_only: bool = True
+
+
+# The shipped flag rule: GPT-2 alone, context words only, p ≥ 0.03 (the bench's pick).
+DEFAULT_DISPLACEMENT = Displacement("displaced, GPT-2")
 
 
 def displaced_bits(words: Sequence[Word], token_ids: Sequence[int], with_context: np.ndarray,
@@ -302,6 +313,31 @@ def displaced_bits(words: Sequence[Word], token_ids: Sequence[int], with_context
     return out, by
 
 
+def displacement_of(words: Sequence[Word], token_ids: Sequence[int], with_context: dict[str, np.ndarray],
+                    without_context: dict[str, np.ndarray], expected: dict[str, Expected] | None,
+                    expected_without: dict[str, Expected] | None, context_ids: Sequence[int],
+                    displacement: Displacement = DEFAULT_DISPLACEMENT) -> tuple[np.ndarray, list[tuple[str, int] | None]]:
+    """Per word: the models' weighted displaced bits (n,), and for each word the (model,
+    token id) whose expectation counts most there, None where nothing is displaced.
+    Nothing is displaced without a context or without both models' top-k answers."""
+    n = len(words)
+    total = np.zeros(n)
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if len(context_ids) and expected and expected_without:
+        for m, w in zip(MODELS, (displacement.gpt2, displacement.bdh)):
+            if w:
+                d, by = displaced_bits(words, token_ids, with_context[m], without_context[m], expected[m],
+                                       expected_without[m], context_ids, displacement.floor,
+                                       displacement.context_only)
+                parts[m] = (w * d, by)
+                total += w * d
+    who: list[tuple[str, int] | None] = []
+    for k in range(n):
+        best = max(((wd[k], m, int(by[k])) for m, (wd, by) in parts.items() if by[k] >= 0), default=None)
+        who.append(None if best is None else (best[1], best[2]))
+    return total, who
+
+
 def _r(x: float) -> float:
     return round(float(x), 4)
 
@@ -309,41 +345,47 @@ def _r(x: float) -> float:
 def validate(draft: str, offsets: Sequence[tuple[int, int]], token_ids: Sequence[int],
              with_context: dict[str, np.ndarray], without_context: dict[str, np.ndarray],
              entropies: dict[str, np.ndarray] | None, expected: dict[str, Expected] | None,
-             decode: Callable[[list[int]], str], *, sensitivity: float = DEFAULT_SENSITIVITY,
-             variant: Variant = DEFAULT_VARIANT, threshold_at_default: float = DEFAULT_THRESHOLD_BITS) -> dict:
+             decode: Callable[[list[int]], str], *, expected_without: dict[str, Expected] | None = None,
+             context_ids: Sequence[int] = (), sensitivity: float = DEFAULT_SENSITIVITY,
+             variant: Variant = DEFAULT_VARIANT, displacement: Displacement = DEFAULT_DISPLACEMENT,
+             threshold_at_default: float = DEFAULT_THRESHOLD_BITS) -> dict:
     """The /validate answer for one draft.
 
     with_context / without_context: per model, natural-log log p of each draft token (T,)
     after the context / after <eot> alone; entropies: per model, nats at each draft
-    position (T,) with the context; expected: per model, the top alternatives there.
+    position (T,) with the context; expected / expected_without: per model, the top
+    alternatives at each draft position with / without the context (top-64 for the flag
+    rule; the first five other than the draft's token are listed); context_ids: the
+    context's token ids (empty: no context, nothing is flagged).
     """
     words = group_words(draft, offsets)
     threshold = threshold_bits(sensitivity, threshold_at_default)
     m = WordMeasures.from_token_logprobs(words, with_context, without_context, entropies)
-    scores, ctx = score_words(m, variant) if words else (np.zeros(0), np.zeros(0))
-    flags = flag_words(scores, ctx, threshold, [wd.punctuation for wd in words])
-    w = variant.weights()
-    surprisal = w @ m.surprisal_bits if words else np.zeros(0)
+    scores, _ = score_words(m, variant) if words else (np.zeros(0), np.zeros(0))
+    displaced, who = displacement_of(words, token_ids, with_context, without_context, expected,
+                                     expected_without, context_ids, displacement)
+    punct = np.array([wd.punctuation for wd in words], dtype=bool)
+    flags = (displaced > 0) & (displaced >= threshold) & ~punct
 
     contradictions = []
     for i, j in merge_flags(draft, words, flags):
-        worst = i + int(np.argmax(scores[i: j + 1]))
+        worst = i + int(np.argmax(displaced[i: j + 1]))
         wd = words[worst]
         first = wd.tokens[0]
         alts = {name: expected[name].at(first, int(token_ids[first]), decode) for name in MODELS} \
             if expected else {name: [] for name in MODELS}
+        model, e = who[worst]
         start, end = words[i].start, words[j].end
         contradictions.append({
             "start": start, "end": end, "text": draft[start:end],
-            "reason": reason(draft[wd.start: wd.end], ctx[worst], surprisal[worst],
-                             {name: (a[0]["text"] if a else None) for name, a in alts.items()}),
-            "score": _r(scores[worst]),
+            "reason": reason(draft[wd.start: wd.end], decode([e]), displaced[worst], model),
+            "score": _r(displaced[worst]),
             "expected": alts,
         })
 
     word_rows = [{
         "start": wd.start, "end": wd.end, "text": draft[wd.start: wd.end], "score": _r(scores[k]),
-        "flagged": bool(flags[k]), "punctuation": wd.punctuation,
+        "flagged": bool(flags[k]), "punctuation": wd.punctuation, "displaced_bits": _r(displaced[k]),
         "surprisal_bits": {name: _r(m.surprisal_bits[r, k]) for r, name in enumerate(MODELS)},
         "context_bits": {name: _r(m.context_bits[r, k]) for r, name in enumerate(MODELS)},
         "excess_bits": {name: _r(m.excess_bits[r, k]) for r, name in enumerate(MODELS)},

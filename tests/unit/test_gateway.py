@@ -463,7 +463,8 @@ def test_health_ready_info_metrics(client, fakes):
 
 
 def test_validate_scores_the_draft_under_both_models(client, tiny_tokenizer, fakes):
-    context, draft = "Once upon a time,", " Tom found a red ball. Tom was happy."
+    # A context whose words the GPT-2 fake expects at two draft words, more with the context than without
+    context, draft = "The cat was sad.", " Tom found a red ball. Tom was happy."
     r = client.post("/validate", json={"context": context, "draft": draft, "sensitivity": 1.0})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -497,33 +498,69 @@ def test_validate_scores_the_draft_under_both_models(client, tiny_tokenizer, fak
     assert body["score"] == pytest.approx(np.mean([w["score"] for w in words]), abs=1e-3)
     assert not any(w["flagged"] for w in words if w["punctuation"])
 
-    # At the highest sensitivity the fakes' random distributions flag something; each
-    # contradiction covers flagged words only and says what each model expected instead.
+    # The flag rule: at a word's first token, a context token GPT-2 expected there instead
+    # (top-64, p ≥ 0.03, not later in the draft), boosted by the context more than the
+    # word and likelier than it: min(shift, shortfall) bits, recomputed here from the fake.
+    ctx_ids, ln2 = set(tiny_tokenizer.encode(context).ids), np.log(2)
+
+    def displaced(w):
+        t = min(k for k, (a, b) in enumerate(enc.offsets) if a < w["end"] and b > w["start"])
+        own = enc.ids[t]
+        row_c = fakes[0].model.dist(ids[n_ctx + t - 1], n_ctx + t)
+        row_n = fakes[0].model.dist(alone[t], 1 + t)
+        top_n = np.argsort(-row_n, kind="stable")[:64]
+        best, by = 0.0, None
+        for e in np.argsort(-row_c, kind="stable")[:64]:
+            if np.exp(row_c[e]) < 0.03:
+                break
+            if e in enc.ids[t:] or e not in ctx_ids:
+                continue
+            no = row_n[e] if e in top_n else row_n[top_n[-1]]
+            d = min((row_c[e] - no - row_c[own] + row_n[own]) / ln2, (row_c[e] - row_c[own]) / ln2)
+            if d > best:
+                best, by = d, int(e)
+        return best, by, t
+
+    assert body["threshold_bits"] == pytest.approx(0.3)  # sensitivity 1.0
+    found = {}
+    for w in words:
+        d, by, t = (0.0, None, None) if w["punctuation"] else displaced(w)
+        assert w["displaced_bits"] == pytest.approx(d, abs=1e-3)
+        assert w["flagged"] == (d > 0 and d >= body["threshold_bits"])
+        if w["flagged"]:
+            found[w["start"]] = (d, by, t)
+    # The fakes' distributions do displace something here: each contradiction covers
+    # flagged words only, names what GPT-2 expected and lists what each model expected.
     assert body["contradictions"] and body["consistent"] is False
     flagged = [w for w in words if w["flagged"]]
     assert {(w["start"], w["end"]) for w in flagged} == {
         (w["start"], w["end"]) for w in words for c in body["contradictions"] if c["start"] <= w["start"] < c["end"]}
     for c in body["contradictions"]:
-        assert draft[c["start"]: c["end"]] == c["text"] and "less likely after this context" in c["reason"]
-        worst = max((w for w in flagged if c["start"] <= w["start"] < c["end"]), key=lambda w: w["score"])
-        assert c["score"] == worst["score"] and repr(worst["text"]) in c["reason"]
-        first = min(k for k, (a, b) in enumerate(enc.offsets) if a < worst["end"] and b > worst["start"])
+        worst = max((w for w in flagged if c["start"] <= w["start"] < c["end"]), key=lambda w: w["displaced_bits"])
+        d, by, first = found[worst["start"]]
+        assert draft[c["start"]: c["end"]] == c["text"] and c["score"] == pytest.approx(d, abs=1e-3)
+        e = tiny_tokenizer.decode([by]).strip()
+        assert c["reason"].startswith(f"{worst['text']!r} where GPT-2 expected {e!r} (this context makes {e!r} ")
+        assert c["reason"].endswith(f"× likelier than {worst['text']!r})")
         for fake, name in zip(fakes, ("gpt2", "bdh")):
             row = fake.model.dist(ids[n_ctx + first - 1], n_ctx + first)
             want = [int(i) for i in np.argsort(-row, kind="stable")[:6] if i != enc.ids[first]][:5]
             assert [a["text"] for a in c["expected"][name]] == [tiny_tokenizer.decode([i]) for i in want]
             assert [a["p"] for a in c["expected"][name]] == pytest.approx(np.exp(row[want]).tolist(), abs=1e-5)
 
-    # Sensitivity 0 flags at most what 1 flags.
+    # Sensitivity 0 flags at most what 1 flags; the scores do not move.
     strict = client.post("/validate", json={"context": context, "draft": draft, "sensitivity": 0.0}).json()
+    assert strict["threshold_bits"] == pytest.approx(3.3)
     assert {w["text"] for w in strict["words"] if w["flagged"]} <= {w["text"] for w in flagged}
     assert strict["consistent"] == (not strict["contradictions"])
+    assert strict["score"] == body["score"] and [w["score"] for w in strict["words"]] == [w["score"] for w in words]
 
 
 def test_validate_without_a_context_flags_nothing(client):
     body = client.post("/validate", json={"draft": " Tom found a red ball.", "sensitivity": 1.0}).json()
     assert body["consistent"] is True and body["contradictions"] == []
     assert all(w["context_bits"] == {"gpt2": 0.0, "bdh": 0.0} and not w["flagged"] for w in body["words"])
+    assert all(w["displaced_bits"] == 0.0 for w in body["words"])
 
 
 def test_openai_client_works(gateway, client):

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from services.gateway.validator import (
+    DEFAULT_SENSITIVITY,
+    DEFAULT_THRESHOLD_BITS,
     DEFAULT_VARIANT,
     MODELS,
+    Displacement,
     Expected,
     Variant,
     Word,
@@ -106,15 +109,17 @@ def test_adjacent_flags_merge_but_not_across_punctuation():
     assert merge_flags(draft, words, [True, True]) == [(0, 0), (1, 1)]
 
 
-def test_reasons_say_how_much_less_likely_and_what_was_expected():
-    r = reason(" blue", context_bits=-np.log2(12), surprisal_bits=np.log2(340),
-               expected={"gpt2": " red", "bdh": " red"})
-    assert r == "'blue' is 12× less likely after this context than without it (1 in 340 here); both models expected 'red'"
-    r = reason("blue", context_bits=-1.5, surprisal_bits=3.0, expected={"gpt2": " red", "bdh": " green"})
-    assert r.endswith("; GPT-2 expected 'red', BDH expected 'green'") and "2.8× less likely" in r
-    assert reason("blue", -1.0, 3.0, {"gpt2": None, "bdh": None}).endswith("(1 in 8.0 here)")
+def test_reasons_name_the_displaced_expectation():
+    r = reason(" blue", " red", bits=np.log2(40))
+    assert r == "'blue' where GPT-2 expected 'red' (this context makes 'red' 40× likelier than 'blue')"
+    assert reason("He", " Lily", 1.5, "bdh") == "'He' where BDH expected 'Lily' (this context makes 'Lily' 2.8× likelier than 'He')"
     assert times(3.6) == "12×" and times(0.5) == "1.4×"
     assert [one_in(np.log2(n)) for n in (3, 42, 9399, 371844)] == ["1 in 3.0", "1 in 42", "1 in 9,400", "1 in 370,000"]
+
+
+def test_sensitivity_sets_the_bar_on_displaced_bits():
+    assert threshold_bits(DEFAULT_SENSITIVITY) == DEFAULT_THRESHOLD_BITS == 1.8  # the bench's tuned bar
+    assert threshold_bits(0.0) == pytest.approx(3.3) and threshold_bits(1.0) == pytest.approx(0.3)
 
 
 def test_expected_leaves_out_the_drafts_own_token():
@@ -124,69 +129,141 @@ def test_expected_leaves_out_the_drafts_own_token():
     assert [a["p"] for a in alts] == pytest.approx([0.4, 0.1, 0.05, 0.04, 0.03])
 
 
-def synthetic(seed: int, n: int = 12, with_context: bool = True):
-    """Random per-token log-probs for a draft of n one-token words."""
+CONTEXT = list(range(1, 11))  # the context's token ids in the synthetic drafts
+
+
+def synthetic(seed: int, n: int = 12, with_context: bool = True, k: int = 8):
+    """Random per-token log-probs for a draft of n one-token words (ids 100..), with each
+    position's top-k with and without the context drawn from context words and others."""
     rng = np.random.default_rng(seed)
     draft, offsets = tokenize([f" w{i}" for i in range(n)])
     lw = {m: -rng.gamma(2.0, 2.0, n) for m in MODELS}
     lwo = {m: lw[m] + rng.normal(0, 2, n) for m in MODELS} if with_context else lw
     ent = {m: rng.uniform(1, 5, n) for m in MODELS}
-    return draft, offsets, list(range(n)), lw, lwo, ent
+
+    def top(scale):
+        ids = np.stack([rng.choice(np.arange(1, 40), k, replace=False) for _ in range(n)])
+        lp = np.sort(np.log(rng.dirichlet(np.full(k, scale), n) * 0.9), axis=1)[:, ::-1]
+        return Expected(ids, lp)
+    expected = {m: top(0.5) for m in MODELS}
+    expected_without = {m: top(2.0) for m in MODELS} if with_context else expected
+    return draft, offsets, list(range(100, 100 + n)), lw, lwo, ent, expected, expected_without
 
 
-@pytest.mark.parametrize("variant", [DEFAULT_VARIANT, Variant("gpt2", 1, 0), Variant("max", 1, 1, 0.3, "max")])
-def test_higher_sensitivity_flags_at_least_as_much(variant):
+def run(seed: int, sensitivity: float, **kw) -> dict:
+    draft, offsets, ids, lw, lwo, ent, ex, exo = synthetic(seed)
+    return validate(draft, offsets, ids, lw, lwo, ent, ex, lambda t: f" t{t[0]}", expected_without=exo,
+                    context_ids=CONTEXT, sensitivity=sensitivity, **kw)
+
+
+@pytest.mark.parametrize("displacement", [Displacement("gpt2"), Displacement("both", 1, 1),
+                                          Displacement("any", context_only=False)])
+def test_higher_sensitivity_flags_at_least_as_much(displacement):
     levels = np.linspace(0, 1, 11)
     assert all(np.diff([threshold_bits(s) for s in levels]) < 0)
+    first, last = set(), set()
     for seed in range(20):
-        draft, offsets, ids, lw, lwo, ent = synthetic(seed)
-        flagged = [{w["start"] for w in validate(draft, offsets, ids, lw, lwo, ent, None, str, sensitivity=s,
-                                                 variant=variant)["words"] if w["flagged"]} for s in levels]
+        flagged = [{(seed, w["start"]) for w in run(seed, s, displacement=displacement)["words"] if w["flagged"]}
+                   for s in levels]
         assert all(a <= b for a, b in zip(flagged, flagged[1:]))
-    assert flagged[0] != flagged[-1]  # and the range means something
+        first |= flagged[0]
+        last |= flagged[-1]
+    assert first != last  # and the range means something
+
+
+def test_flags_follow_the_displaced_bits_and_the_draft_score_stays_the_mean():
+    for seed in range(10):
+        body = run(seed, 0.7)
+        bar = body["threshold_bits"]
+        assert bar == pytest.approx(threshold_bits(0.7))
+        for w in body["words"]:
+            assert w["flagged"] == (w["displaced_bits"] > 0 and w["displaced_bits"] >= bar - 1e-4)
+        assert body["score"] == pytest.approx(np.mean([w["score"] for w in body["words"]]), abs=1e-3)
+        # the draft and word scores do not depend on the flag rule's sensitivity
+        other = run(seed, 0.1)
+        assert other["score"] == body["score"] and [w["score"] for w in other["words"]] == [w["score"] for w in body["words"]]
 
 
 def test_without_a_context_nothing_is_flagged():
-    draft, offsets, ids, lw, lwo, ent = synthetic(3, with_context=False)
-    body = validate(draft, offsets, ids, lw, lwo, ent, None, str, sensitivity=1.0)
-    assert body["consistent"] and not any(w["flagged"] for w in body["words"])
+    draft, offsets, ids, lw, lwo, ent, ex, exo = synthetic(3, with_context=False)
+    body = validate(draft, offsets, ids, lw, lwo, ent, ex, str, expected_without=exo, sensitivity=1.0)
+    assert body["consistent"] and not any(w["flagged"] or w["displaced_bits"] for w in body["words"])
+    body = validate(draft, offsets, ids, lw, lwo, ent, None, str, sensitivity=1.0)  # no alternatives either
+    assert body["consistent"]
 
 
-def test_validate_flags_the_whole_word_and_names_the_alternatives():
-    # "She threw the blue ball.": the context lowers " bl" + "ue" (12× in all, under both
-    # models); the word's first piece is not the one to blame, yet the whole word is flagged.
-    draft, offsets = tokenize([" She", " threw", " the", " bl", "ue", " ball", "."])
-    ids = [10, 11, 12, 13, 14, 15, 16]
-    p_with = np.array([0.5, 0.1, 0.6, 0.2, 0.05, 0.5, 0.7])
-    p_without = p_with.copy()
-    p_without[4] *= 12
+def she_threw_the_blue_ball(blue_as=(" bl", "ue"), big: bool = False):
+    """Context "Lily had a red ball." (ids 20 " red", 30 " ball"); draft " She threw the blue
+    ball." (optionally " big blue"). At " blue", GPT-2 expected " ball" (later in the draft:
+    deferred), then " red" (0.16 with the context, at most 0.001 without), where " blue" is
+    0.01 with and 0.005 without: min(shift ≥ log2 80, shortfall log2 16) = 4 bits."""
+    pieces = [" She", " threw", " the"] + ([" big"] if big else []) + list(blue_as) + [" ball", "."]
+    draft, offsets = tokenize(pieces)
+    n = len(pieces)
+    ids = list(range(10, 10 + n))
+    b = pieces.index(blue_as[0])
+    ids[b + len(blue_as)] = 30  # " ball"
+    p_with, p_without = np.full(n, 0.5), np.full(n, 0.5)
+    p_with[b], p_without[b] = 0.01, 0.005
+    top = np.array([[i, 40, 41, 42, 43, 44, 45] for i in ids])  # elsewhere: the draft's own token first
+    lp = np.log(np.tile([0.5, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001], (n, 1)))
+    top[b], lp[b] = [30, 20, 40, ids[b], 41, 42, 43], np.log([0.4, 0.16, 0.1, 0.01, 0.009, 0.005, 0.004])
+    top_no = np.tile([50, 51, 52, 53, 54, 55, 56], (n, 1))
+    lp_no = np.log(np.tile([0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001], (n, 1)))
+    if big:  # " big" displaces " red" too (3 bits), so "big blue" is one contradiction
+        top[b - 1], lp[b - 1] = [20, 40, ids[b - 1], 41, 42, 43, 44], np.log([0.4, 0.2, 0.05, 0.01, 0.009, 0.005, 0.004])
+        p_with[b - 1], p_without[b - 1] = 0.05, 0.05
     lw = {m: np.log(p_with) for m in MODELS}
     lwo = {m: np.log(p_without) for m in MODELS}
-    ent = {m: np.full(7, 1.0) for m in MODELS}
-    top = np.tile([20, 13, 21, 22, 23, 24], (7, 1))  # " red" (20) first, then the draft's own " bl" (13)
-    expected = {m: Expected(top, np.log(np.tile([0.5, 0.2, 0.1, 0.05, 0.02, 0.01], (7, 1)))) for m in MODELS}
-    names = {20: " red", 21: " green", 22: " pink", 23: " big", 24: " old"}
-    decode = lambda t: names[t[0]]  # noqa: E731
-    # "blue" scores 0.5 · 3.6 bits of context + 0.5 · 3.8 bits of excess surprisal = 3.7
-    both = Variant("both, λ=0.5", gpt2=1, bdh=1, surprisal=0.5)
-    body = validate(draft, offsets, ids, lw, lwo, ent, expected, decode, variant=both, threshold_at_default=3.0)
-    assert not body["consistent"]
+    ent = {m: np.full(n, 1.0) for m in MODELS}
+    expected = {m: Expected(top, lp) for m in MODELS}
+    expected_without = {m: Expected(top_no, lp_no) for m in MODELS}
+    names = {20: " red", 30: " ball", 40: " green", 41: " pink", 42: " old", 43: " new", 44: " sad"}
+    decode = lambda t: names.get(t[0], f" <{t[0]}>")  # noqa: E731
+    return draft, offsets, ids, lw, lwo, ent, expected, expected_without, decode
+
+
+def test_validate_flags_the_whole_word_and_names_the_displaced_expectation():
+    draft, offsets, ids, lw, lwo, ent, ex, exo, decode = she_threw_the_blue_ball()
+    context = [1, 2, 3, 20, 30, 4]
+    body = validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=context)
+    assert not body["consistent"] and body["threshold_bits"] == 1.8
     (c,) = body["contradictions"]
-    assert (c["start"], c["end"], c["text"]) == (15, 19, "blue")
-    assert c["reason"].startswith("'blue' is 12× less likely after this context than without it")
-    assert c["reason"].endswith("both models expected 'red'")
-    assert [a["text"] for a in c["expected"]["gpt2"]] == [" red", " green", " pink", " big", " old"]
-    assert c["score"] == next(w["score"] for w in body["words"] if w["text"] == "blue")
+    assert (c["start"], c["end"], c["text"]) == (15, 19, "blue")  # the whole word, not " bl"
+    assert c["reason"] == "'blue' where GPT-2 expected 'red' (this context makes 'red' 16× likelier than 'blue')"
+    assert c["score"] == pytest.approx(4.0, abs=1e-3)
+    # each model's top-5 other than the draft's own token, listed as the models ranked them
+    assert [a["text"] for a in c["expected"]["gpt2"]] == [" ball", " red", " green", " pink", " old"]
+    assert [a["p"] for a in c["expected"]["bdh"]] == pytest.approx([0.4, 0.16, 0.1, 0.009, 0.005])
     words = {w["text"]: w for w in body["words"]}
     assert list(words) == ["She", "threw", "the", "blue", "ball", "."]
     assert words["blue"]["flagged"] and not any(w["flagged"] for t, w in words.items() if t != "blue")
-    assert words["blue"]["context_bits"] == {"gpt2": pytest.approx(-np.log2(12), abs=1e-3),
-                                             "bdh": pytest.approx(-np.log2(12), abs=1e-3)}
-    assert words["blue"]["surprisal_bits"]["gpt2"] == pytest.approx(-np.log2(0.2 * 0.05), abs=1e-3)
+    assert words["blue"]["displaced_bits"] == pytest.approx(4.0, abs=1e-3)
+    # the heatmap's per-word scores keep their meaning: the variant's score of each word
+    # (here the context makes " blue" 2× likelier: the old rule, "the context lowers it", missed it)
+    assert words["blue"]["context_bits"]["gpt2"] == pytest.approx(1.0, abs=1e-3)
+    assert words["blue"]["surprisal_bits"]["gpt2"] == pytest.approx(-np.log2(0.01 * 0.5), abs=1e-3)
+    m = WordMeasures.from_token_logprobs(group_words(draft, offsets), lw, lwo, ent)
+    assert [w["score"] for w in body["words"]] == pytest.approx(score_words(m, DEFAULT_VARIANT)[0].tolist(), abs=1e-3)
     assert body["score"] == pytest.approx(np.mean([w["score"] for w in body["words"]]), abs=1e-3)
-    # The strictest setting lets it pass; a word every model supports never flags.
-    assert validate(draft, offsets, ids, lw, lwo, ent, expected, decode, variant=both, threshold_at_default=3.0,
-                    sensitivity=0.0)["consistent"]
+    # the strictest setting (a 3.3-bit bar) still flags 4 bits; a 4.5-bit default bar does not
+    assert not validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=context,
+                        sensitivity=0.0)["consistent"]
+    assert validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=context,
+                    threshold_at_default=4.5)["consistent"]
+    # " red" is not a word of this context: nothing is displaced
+    assert validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=[1, 2, 30],
+                    sensitivity=1.0)["consistent"]
+
+
+def test_adjacent_flagged_words_are_one_contradiction_named_by_the_worst():
+    draft, offsets, ids, lw, lwo, ent, ex, exo, decode = she_threw_the_blue_ball(blue_as=(" blue",), big=True)
+    body = validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=[20, 30])
+    assert [w["text"] for w in body["words"] if w["flagged"]] == ["big", "blue"]
+    (c,) = body["contradictions"]
+    assert c["text"] == "big blue" and c["score"] == pytest.approx(4.0, abs=1e-3)
+    assert c["reason"].startswith("'blue' where GPT-2 expected 'red'")
+    assert next(w for w in body["words"] if w["text"] == "big")["displaced_bits"] == pytest.approx(3.0, abs=1e-3)
 
 
 def test_displaced_expectation_is_the_context_word_the_draft_pushed_aside():

@@ -1,46 +1,34 @@
 """The logic validator's route: which draft words does the context make less likely?
 
 Four Score calls, all at once: each model scores context + draft (with each position's
-likeliest tokens and entropy, for the reasons and the surprisal term) and <eot> + draft
-(the draft without its context). With no context the two are the same sequence, so two
-calls do. The arithmetic is in ../validator.py.
+top-64 and entropy, for the flag rule, the reasons and the surprisal term) and <eot> +
+draft (the draft without its context, with its top-64: how much the context boosted each
+expectation). With no context the two are the same sequence, so two calls do, and
+nothing is flagged. The arithmetic is in ../validator.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import grpc
-import numpy as np
 from fastapi import APIRouter, Request
 
-from plotarmour.rpc import language_model_pb2 as pb
-
-from ..backends import ModelBackend, _translate
+from ..backends import Scored
 from ..errors import InvalidField
 from ..schemas import ValidateRequest
 from ..service import GatewayDep, unless_disconnected
-from ..validator import EXPECTED_K, MODELS, Expected, surprisal_bits_of, validate as validate_draft
+from ..validator import EXPECT_TOP_K, EXPECTED_K, MODELS, Expected, surprisal_bits_of, validate as validate_draft
 
 router = APIRouter(tags=["validate"])
 
-# One more than the alternatives shown: the draft's own token is left out of them.
-TOP_K = EXPECTED_K + 1
+# Without a context only the listed alternatives are needed: one more than those shown,
+# since the draft's own token is left out of them.
+LISTED_K = EXPECTED_K + 1
 
 
-async def score(backend: ModelBackend, ids: list[int], *, expected: bool) -> pb.ScoreResponse:
-    """One Score call, bounded like every call to a server (a dead one is a 503)."""
-    try:
-        return await backend.stub.Score(
-            pb.ScoreRequest(token_ids=ids, top_k=TOP_K if expected else 0, entropy=expected),
-            timeout=backend.settings.step_timeout_s)
-    except grpc.aio.AioRpcError as e:
-        raise _translate(backend.role, backend.address, e, backend.step_deadline) from None
-
-
-def _floats(data: bytes, skip: int, n: int) -> np.ndarray:
-    """A Score answer's per-position float32 values for the draft: n of them after `skip`."""
-    return np.frombuffer(data, dtype="<f4")[skip: skip + n]
+def _expected(a: Scored, skip: int, n: int) -> Expected:
+    """A Score answer's top alternatives at the draft's n positions (after `skip`)."""
+    return Expected(a.top_ids[skip: skip + n], a.top_log_probs[skip: skip + n])
 
 
 @router.post("/validate")
@@ -61,28 +49,27 @@ async def validate(req: ValidateRequest, gw: GatewayDep, request: Request):
         if len(ids) > p.max_context:
             raise InvalidField("draft", f"context + draft is {len(ids)} tokens; the models' limit is {p.max_context}")
         backends = [getattr(p, m) for m in MODELS]
-        calls = [score(b, ids, expected=True) for b in backends]
+        top_k = EXPECT_TOP_K if req.context else LISTED_K
+        calls = [b.score(ids, top_k=top_k, entropy=True) for b in backends]
         if req.context:
-            calls += [score(b, alone + enc.ids, expected=False) for b in backends]
+            calls += [b.score(alone + enc.ids, top_k=EXPECT_TOP_K) for b in backends]
         answers = await asyncio.gather(*calls)
-        return tok, enc, len(prefix) - 1, answers
+        return tok, enc, prefix if req.context else [], len(prefix) - 1, answers
 
     # Leaving cancels every Score call; the servers drop them at their next chunk.
-    tok, enc, skip, answers = await unless_disconnected(request, gw.slot_for(run()))
+    tok, enc, context_ids, skip, answers = await unless_disconnected(request, gw.slot_for(run()))
     n = len(enc.ids)
-    with_ctx = {m: _floats(a.log_probs, skip, n) for m, a in zip(MODELS, answers)}
+    with_ctx = {m: a.log_probs[skip: skip + n] for m, a in zip(MODELS, answers)}
     # <eot> + draft: the draft's values start at once (with no context, that was the only call)
     alone = answers[len(MODELS):] or answers[: len(MODELS)]
-    without = {m: _floats(a.log_probs, 0, n) for m, a in zip(MODELS, alone)}
-    entropies = {m: _floats(a.entropies, skip, n) for m, a in zip(MODELS, answers)}
-    expected = {}
-    for m, a in zip(MODELS, answers):
-        top_ids = np.frombuffer(a.top_ids, dtype="<u4").reshape(-1, TOP_K)[skip: skip + n]
-        top_lp = np.frombuffer(a.top_log_probs, dtype="<f4").reshape(-1, TOP_K)[skip: skip + n]
-        expected[m] = Expected(top_ids, top_lp)
+    without = {m: a.log_probs[:n] for m, a in zip(MODELS, alone)}
+    entropies = {m: a.entropies[skip: skip + n] for m, a in zip(MODELS, answers)}
+    expected = {m: _expected(a, skip, n) for m, a in zip(MODELS, answers)}
+    expected_without = {m: _expected(a, 0, n) for m, a in zip(MODELS, alone)}
 
     body = validate_draft(req.draft, enc.offsets, enc.ids, with_ctx, without, entropies, expected,
-                          tok.decode, sensitivity=req.sensitivity)
+                          tok.decode, expected_without=expected_without, context_ids=context_ids,
+                          sensitivity=req.sensitivity)
     s = {m: surprisal_bits_of(with_ctx[m]) for m in MODELS}
     body["tokens"] = [{"id": i, "text": req.draft[a:b], "start": a, "end": b,
                        "surprisal_gpt2_bits": round(float(s["gpt2"][k]), 4),
