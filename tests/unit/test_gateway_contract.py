@@ -280,8 +280,8 @@ def test_hanging_server_fails_every_concurrent_request_within_the_connect_timeou
             results = list(pool.map(one, range(6)))
         assert [status for status, _ in results] == [503] * 6
         # One shared re-check: before, each waiter ran its own after the others', so the
-        # sixth failed after 6 × the timeout. The bound leaves room for a loaded machine.
-        assert max(elapsed for _, elapsed in results) < 2 * timeout, results
+        # sixth failed after 6 × the timeout. The bound (3 ×) leaves room for a loaded machine.
+        assert max(elapsed for _, elapsed in results) < 3 * timeout, results
     finally:
         gw.stop()
         hang.stop()
