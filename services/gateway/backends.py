@@ -387,6 +387,7 @@ class ModelPair:
         self.problem: str | None = "model servers not contacted yet"
         self._lock = asyncio.Lock()
         self._recheck: asyncio.Future | None = None
+        self.reported = ""  # the readiness problems /ready last wrote to the log
 
     def __iter__(self):
         return iter((self.gpt2, self.bdh))

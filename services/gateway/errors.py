@@ -33,11 +33,6 @@ class InvalidField(GatewayError):
         self.field = field
 
 
-class Unsupported(InvalidField):
-    """An option that would change the output and that PlotArmour does not implement:
-    refused, never dropped in silence."""
-
-
 class NotFound(InvalidField):
     status = 404
 
@@ -107,13 +102,17 @@ def _field(loc) -> str | None:
     return name or None
 
 
-async def _unreadable_body(request: Request) -> str:
-    body = await request.body()
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return f"request body is not valid UTF-8 (byte {e.start})"
-    return "request body could not be parsed as JSON (is it nested too deeply?)"
+def _unreadable_body(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a body, from the exception it raised the 400 from (the
+    body is never read again: a body the size guard cut off would wait for bytes that
+    never come)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply to be parsed as JSON"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return f"request body holds a number that is too long: {cause}"
+    return "request body could not be parsed as JSON"
 
 
 def install(app: FastAPI) -> None:
@@ -133,6 +132,14 @@ def install(app: FastAPI) -> None:
         # The message names the field; never the raw input, which may be NaN, an infinity
         # or a lone surrogate that no JSON encoder can write back.
         message = str(first["msg"]).removeprefix("Value error, ")
+        if field is None and first["type"] == "missing":
+            return error_response(request, 400, "request body is empty: send a JSON object")
+        if first["type"] == "string_unicode":  # pydantic's words for a lone surrogate
+            message = "holds a lone surrogate, which is not text"
+        if first["type"] == "extra_forbidden":
+            message = "not a field of this route, or an option PlotArmour does not support; leave it out"
+        if field is None:
+            return error_response(request, 422, f"request body: {message}")
         return error_response(request, 422, f"{field}: {message}", field)
 
     @app.exception_handler(GatewayError)
@@ -144,7 +151,7 @@ def install(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: HTTPException):
         message = str(exc.detail)
         if exc.status_code == 400 and message == "There was an error parsing the body":
-            message = await _unreadable_body(request)
+            message = _unreadable_body(exc.__cause__)
         elif exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:

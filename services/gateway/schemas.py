@@ -5,10 +5,11 @@ Every body is strict: `true` is not a weight and `"7"` is not a seed (a client t
 them has a bug worth hearing about); an integer is still a fine float. NaN and the
 infinities are never numbers here, and 1e999 (an infinity once parsed) neither.
 
-The OpenAI and TGI bodies ignore fields that do not change the output (`user`, `metadata`,
-TGI's `watermark: false`...), as those servers do, but refuse, with 422, every option that
-would change it and that PlotArmour does not implement: silence would hand the client
-output it did not ask for.
+The OpenAI and TGI bodies accept the fields their clients send, and refuse, with 422, every
+option that would change the output and that PlotArmour does not implement (at any value
+but its do-nothing one), and every field they do not know: silence would hand the client
+output it did not ask for. Fields that cannot change the output (`user`, `metadata`, ...)
+are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -96,11 +97,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _OpenAIBase(BaseModel):
+def _null_means(default):
+    """OpenAI accepts null for most fields, meaning the default."""
+    return lambda v: default if v is None else v
+
+
+class OpenAIBase(BaseModel):
     """What /v1/completions and /v1/chat/completions share, plus PlotArmour's own
     `logic_weight`, `blend` and `top_k` (the openai client sends them via `extra_body`)."""
 
-    model_config = ConfigDict(extra="ignore", **_STRICT)
+    model_config = ConfigDict(extra="forbid", **_STRICT)
+
+    # Accepted and ignored: they cannot change the output.
+    user: Any = None
+    metadata: Any = None
+    store: Any = None
+    service_tier: Any = None
+    parallel_tool_calls: Any = None
+    prompt_cache_key: Any = None
+    safety_identifier: Any = None
 
     model: Text | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -118,11 +133,12 @@ class _OpenAIBase(BaseModel):
     top_k: int = Field(0, ge=0)
 
     _stop = field_validator("stop", mode="before")(_stop_list)
+    _n = field_validator("n", mode="before")(_null_means(1))
     _penalties = unsupported("presence_penalty", "frequency_penalty", allowed=(None, 0))
     _bias = unsupported("logit_bias")
 
 
-class CompletionRequest(_OpenAIBase):
+class CompletionRequest(OpenAIBase):
     """OpenAI's /v1/completions body. A list of prompts gives `n` choices for each, in
     order (choice `i·n + j` is the j-th of prompt i), as OpenAI does."""
 
@@ -144,6 +160,7 @@ class CompletionRequest(_OpenAIBase):
         return v
 
     _suffix = unsupported("suffix")
+    _echo = field_validator("echo", mode="before")(_null_means(False))
 
     @field_validator("best_of")
     @classmethod
@@ -186,7 +203,7 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatCompletionRequest(_OpenAIBase):
+class ChatCompletionRequest(OpenAIBase):
     """OpenAI's /v1/chat/completions body; see `chat_prompt` for how messages become a story."""
 
     messages: list[ChatMessage] = Field(min_length=1)
@@ -200,6 +217,7 @@ class ChatCompletionRequest(_OpenAIBase):
     function_call: Any = None
     response_format: dict | None = None
 
+    _logprobs = field_validator("logprobs", mode="before")(_null_means(False))
     _tools = unsupported("tools", "functions")
     _tool_choice = unsupported("tool_choice", "function_call", allowed=(None, "none"))
 
@@ -240,7 +258,7 @@ class TGIParameters(BaseModel):
     """TGI's `parameters`: what its clients send (unset values arrive as null), plus
     PlotArmour's `logic_weight` and `blend`."""
 
-    model_config = ConfigDict(extra="ignore", **_STRICT)
+    model_config = ConfigDict(extra="forbid", **_STRICT)
 
     max_new_tokens: int | None = Field(None, ge=1)
     do_sample: bool = False

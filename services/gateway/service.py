@@ -10,6 +10,7 @@ with one `aclose` that frees everything. Routes get the pieces as FastAPI depend
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -25,6 +26,8 @@ from .errors import ClientGone, InvalidField, TooBusy
 from .generation import GenerationLoop, GenerationParams, Registry, generate
 from .metrics import GatewayMetrics, StepTimer
 from .settings import GatewaySettings
+
+log = logging.getLogger("plotarmour.gateway")
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Run:
 
     def __init__(self, first: list[dict], streams: list[AsyncIterator[dict]], slot: Slot):
         self.first, self._streams, self._slot = first, streams, slot
+        self._pumps: list[asyncio.Task] = []
 
     async def events(self) -> AsyncIterator[tuple[int, dict]]:
         if len(self._streams) == 1:  # the common case, without a task per stream
@@ -93,27 +97,22 @@ class Run:
             try:
                 async for ev in stream:
                     await queue.put((i, ev))
-            except BaseException as e:
+            except Exception as e:
                 await queue.put((i, e))
-                raise
             finally:
                 await queue.put((i, None))
 
-        tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(self._streams)]
-        try:
-            open_streams = len(tasks)
-            while open_streams:
-                i, ev = await queue.get()
-                if ev is None:
-                    open_streams -= 1
-                elif isinstance(ev, BaseException):
-                    raise ev
-                else:
-                    yield i, ev
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # The pumps belong to the Run: aclose stops them before it closes their streams.
+        self._pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(self._streams)]
+        open_streams = len(self._pumps)
+        while open_streams:
+            i, ev = await queue.get()
+            if ev is None:
+                open_streams -= 1
+            elif isinstance(ev, BaseException):
+                raise ev
+            else:
+                yield i, ev
 
     async def collect(self) -> list[tuple[list[dict], dict]]:
         """Every job's (token events, end event), in job order."""
@@ -131,7 +130,12 @@ class Run:
 
     async def aclose(self) -> None:
         try:
-            await asyncio.gather(*(s.aclose() for s in self._streams), return_exceptions=True)
+            for pump in self._pumps:  # a stream a pump is reading cannot be closed under it
+                pump.cancel()
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+            for result in await asyncio.gather(*(s.aclose() for s in self._streams), return_exceptions=True):
+                if isinstance(result, Exception):
+                    log.warning("closing a generation failed: %r", result)
         finally:
             self._slot.release()
 
@@ -192,11 +196,13 @@ class Gateway:
             starts = [asyncio.ensure_future(anext(s)) for s in streams]
             first = list(await asyncio.gather(*starts))
         except BaseException:
-            for start in starts:  # the others stop, then every job's sessions are freed
-                start.cancel()
-            await asyncio.gather(*starts, return_exceptions=True)
-            await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
-            slot.release()
+            try:
+                for start in starts:  # the others stop, then every job's sessions are freed
+                    start.cancel()
+                await asyncio.gather(*starts, return_exceptions=True)
+                await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+            finally:
+                slot.release()  # even if a cancellation lands during the cleanup
             raise
         return Run(first, streams, slot)
 
@@ -220,17 +226,6 @@ class Gateway:
         finally:
             self.registry.finish(gen)
 
-    async def slot_for(self, work: Awaitable):
-        """Run `work` (a validation, say) under one slot."""
-        slot = self.limiter.acquire()
-        try:
-            return await work
-        except ModelUnavailable as e:
-            self.note_failure(e)
-            raise
-        finally:
-            slot.release()
-
 
 async def unless_disconnected(request: Request, work: Awaitable):
     """Await `work`, cancelling it the moment the client disconnects: a non-streaming
@@ -247,12 +242,13 @@ async def unless_disconnected(request: Request, work: Awaitable):
     watch = asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    finally:  # also when this wait itself is cancelled (shutdown, a timeout): stop both
         watch.cancel()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise ClientGone
+    if task.cancelled():  # the watcher won
+        raise ClientGone
     return task.result()
 
 

@@ -52,6 +52,8 @@ class GatewaySettings(BaseSettings):
                                          "the story's last part, this fraction of its context, and the story goes "
                                          "on; 0: the story ends with finish_reason length")
     max_stop_sequences: int = Field(8, ge=0, description="most stop sequences in one request")
+    max_choices: int = Field(16, ge=1, description="most stories one request may ask for (OpenAI's prompts × n); "
+                                                    "they run together under one of max_concurrent's places")
 
     # Name reported as the model by /v1/completions.
     model_name: str = Field("plotarmour", description="model name that /v1/models, /v1 answers and TGI's "

@@ -330,3 +330,50 @@ def test_metrics_carry_latency_per_route_queue_wait_lengths_and_the_process(clie
     for standard in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
         assert value(standard) > 0
     assert "python_info{" in text
+
+
+def test_one_request_cannot_ask_for_more_stories_than_max_choices(client):
+    r = client.post("/v1/completions", json={"prompt": ["Tom"] * 300, "n": 16, "max_tokens": 2})
+    assert "at most 16" in check_shape(r, "/v1/completions", 422) and openai_error(r)["param"] == "n"
+    r = client.post("/v1/completions", json={"prompt": ["Tom"] * 17, "max_tokens": 2})
+    assert openai_error(r)["param"] == "prompt"
+
+
+@pytest.mark.parametrize("path,field", [("/v1/completions", "min_p"), ("/v1/completions", "ignore_eos"),
+                                        ("/v1/chat/completions", "repetition_penalty"),
+                                        ("/v1/chat/completions", "reasoning_effort"), ("/", "num_beams")])
+def test_unknown_options_are_refused_not_ignored(client, path, field):
+    body = dict(BODIES[path])
+    if path == "/":
+        body["parameters"] = {**body["parameters"], field: 3}
+    else:
+        body[field] = 0.1
+    assert field in check_shape(client.post(path, json=body), path, 422)
+
+
+def test_null_means_the_default_for_openai_fields(client):
+    r = client.post("/v1/completions", json={**BODIES["/v1/completions"], "n": None, "echo": None, "logprobs": None,
+                                             "user": "u1", "metadata": {"a": "b"}})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 1, r.text
+    r = client.post("/v1/chat/completions", json={**BODIES["/v1/chat/completions"], "logprobs": None, "n": None})
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None, r.text
+
+
+def test_a_missing_body_is_named_as_the_body(client):
+    message = check_shape(client.post("/generate", json={}), "/generate", 422)
+    assert message.startswith("prompt:")
+    message = check_shape(client.post("/generate", content=b"", headers=JSON), "/generate", 400)
+    assert "None" not in message and message.startswith("request body is empty")
+
+
+def test_a_chunked_body_just_over_the_limit_is_413_not_a_hang(tiny_tokenizer, fakes):
+    gw = start_gateway(fakes[0].address, fakes[1].address, max_body_bytes=1000)
+    try:
+        def chunks():
+            yield b'{"prompt": "' + b"x" * 5000 + b'"}'
+
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = c.post("/generate", content=chunks(), headers=JSON)
+            assert r.status_code == 413 and "1000 bytes" in openai_error(r)["message"]
+    finally:
+        gw.stop()

@@ -25,8 +25,8 @@ from tokenizers import Tokenizer
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import gateway_error_body, openai_body
-from ..schemas import ChatCompletionRequest, CompletionRequest, _OpenAIBase, chat_prompt
+from ..errors import InvalidField, gateway_error_body, openai_body
+from ..schemas import ChatCompletionRequest, CompletionRequest, OpenAIBase, chat_prompt
 from ..service import GatewayDep, Job, SettingsDep, unless_disconnected
 from ..streaming import data_line, event_stream
 
@@ -35,9 +35,15 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
-def jobs(req: _OpenAIBase, prompts: list[str], max_tokens: int | None, alternatives: int) -> list[Job]:
+def jobs(req: OpenAIBase, prompts: list[str], max_tokens: int | None, alternatives: int,
+         limit: int) -> list[Job]:
     """n jobs per prompt, in OpenAI's order. With a seed, choice j of every prompt draws
-    with seed + j, so a prompt's choices do not depend on the other prompts."""
+    with seed + j, so a prompt's choices do not depend on the other prompts. At most
+    `limit` in all (one request takes one place under max_concurrent)."""
+    if len(prompts) * req.n > limit:
+        raise InvalidField("n" if req.n > 1 else "prompt",
+                           f"{len(prompts)} prompt(s) × n = {req.n} is {len(prompts) * req.n} stories; "
+                           f"at most {limit} per request")
     sampling = SamplingParams(temperature=1.0 if req.temperature is None else req.temperature, top_k=req.top_k,
                               top_p=1.0 if req.top_p is None else req.top_p)
     return [Job(prompt=p, logic_weight=req.logic_weight, blend=req.blend, max_new_tokens=max_tokens,
@@ -113,7 +119,7 @@ async def completions(req: CompletionRequest, gw: GatewayDep, settings: Settings
     model, created, n, k = req.model or settings.model_name, int(time.time()), req.n, req.logprobs or 0
     prompts = req.prompts
     names = {"prompt": "prompt", "max_new_tokens": "max_tokens", "stop": "stop"}
-    todo = jobs(req, prompts, req.max_tokens, k)
+    todo = jobs(req, prompts, req.max_tokens, k, settings.max_choices)
 
     def head(first: dict) -> dict:
         return {"id": "cmpl-" + first["id"], "object": "text_completion", "created": created, "model": model}
@@ -195,7 +201,7 @@ async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, settings:
     k = (req.top_logprobs or 0) if req.logprobs else 0
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     names = {"prompt": "messages", "max_new_tokens": max_field, "stop": "stop"}
-    todo = jobs(req, [chat_prompt(req.messages)], req.max_completion_tokens or req.max_tokens, k)
+    todo = jobs(req, [chat_prompt(req.messages)], req.max_completion_tokens or req.max_tokens, k, settings.max_choices)
 
     def head(first: dict, kind: str) -> dict:
         return {"id": "chatcmpl-" + first["id"], "object": kind, "created": created, "model": model,

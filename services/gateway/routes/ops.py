@@ -44,8 +44,10 @@ async def ready(request: Request, pair: PairDep, settings: SettingsDep):
     """Ready or not, for anyone (load balancers carry no key); what is wrong, with the
     servers' addresses and gRPC errors, only behind the API key (and always in the log)."""
     problems = await pair.readiness()
-    if problems:
-        log.warning("not ready: %s", "; ".join(problems))
+    said = "; ".join(problems)
+    if said != pair.reported:  # in the log once per change, not once per probe
+        log.warning("not ready: %s", said) if problems else log.info("ready")
+        pair.reported = said
     body = {"ready": not problems}
     if authorized(request, settings):
         body.update({"problems": problems} if problems else {"tokenizer_fingerprint": pair.fingerprint})

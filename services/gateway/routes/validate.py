@@ -13,10 +13,10 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from ..backends import Scored
+from ..backends import ModelUnavailable, Scored
 from ..errors import InvalidField
 from ..schemas import ValidateRequest
-from ..service import GatewayDep, unless_disconnected
+from ..service import GatewayDep, LimiterDep, PairDep, unless_disconnected
 from ..validator import EXPECT_TOP_K, EXPECTED_K, MODELS, Expected, surprisal_bits_of, validate as validate_draft
 
 router = APIRouter(tags=["validate"])
@@ -32,13 +32,13 @@ def _expected(a: Scored, skip: int, n: int) -> Expected:
 
 
 @router.post("/validate")
-async def validate(req: ValidateRequest, gw: GatewayDep, request: Request):
+async def validate(req: ValidateRequest, gw: GatewayDep, pair: PairDep, limiter: LimiterDep, request: Request):
     limit = gw.settings.max_prompt_chars
     if len(req.context) + len(req.draft) > limit:
         raise InvalidField("draft", f"context + draft is over the limit of {limit} characters")
 
     async def run():
-        p = gw.pair
+        p = pair
         tok = await p.ensure_ready()
         # The first draft token needs something to be conditioned on: end-of-text stands
         # for "the start of a story", as in training; it is also the draft without context.
@@ -57,7 +57,14 @@ async def validate(req: ValidateRequest, gw: GatewayDep, request: Request):
         return tok, enc, prefix if req.context else [], len(prefix) - 1, answers
 
     # Leaving cancels every Score call; the servers drop them at their next chunk.
-    tok, enc, context_ids, skip, answers = await unless_disconnected(request, gw.slot_for(run()))
+    slot = limiter.acquire()
+    try:
+        tok, enc, context_ids, skip, answers = await unless_disconnected(request, run())
+    except ModelUnavailable as e:
+        gw.note_failure(e)
+        raise
+    finally:
+        slot.release()
     n = len(enc.ids)
     with_ctx = {m: a.log_probs[skip: skip + n] for m, a in zip(MODELS, answers)}
     # <eot> + draft: the draft's values start at once (with no context, that was the only call)
