@@ -11,6 +11,7 @@ in TGI's, `{"error", "error_type"}`, which its clients turn into their own excep
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +42,10 @@ class TooBusy(GatewayError):
     status = 429
 
 
+class InternalError(GatewayError):
+    """A bug, reported as one plain error (never a traceback) to the client."""
+
+
 class ClientGone(GatewayError):
     """The client closed the connection before the answer was ready (nobody reads this)."""
 
@@ -65,15 +70,20 @@ def tgi_body(status: int, message: str) -> dict:
     return {"error": message, "error_type": _TGI_TYPE.get(status, "generation")}
 
 
-def is_tgi(request: Request) -> bool:
+def is_tgi(scope) -> bool:
     # TGI clients post to the server's root; GET / is the page.
-    return request.url.path == "/" and request.method == "POST"
+    return scope["path"] == "/" and scope["method"] == "POST"
 
 
 def error_response(request: Request, status: int, message: str, param: str | None = None,
                    code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = tgi_body(status, message) if is_tgi(request) else openai_body(status, message, param, code)
+    body = tgi_body(status, message) if is_tgi(request.scope) else openai_body(status, message, param, code)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def logprob(p: float) -> float:
+    """A probability as a log-probability for JSON, which has no -inf."""
+    return math.log(p) if p > 0 else -9999.0
 
 
 def gateway_error_body(e: GatewayError, tgi: bool = False) -> dict:

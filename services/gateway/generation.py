@@ -1,7 +1,9 @@
 """The blending loop: one scheduler steps every live generation together.
 
 Per iteration it blends and samples all live rows in one vectorised call, hands each
-token to its client, and sends one step message per model-server stream. `generate`
+token to its client, and sends one step message per model-server stream. A story that
+fills a model's context has that model's session reopened on the story's last part
+(context shift) in the same iteration. `generate`
 turns one generation's share into plain dict events (start, token..., end); the routes
 turn them into JSON, SSE or OpenAI chunks.
 """
@@ -62,9 +64,6 @@ class Registry:
 
     def get(self, gen_id: str) -> Generation | None:
         return self._running.get(gen_id)
-
-    def __len__(self) -> int:
-        return len(self._running)
 
 
 class StopText:

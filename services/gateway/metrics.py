@@ -21,7 +21,7 @@ class GatewayMetrics:
         self.latency = Histogram("plotarmour_gateway_request_duration_seconds",
                                  "Request arrival to the last byte sent (a stream's whole life), by route",
                                  ["route", "method"], registry=r, buckets=_SECONDS)
-        self.active = Gauge("plotarmour_gateway_active_generations", "Generations and validations running now",
+        self.active = Gauge("plotarmour_gateway_active_generations", "Requests generating or validating now (one per request, whatever its n)",
                             registry=r)
         self.rejected = Counter("plotarmour_gateway_rejected", "Requests refused for the concurrency limit",
                                 registry=r)

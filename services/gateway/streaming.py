@@ -9,6 +9,7 @@ from collections.abc import Callable
 from starlette.responses import StreamingResponse
 
 from .backends import GatewayError
+from .errors import InternalError
 from .service import Run
 
 log = logging.getLogger("plotarmour.gateway")
@@ -22,10 +23,6 @@ def sse(event: str, data: dict) -> bytes:
 
 def data_line(data: dict | str) -> bytes:
     return b"data: " + (data if isinstance(data, str) else json.dumps(data)).encode() + b"\n\n"
-
-
-class InternalError(GatewayError):
-    pass
 
 
 class ManagedStream(StreamingResponse):

@@ -15,7 +15,6 @@ the text released at the end, so its chunks add up to the whole answer, logprobs
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from tokenizers import Tokenizer
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import InvalidField, gateway_error_body, openai_body
+from ..errors import InvalidField, gateway_error_body, logprob, openai_body
 from ..schemas import ChatCompletionRequest, CompletionRequest, OpenAIBase, chat_prompt
 from ..service import GatewayDep, Job, SettingsDep, unless_disconnected
 from ..streaming import data_line, event_stream
@@ -56,10 +55,6 @@ def usage(first: list[dict], ends: list[dict], n: int) -> dict:
     prompt = sum(f["prompt_tokens"] for f in first[::n])  # each prompt counted once, as OpenAI does
     done = sum(e["usage"]["completion_tokens"] for e in ends)
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
-
-
-def logprob(p: float) -> float:
-    return math.log(p) if p > 0 else -9999.0  # JSON has no -inf
 
 
 def listed(tokens: list[dict]) -> list[dict]:

@@ -8,13 +8,11 @@ package's `Client` work unchanged. PlotArmour's `logic_weight` and `blend` are e
 
 from __future__ import annotations
 
-import math
-
 from fastapi import APIRouter, Request
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import gateway_error_body
+from ..errors import gateway_error_body, logprob
 from ..schemas import TGIRequest
 from ..service import GatewayDep, Job, unless_disconnected
 from ..streaming import data_line, event_stream
@@ -35,16 +33,12 @@ def job(req: TGIRequest) -> Job:
 
 
 def token(ev: dict) -> dict:
-    return {"id": ev["id"], "text": ev["text"], "logprob": _log(ev["p_blend"]), "special": ev["special"]}
+    return {"id": ev["id"], "text": ev["text"], "logprob": logprob(ev["p_blend"]), "special": ev["special"]}
 
 
 def top_tokens(ev: dict) -> list[dict]:
-    return [{"id": a["id"], "text": a["text"], "logprob": _log(a["p"]), "special": False}
+    return [{"id": a["id"], "text": a["text"], "logprob": logprob(a["p"]), "special": False}
             for a in ev.get("alternatives", {}).get("blend", [])]
-
-
-def _log(p: float) -> float:
-    return math.log(p) if p > 0 else -9999.0  # JSON has no -inf
 
 
 @router.post("/")
