@@ -142,6 +142,7 @@ class GenerationLoop:
         self.on_join = on_join  # called with each generation's seconds from arrival to its first step
         self.live: list[Live] = []
         self.joining: list[Live] = []
+        self.reopening: dict[Live, asyncio.Task] = {}  # out of the batch while a full session reopens
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._texts: dict[int, str] = {}  # token id → its text, for alternatives
@@ -206,13 +207,15 @@ class GenerationLoop:
         return stream, sid, lp, len(window)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._fail_all(ModelUnavailable("the gateway is shutting down"))
+        reopening = list(self.reopening)  # a cancelled reopening drops out of the dict
+        tasks = [t for t in (self._task, *self.reopening.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_all(ModelUnavailable("the gateway is shutting down"), reopening)
 
-    def _fail_all(self, error: BaseException) -> None:
-        for live in self.live + self.joining:
+    def _fail_all(self, error: BaseException, reopening: list[Live] = ()) -> None:
+        for live in {*self.live, *self.joining, *self.reopening, *reopening}:
             live.events.put_nowait({"type": "error", "error": error})
             live.close()
         self.live, self.joining = [], []
@@ -225,7 +228,8 @@ class GenerationLoop:
                 if self.on_join:
                     now = time.perf_counter()
                     for x in self.joining:
-                        self.on_join(now - x.t_start)
+                        if x.t_first is None:  # its first join (not back from a reopening)
+                            self.on_join(now - x.t_start)
                 self.live += self.joining
                 self.joining = []
                 for live in [x for x in self.live if x.gone]:
@@ -335,33 +339,25 @@ class GenerationLoop:
 
     async def _step(self, stepping: list[tuple[Live, int]]) -> None:
         """One message per stream, every stream of both servers at once; each row gets its
-        two new distributions, or its error."""
+        two new distributions, or its error. A row whose session is full steps its other
+        model here and leaves the batch while that session reopens (`_reopen`), so a
+        reopening's prefill never holds up the other stories."""
         calls: dict[tuple[int, BatchStream], list[tuple[Live, int, int]]] = {}
-        slides: list[tuple[Live, int]] = []  # sessions that are full: reopened on the story's end
+        full: dict[Live, list[int]] = {}  # the roles whose session holds a whole context
         for x, token in stepping:
             x.ids.append(token)
             for role, (stream, sid) in enumerate(x.sessions):
                 if x.lengths[role] >= self._limit(role) and self.pair.settings.context_shift:
-                    slides.append((x, role))
+                    full.setdefault(x, []).append(role)
                 else:
                     calls.setdefault((role, stream), []).append((x, sid, token))
         t0 = time.perf_counter()
-        # Each step (and each reopening) is bounded by step_timeout_s inside the stream (a
-        # stalled stream is retired).
+        # Each step is bounded by step_timeout_s inside the stream (a stalled stream is retired).
         results = await asyncio.gather(
             *(stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows]) for (_, stream), rows in calls.items()),
-            *(self._slide(x, role) for x, role in slides), return_exceptions=True)
+            return_exceptions=True)
         waited = time.perf_counter() - t0
         failed: dict[Live, BaseException] = {}
-        for (x, role), result in zip(slides, results[len(calls):]):
-            if isinstance(result, BaseException):
-                if not isinstance(result, GatewayError):
-                    raise result
-                failed.setdefault(x, result)
-                continue
-            stream, sid, x.lp[role], x.lengths[role] = result
-            x.sessions[role] = (stream, sid)  # a client gone meanwhile: the next iteration closes it
-            x.shifted.append(stream.backend.role)
         for (role, stream), result in zip(calls, results):
             backend = stream.backend
             if isinstance(result, BaseException):
@@ -383,8 +379,31 @@ class GenerationLoop:
             if x in failed:
                 x.events.put_nowait({"type": "error", "error": failed[x]})
                 x.close()
-        if failed:
-            self.live = [x for x in self.live if x not in failed]
+            elif x in full:
+                self.reopening[x] = asyncio.ensure_future(self._reopen(x, full[x]))
+        self.live = [x for x in self.live if x not in failed and x not in full]
+
+    async def _reopen(self, x: Live, roles: list[int]) -> None:
+        """Reopen x's full sessions on the story's last part, then send x back to the batch
+        (or fail it alone)."""
+        try:
+            results = await asyncio.gather(*(self._slide(x, role) for role in roles), return_exceptions=True)
+            error = next((r for r in results if isinstance(r, BaseException)), None)
+            for role, result in zip(roles, results):
+                if not isinstance(result, BaseException):
+                    stream, sid, x.lp[role], x.lengths[role] = result
+                    x.sessions[role] = (stream, sid)  # a client gone meanwhile: the loop closes it
+                    x.shifted.append(stream.backend.role)
+            if error is not None:
+                raise error
+            self.joining.append(x)
+        except Exception as e:  # a server's failure (or a bug): this story's alone
+            x.events.put_nowait({"type": "error", "error": e if isinstance(e, GatewayError) else ModelUnavailable(
+                f"reopening a full context failed: {e!r}")})
+            x.close()
+        finally:
+            self.reopening.pop(x, None)
+            self.wake()
 
     def _end(self, x: Live, finish: str) -> dict:
         t_end, n, prompt = time.perf_counter(), x.gen.tokens_done, len(x.params.prompt_ids)
