@@ -153,7 +153,7 @@ def test_unsupported_options_that_change_output_are_422_not_silence(client, path
     ("/v1/completions", {"max_tokens": 65}, "max_tokens"),
     ("/v1/chat/completions", {"max_tokens": 65}, "max_tokens"),
     ("/v1/chat/completions", {"max_completion_tokens": 65}, "max_completion_tokens"),
-    ("/", {"parameters": {"max_new_tokens": 65}}, "max_new_tokens"),
+    ("/", {"parameters": {"max_new_tokens": 65}}, "parameters.max_new_tokens"),
 ])
 def test_limits_name_the_field_as_the_route_spells_it(client, path, change, param):
     r = client.post(path, json={**BODIES[path], **change})

@@ -19,7 +19,7 @@ from ..streaming import data_line, event_stream
 
 router = APIRouter(tags=["tgi"])
 
-NAMES = {"prompt": "inputs", "max_new_tokens": "max_new_tokens", "stop": "stop"}
+NAMES = {"prompt": "inputs", "max_new_tokens": "parameters.max_new_tokens", "stop": "parameters.stop"}
 
 
 def job(req: TGIRequest) -> Job:
