@@ -446,22 +446,34 @@ def test_copy_download_share_history_examples_and_presets(page, gateway, open_pa
 # ---- the logic check ------------------------------------------------------------------------------
 
 
-def validator_answer(gateway) -> dict:
-    """/validate's answer for the page's own example (the page joins its draft to the context with a space)."""
-    r = httpx.post(gateway.url + "/validate", json={"context": "Lily had a red ball.",
-                                                    "draft": " She threw the blue ball to her dog.",
-                                                    "sensitivity": 0.5}, timeout=60)
+# The page's own example ("garden" after "Ben was in the kitchen with his mom.") is one the
+# shipped pair flags; the tiny test models know only tests/corpus.py's stories and flag
+# nothing in it. In their own words they do: the story's finder is Tom, so GPT-2 expected
+# "Tom" where the draft has "Mia" (0.76 displaced bits: flagged from sensitivity 0.85 up).
+EXAMPLE = ("Ben was in the kitchen with his mom.", "He looked around the garden.")
+CONTEXT, DRAFT, SENSITIVITY = "Once upon a time, Tom found a red ball.", "Mia was happy.", "1"
+
+
+def validator_answer(gateway, context: str, draft: str, sensitivity: str) -> dict:
+    """/validate's answer for what the page sends (it joins its draft to the context with a space)."""
+    r = httpx.post(gateway.url + "/validate", json={"context": context, "draft": " " + draft,
+                                                    "sensitivity": float(sensitivity)}, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def test_the_logic_check_shows_a_heatmap_reasons_and_what_the_models_expected(page, gateway):
-    api = validator_answer(gateway)
-    assert api["contradictions"], "the tiny models flag nothing in the page's example"
+    api = validator_answer(gateway, CONTEXT, DRAFT, SENSITIVITY)
+    assert api["contradictions"], "the tiny models flag nothing in the test's draft"
+    assert any("where GPT-2 expected 'Tom'" in c["reason"] for c in api["contradictions"]), api["contradictions"]
     # The page's own example (its draft has no leading space: the page joins it to the context).
-    assert page.input_value("#v-context") == "Lily had a red ball."
-    assert page.input_value("#v-draft") == "She threw the blue ball to her dog."
-    assert page.input_value("#v-sensitivity") == "0.5" and "higher flags more" in page.text_content("#v-sensitivity-hint").lower()
+    assert (page.input_value("#v-context"), page.input_value("#v-draft")) == EXAMPLE
+    assert page.input_value("#v-sensitivity") == "0.5" and page.text_content("#v-sensitivity-out") == "0.50"
+    assert "higher flags more" in page.text_content("#v-sensitivity-hint").lower()
+    page.fill("#v-context", CONTEXT)
+    page.fill("#v-draft", DRAFT)
+    page.fill("#v-sensitivity", SENSITIVITY)
+    assert page.text_content("#v-sensitivity-out") == "1.00"
     page.focus("#v-draft")
     page.keyboard.press("Control+Enter")
     page.wait_for_selector("#v-result:not([hidden])", timeout=WAIT_MS)
@@ -487,6 +499,7 @@ def test_the_logic_check_shows_a_heatmap_reasons_and_what_the_models_expected(pa
     # A draft that fits its context: nothing stands out, and the page says so in plain words.
     page.fill("#v-context", "Once upon a time, Tom found a big tree. Tom was happy.")
     page.fill("#v-draft", " Tom showed a big tree to Mia.")
+    page.fill("#v-sensitivity", "0.5")
     page.click("#validate")
     page.wait_for_function("document.querySelector('#v-verdict').textContent.startsWith('Nothing stands out')",
                            timeout=WAIT_MS)
