@@ -243,6 +243,44 @@ def test_stop_cancels_the_generation_on_both_servers(page, gateway, model_server
     assert page.is_hidden("#error")  # stopping is not a failure
 
 
+def test_stop_after_the_blend_finished_stops_the_side_panes_and_the_next_story_starts(page, gateway, model_servers):
+    """Split view: the blend is done while "GPT-2 alone" still writes; Esc stops it, the status
+    settles (not "Stopping…" for ever) and Enter in the prompt writes the next story."""
+    seed = long_story_seed(gateway, 0.0, 200)  # GPT-2 alone runs all 200 tokens: time to stop it
+    fill_settings(page, max_tokens=200, seed=seed, split=True, weight=65)
+    # The side panes' requests wait until the blend is done, so the blend surely ends first.
+    held = []
+    page.route("**/generate_stream",
+               lambda route: held.append(route) if route.request.post_data_json["logic_weight"] in (0, 1)
+               else route.continue_())
+    page.click("#generate")
+    wait_done(page)
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done:')", timeout=WAIT_MS)
+    done = page.text_content("#status")
+    assert len(held) == 2
+    for route in held:
+        route.continue_()
+    page.wait_for_selector("#pane-gpt2 .tok", timeout=WAIT_MS)
+    with frozen(model_servers["gpt2"]):
+        assert page.get_attribute("#pane-gpt2", "data-state") == "streaming"
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#pane-gpt2[data-state='stopped']", timeout=WAIT_MS)
+        page.wait_for_function("!document.querySelector('#status').textContent.includes('Stopping')", timeout=WAIT_MS)
+        assert page.text_content("#status").startswith(done)  # the blend's "Done…" stays
+        assert page.get_attribute("#pane-blend", "data-state") == "done"
+        assert page.is_enabled("#generate") and page.is_disabled("#stop") and page.is_hidden("#error")
+    page.unroute("**/generate_stream")
+    # Enter in the prompt writes the next story.
+    old_id = page.get_attribute("#story", "data-generation-id")
+    page.fill("#max-tokens", "5")
+    page.focus("#prompt")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelector('#story').dataset.generationId !== {json.dumps(old_id)}",
+                           timeout=WAIT_MS)
+    wait_done(page, *ALL_PANES)
+    assert page.text_content("#status").startswith("Done:")
+
+
 def test_a_drag_steers_once_and_the_page_reports_the_weight_in_effect(page, gateway, model_servers, artifacts):
     fill_settings(page, max_tokens=200, split=False)
     assert page.input_value("#weight") == "50"

@@ -28,7 +28,9 @@ const STEER_SETTLE_MS = 250;  // arrow keys fire a change per step: steer once t
 
 // The generation in progress: its AbortController (Stop aborts every stream of it: the
 // gateway ends a generation whose client left and frees both servers' sessions), the id
-// that live steering addresses, when its last token came, and its first failure.
+// that live steering addresses, when its last token came, its first failure, whether Stop
+// was pressed, and the blend's closing status once the blend has ended (the side panes of
+// the split view may still be writing: the run lasts until they end too).
 let run = null;
 // The last story written: its setup (what writes it again), whether it had the side panes,
 // how often it was continued, and its history entry.
@@ -107,7 +109,7 @@ async function sendSteer() {
 /** The status line: the weight in effect while a story is written, or a given message. */
 function status(text) {
   if (text === undefined) {
-    if (!run) return;
+    if (!run || run.ended) return;  // the blend's closing status stays while the side panes finish
     const inEffect = panes.blend.lastWeight;
     if (run.stalledFor) {
       text = `Waiting for the logic model… no new word for ${run.stalledFor} s.`;
@@ -290,7 +292,12 @@ async function streamInto(pane, req, signal, onStart) {
 
 /** Write a story: fresh from the form (setup given: Retry), or on from where it stopped (Continue). */
 async function generate({ setup = null, continuing = false } = {}) {
-  if (run) return;
+  if (run) {
+    // Never silently: say what the new story waits for.
+    status(run.stopping ? "Still stopping the last story… try again in a moment."
+      : "A story is still being written: press Stop (or Esc) first.");
+    return;
+  }
   clearError();
   inspector.close();
   if (!continuing) {
@@ -305,7 +312,8 @@ async function generate({ setup = null, continuing = false } = {}) {
   $("panes").classList.toggle("split", split);
   const controller = new AbortController();
   const active = split ? [panes.blend, panes.gpt2, panes.bdh] : [panes.blend];
-  run = { controller, id: null, panes: active, stalledFor: 0, failure: null, steering: null };
+  run = { controller, id: null, panes: active, stalledFor: 0, failure: null, steering: null, stopping: false,
+          ended: null };
   setRunning(true);
   status(continuing ? "Reading the story so far into both models…" : "Reading the prompt into both models…");
 
@@ -339,23 +347,30 @@ async function generate({ setup = null, continuing = false } = {}) {
   };
   const outcome = await streamInto(panes.blend, request(s, promptOf(panes.blend), w, seed), controller.signal, onStart);
   clearInterval(run.stallTimer);
-  if (outcome === "done") status(`Done: ${panes.blend.tokenCount} tokens, ending at ${percent(panes.blend.lastWeight)}% logic.`);
-  else if (outcome === "stopped") status("Stopped.");
-  else status(panes.blend.hasStory ? "The story stopped early." : "The story could not be written.");
+  if (outcome === "done") run.ended = `Done: ${panes.blend.tokenCount} tokens, ending at ${percent(panes.blend.lastWeight)}% logic.`;
+  else if (outcome === "stopped") run.ended = "Stopped.";
+  else run.ended = panes.blend.hasStory ? "The story stopped early." : "The story could not be written.";
+  status(run.ended);
   if (split && comparisons.length === 0) {
     const why = outcome === "stopped" ? "stopped before it started" : "not started: the blend could not start";
     panes.gpt2.skipped(why);
     panes.bdh.skipped(why);
   }
-  await Promise.all(comparisons);
+  const sides = await Promise.all(comparisons);
+  // Stopped after the blend had ended: its "Done…" stays, and says that the side panes were stopped.
+  if (run.stopping && outcome !== "stopped") {
+    status(sides.includes("stopped") ? `${run.ended} Stopped the side panes.` : run.ended);
+  }
   run = null;
   setRunning(false);
   if (panes.blend.hasStory) saveToHistory(outcome);
 }
 
+/** Stop every stream of the run; its end (in generate) writes the closing status. */
 function stop() {
-  if (!run) return;
-  status("Stopping…");
+  if (!run || run.stopping) return;
+  run.stopping = true;
+  status(run.ended ? `${run.ended} Stopping the side panes…` : "Stopping…");
   run.controller.abort();
 }
 
