@@ -9,21 +9,25 @@ import pytest
 
 from services.gateway.validator import (
     DEFAULT_SENSITIVITY,
+    DEFAULT_SUBSTITUTION,
     DEFAULT_THRESHOLD_BITS,
     DEFAULT_VARIANT,
     MODELS,
     Displacement,
     Expected,
+    Substitution,
     Variant,
     Word,
     WordMeasures,
     displaced_bits,
     flag_words,
+    function_ids,
     group_words,
     merge_flags,
     one_in,
     reason,
     score_words,
+    substitution_bits,
     threshold_bits,
     times,
     validate,
@@ -171,14 +175,16 @@ def test_higher_sensitivity_flags_at_least_as_much(displacement):
     assert first != last  # and the range means something
 
 
-def test_flags_follow_the_displaced_bits_and_the_draft_score_stays_the_mean():
+def test_flags_follow_the_displaced_bits_and_the_draft_score_is_the_mean_plus_the_substitution():
     for seed in range(10):
         body = run(seed, 0.7)
         bar = body["threshold_bits"]
         assert bar == pytest.approx(threshold_bits(0.7))
         for w in body["words"]:
             assert w["flagged"] == (w["displaced_bits"] > 0 and w["displaced_bits"] >= bar - 1e-4)
-        assert body["score"] == pytest.approx(np.mean([w["score"] for w in body["words"]]), abs=1e-3)
+        sub = max(w["substitution_bits"] for w in body["words"])
+        assert body["score"] == pytest.approx(np.mean([w["score"] for w in body["words"]])
+                                              + DEFAULT_SUBSTITUTION.weight * sub, abs=1e-3)
         # the draft and word scores do not depend on the flag rule's sensitivity
         other = run(seed, 0.1)
         assert other["score"] == body["score"] and [w["score"] for w in other["words"]] == [w["score"] for w in body["words"]]
@@ -301,3 +307,73 @@ def test_displaced_expectation_is_the_context_word_the_draft_pushed_aside():
     assert displaced_bits(words, ids, lw, lwo, Expected(top, lp), Expected(top_no, lp_no), ctx,
                           floor=0.2)[0].tolist() == [0, 0, 0, 0, 0]
     assert k == top.shape[1]
+
+
+def test_slot_substitution_is_a_context_word_that_fits_the_slot_without_the_context():
+    # Context "Lily had a red ball." (ids 20 " red", 30 " ball", 5 " had"); draft " She threw the blue ball."
+    draft, offsets = tokenize([" She", " threw", " the", " blue", " ball", "."])
+    words = group_words(draft, offsets)
+    ids = [10, 11, 12, 13, 30, 31]
+    lw = np.log([0.8, 0.1, 0.6, 0.01, 0.5, 0.9])      # with the context
+    lwo = np.log([0.01, 0.1, 0.6, 0.005, 0.1, 0.9])   # without
+    top = np.array([[i, 40, 41, 42] for i in ids])
+    lp = np.log(np.tile([0.9, 0.01, 0.005, 0.001], (6, 1)))
+    top[3], lp[3] = [30, 20, 13, 40], np.log([0.4, 0.16, 0.01, 0.005])  # " red" 0.16 with the context
+    # without the context the slot holds colours: " ball" (later in the draft), " red" 0.002,
+    # " had" (a context word the context does not boost there: 0.2 → at most 0.005), "!" (punctuation)
+    top_no = np.tile([50, 51, 52, 53], (6, 1))
+    lp_no = np.log(np.tile([0.2, 0.1, 0.05, 0.02], (6, 1)))
+    top_no[3], lp_no[3] = [30, 5, 20, 6], np.log([0.3, 0.2, 0.002, 0.001])
+    ctx = [1, 2, 5, 20, 30, 6, 4]
+    names = {5: " had", 6: "!", 20: " red", 30: " ball"}
+    decode = lambda t: names.get(t[0], f" w{t[0]}")  # noqa: E731
+    ex, exo = Expected(top, lp), Expected(top_no, lp_no)
+    s, by = substitution_bits(words, ids, lw, lwo, ex, exo, ctx, decode)
+    # at " blue": " red" boosted 0.16/0.002 = 80× and 16× likelier than " blue": 4 bits
+    assert by.tolist() == [-1, -1, -1, 20, -1, -1] and s[3] == pytest.approx(4.0)
+    assert s[[0, 1, 2, 4, 5]].tolist() == [0, 0, 0, 0, 0]
+    # the other scores: shift = log2 80 − log2 2; min of the two
+    assert substitution_bits(words, ids, lw, lwo, ex, exo, ctx, decode, score="shift")[0][3] == pytest.approx(np.log2(40))
+    assert substitution_bits(words, ids, lw, lwo, ex, exo, ctx, decode, score="min")[0][3] == pytest.approx(4.0)
+    # a boost of log2 80 = 6.3 bits passes a 6-bit gate, not a 7-bit one
+    assert substitution_bits(words, ids, lw, lwo, ex, exo, ctx, decode, gate=6.0)[0][3] == pytest.approx(4.0)
+    assert substitution_bits(words, ids, lw, lwo, ex, exo, ctx, decode, gate=7.0)[0].tolist() == [0] * 6
+    # a function word never substitutes; nor does a token outside the context
+    assert substitution_bits(words, ids, lw, lwo, ex, exo, ctx, decode, skip_ids={20})[0].tolist() == [0] * 6
+    assert substitution_bits(words, ids, lw, lwo, ex, exo, [1, 2, 30], decode)[0].tolist() == [0] * 6
+    # the consistent draft (" red" in that place, a word of the context) substitutes nothing
+    ids_ok = [10, 11, 12, 20, 30, 31]
+    assert substitution_bits(words, ids_ok, lw, lwo, ex, exo, ctx, decode)[0].tolist() == [0] * 6
+    # nor does any word of the context in that place (" had" there: another context word, not a swap)
+    ids_had = [10, 11, 12, 5, 30, 31]
+    assert substitution_bits(words, ids_had, lw, lwo, ex, exo, ctx, decode)[0].tolist() == [0] * 6
+    with pytest.raises(ValueError):
+        substitution_bits(words, ids, lw, lwo, ex, exo, ctx, decode, score="max")
+
+
+def test_function_words_are_the_vocabularys_first_whole_words():
+    vocab = {256: "he", 257: " the", 258: " t", 259: "ing", 260: " was", 261: " ,", 262: " Lily"}
+    decode = lambda t: vocab[t[0]]  # noqa: E731  (a KeyError past the end)
+    assert function_ids(decode, 3) == {256, 257, 258}
+    assert function_ids(decode, 50) == {256, 257, 258, 259, 260, 262}
+
+
+def test_the_draft_score_adds_the_largest_substitution_and_flags_do_not_change():
+    draft, offsets, ids, lw, lwo, ent, ex, exo, decode = she_threw_the_blue_ball()
+    context = [1, 2, 3, 20, 30, 4]
+    b = ids.index(10 + 3)  # " bl" of " blue"
+    exo = {m: Expected(e.ids.copy(), e.log_probs.copy()) for m, e in exo.items()}
+    for e in exo.values():  # without the context, " red" (20) fits the slot at 0.001
+        e.ids[b, -1] = 20
+    body = validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=context)
+    words = {w["text"]: w for w in body["words"]}
+    # per model: 0.16 against 0.01 = 4 bits; GPT-2 and BDH summed
+    assert words["blue"]["substitution_bits"] == pytest.approx(8.0, abs=1e-3)
+    assert all(w["substitution_bits"] == 0 for t, w in words.items() if t != "blue")
+    mean = np.mean([w["score"] for w in body["words"]])
+    assert body["score"] == pytest.approx(mean + 0.15 * 8.0, abs=1e-3)
+    assert DEFAULT_SUBSTITUTION.weight == 0.15
+    plain = validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=context,
+                     substitution=Substitution("off", weight=0.0))
+    assert plain["score"] == pytest.approx(mean, abs=1e-3)
+    assert [c["text"] for c in body["contradictions"]] == [c["text"] for c in plain["contradictions"]] == ["blue"]
