@@ -121,12 +121,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import httpx
@@ -145,13 +142,14 @@ from services.gateway.validator import (  # noqa: E402
     MODELS,
     Displacement,
     Expected,
+    Substitution,
     Variant,
-    Word,
     displaced_bits,
     flag_words,
     group_words,
     measures_of,
     score_words,
+    substitution_of,
     threshold_bits,
 )
 
@@ -191,111 +189,7 @@ DISPLACEMENTS = [
 ]
 
 
-@dataclass(frozen=True)
-class Substitution:
-    """How slot substitutions count (see `substitution_bits`): which models (their bits are
-    weighed and summed per word), how much the context must boost the context token c at
-    the slot (`gate`, bits), the score ("shortfall": log2 p_ctx(c) − log2 p_ctx(w); "shift":
-    the context's boost of c minus its boost of w; "min": the smaller), and how many of
-    the vocabulary's first whole-word tokens count as function words."""
-
-    name: str
-    gpt2: float = 1.0
-    bdh: float = 1.0
-    gate: float = 0.0
-    score: str = "shortfall"
-    function_words: int = 50
-
-
-_WORD_TOKEN = re.compile(r" ?[A-Za-z]+")
-_FIRST_MERGE = 256  # byte-level BPE: the first 256 ids are bytes, merges follow in frequency order
-
-
-def function_ids(decode: Callable[[list[int]], str], n: int = 50, search: int = 2000) -> frozenset[int]:
-    """The first n whole-word tokens (" the", " was", " He"...) in the vocabulary's order
-    after its 256 bytes: a byte-level BPE learns its merges most frequent first."""
-    try:
-        return _function_ids_cached(decode, n, search)
-    except TypeError:  # an unhashable decode
-        return _function_ids_cached.__wrapped__(decode, n, search)
-
-
-@lru_cache(maxsize=16)
-def _function_ids_cached(decode, n: int, search: int) -> frozenset[int]:
-    out: list[int] = []
-    for i in range(_FIRST_MERGE, _FIRST_MERGE + search):
-        if len(out) >= n:
-            break
-        try:
-            text = decode([i])
-        except Exception:  # past the vocabulary's end
-            break
-        if _WORD_TOKEN.fullmatch(text):
-            out.append(i)
-    return frozenset(out)
-
-
-def substitution_bits(words: Sequence[Word], token_ids: Sequence[int], with_context: np.ndarray,
-                      without_context: np.ndarray, expected: Expected, expected_without: Expected,
-                      context_ids: Sequence[int], decode: Callable[[list[int]], str],
-                      skip_ids: Collection[int] = frozenset(), gate: float = 0.0,
-                      score: str = "shortfall") -> tuple[np.ndarray, np.ndarray]:
-    """One model's slot substitution per word, in bits (n,), and the substituted context
-    token id (n,), −1 where none; punctuation and words whose first token occurs in the
-    context get 0. At the word's first token t (draft token w): each c of the no-context
-    top-k at t that is a context token, not w, not at or after t in the draft, not in
-    `skip_ids` and not punctuation, whose context boost log p_ctx(c) − log p_noctx(c)
-    exceeds `gate` bits, scores by `score`; the word takes the largest positive score.
-    p_ctx(c) comes from the with-context top-k; outside it, the k-th value there (an upper
-    bound). Inputs as for `displaced_bits`."""
-    if score not in ("shortfall", "shift", "min"):
-        raise ValueError(f"score must be 'shortfall', 'shift' or 'min', got {score!r}")
-    ctx = set(int(i) for i in context_ids)
-    ids = [int(i) for i in token_ids]
-    out = np.zeros(len(words))
-    by = np.full(len(words), -1, dtype=np.int64)
-    for k, wd in enumerate(words):
-        t = wd.tokens[0]
-        if wd.punctuation or ids[t] in ctx:
-            continue
-        later = set(ids[t:])
-        lwc, lwn = float(with_context[t]), float(without_context[t])
-        wc = dict(zip(expected.ids[t].tolist(), expected.log_probs[t].tolist()))
-        bound = float(expected.log_probs[t][-1])
-        for c, lcn in zip(expected_without.ids[t].tolist(), expected_without.log_probs[t].tolist()):
-            if c not in ctx or c in later or c in skip_ids or not re.search(r"\w", decode([c])):
-                continue
-            lcc = wc.get(c, bound)
-            boost = (lcc - lcn) / LOG2
-            if boost <= gate:
-                continue
-            shortfall, shift = (lcc - lwc) / LOG2, boost - (lwc - lwn) / LOG2
-            s = {"shortfall": shortfall, "shift": shift, "min": min(shortfall, shift)}[score]
-            if s > out[k]:
-                out[k], by[k] = s, c
-    return out, by
-
-
-def substitution_of(words: Sequence[Word], token_ids: Sequence[int], with_context: dict[str, np.ndarray],
-                    without_context: dict[str, np.ndarray], expected: dict[str, Expected] | None,
-                    expected_without: dict[str, Expected] | None, context_ids: Sequence[int],
-                    decode: Callable[[list[int]], str],
-                    substitution: Substitution) -> np.ndarray:
-    """Per word: the models' weighted slot-substitution bits (n,); zeros without a context
-    or without both models' top-k answers."""
-    total = np.zeros(len(words))
-    if len(context_ids) and expected and expected_without:
-        skip = function_ids(decode, substitution.function_words) if substitution.function_words else frozenset()
-        for m, w in zip(MODELS, (substitution.gpt2, substitution.bdh)):
-            if w:
-                total += w * substitution_bits(words, token_ids, with_context[m], without_context[m], expected[m],
-                                               expected_without[m], context_ids, decode, skip, substitution.gate,
-                                               substitution.score)[0]
-    return total
-
-
-
-# Slot substitutions (Substitution above), from the same Score answers: as a flag rule
+# Slot substitutions (validator.Substitution), from the same Score answers: as a flag rule
 # alone, OR the shipped displaced rule (its bar tuned with the shipped flags kept), and as a
 # draft-score term (the shipped mean + a weight × the draft's largest, the weight tuned).
 SUBSTITUTIONS = [
