@@ -206,6 +206,13 @@ class Gateway:
             raise
         return Run(first, streams, slot)
 
+    async def complete(self, jobs: list[Job], names: dict[str, str] = NATIVE_NAMES
+                       ) -> tuple[list[dict], list[tuple[list[dict], dict]]]:
+        """`open`, then every job to its end: (start events, (token events, end event) per
+        job). Wrap it in `unless_disconnected` so a client that leaves cancels it."""
+        run = await self.open(jobs, names)
+        return run.first, await run.collect()
+
     async def _events(self, params: GenerationParams) -> AsyncIterator[dict]:
         gen = self.registry.start(params.logic_weight)
         t0, timer = time.perf_counter(), StepTimer(self.metrics.step)

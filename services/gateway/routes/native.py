@@ -24,11 +24,7 @@ def job(req: GenerateRequest) -> Job:
 
 @router.post("/generate")
 async def generate_json(req: GenerateRequest, gw: GatewayDep, request: Request):
-    async def work():
-        run = await gw.open([job(req)])
-        return run.first[0], (await run.collect())[0]
-
-    first, (tokens, end) = await unless_disconnected(request, work())
+    (first,), ((tokens, end),) = await unless_disconnected(request, gw.complete([job(req)]))
     return {
         "id": first["id"], "text": end["text"], "finish_reason": end["finish_reason"],
         "tokens": [{k: t[k] for k in TOKEN_FIELDS if k in t} for t in tokens],

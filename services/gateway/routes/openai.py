@@ -123,11 +123,7 @@ async def completions(req: CompletionRequest, gw: GatewayDep, settings: Settings
         return prompts[i // n] if req.echo else ""
 
     if not req.stream:
-        async def work():
-            run = await gw.open(todo, names)
-            return run.first, await run.collect()
-
-        first, results = await unless_disconnected(request, work())
+        first, results = await unless_disconnected(request, gw.complete(todo, names))
         tok = gw.pair.tokenizer
         choices = [{"text": echo(i) + end["text"], "index": i,
                     "logprobs": completion_logprobs(tok, tokens, k, len(echo(i))) if req.logprobs is not None
@@ -203,11 +199,7 @@ async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, settings:
                 "system_fingerprint": None}
 
     if not req.stream:
-        async def work():
-            run = await gw.open(todo, names)
-            return run.first, await run.collect()
-
-        first, results = await unless_disconnected(request, work())
+        first, results = await unless_disconnected(request, gw.complete(todo, names))
         tok = gw.pair.tokenizer
         choices = [{"index": i, "message": {"role": "assistant", "content": end["text"]},
                     "logprobs": chat_logprobs(tok, tokens, k) if req.logprobs else None,

@@ -52,11 +52,7 @@ async def tgi_generate(req: TGIRequest, gw: GatewayDep, request: Request):
                 "seed": first["seed"] if p.sampling else None}
 
     if not req.stream:
-        async def work():
-            run = await gw.open([job(req)], NAMES)
-            return run.first[0], (await run.collect())[0]
-
-        first, (tokens, end) = await unless_disconnected(request, work())
+        (first,), ((tokens, end),) = await unless_disconnected(request, gw.complete([job(req)], NAMES))
         out = {"generated_text": prefix + end["text"]}
         if p.details:
             out["details"] = {**details(first, end), "prefill": [], "tokens": [token(t) for t in tokens],
