@@ -230,3 +230,8 @@ class GatewayThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def start_gateway(gpt2: str, bdh: str, **overrides) -> GatewayThread:
+    """A gateway in front of two model servers, on a free port, with settings overridden."""
+    return GatewayThread(GatewaySettings(gpt2_address=gpt2, bdh_address=bdh, port=0, **overrides))

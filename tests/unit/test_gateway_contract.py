@@ -12,15 +12,10 @@ import httpx
 import pytest
 from waiting import wait_until
 
-from fake_servers import FakeLanguageModel, FakeServer, GatewayThread, HangingServer
-from services.gateway.settings import GatewaySettings
+from fake_servers import FakeLanguageModel, FakeServer, HangingServer, start_gateway
 
 PROMPT = "Once upon a time"
 JSON = {"Content-Type": "application/json"}
-
-
-def start_gateway(gpt2: str, bdh: str, **overrides) -> GatewayThread:
-    return GatewayThread(GatewaySettings(gpt2_address=gpt2, bdh_address=bdh, port=0, **overrides))
 
 
 @pytest.fixture(scope="module")
