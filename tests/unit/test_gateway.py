@@ -16,7 +16,7 @@ import pytest
 from plotarmour import sampling
 from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
-from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
+from fake_servers import FakeLanguageModel, FakeServer, start_gateway
 
 
 def closes_soon(*servers, timeout: float = 5.0) -> bool:
@@ -31,10 +31,6 @@ def closes_soon(*servers, timeout: float = 5.0) -> bool:
 
 
 PROMPT = "Once upon a time"
-
-
-def start_gateway(gpt2: str, bdh: str, **overrides) -> GatewayThread:
-    return GatewayThread(GatewaySettings(gpt2_address=gpt2, bdh_address=bdh, port=0, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -316,6 +312,35 @@ def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer):
             r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30, "seed": 5})
             assert r.status_code == 503 and "fake failure" in r.json()["error"]["message"]
         assert closes_soon(g, b)
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+def test_a_stream_the_server_ended_leaves_no_task_behind(tiny_tokenizer):
+    """grpc drains each Batch stream's requests in a task of its own; when the server ends
+    the stream, that task must end too, not wait on the outbox for the gateway's life."""
+    import asyncio
+
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, fail_at_step=2))
+    gw = start_gateway(g.address, b.address)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30, "seed": 5}).status_code == 503
+        loop = gw.app.state.gateway.loop._task.get_loop()
+
+        async def drains() -> int:
+            for _ in range(100):  # up to 5 s for the failed stream's tasks to see its end
+                n = sum("_consume_request_iterator" in repr(t.get_coro()) for t in asyncio.all_tasks() if not t.done())
+                if n <= 1:
+                    break
+                await asyncio.sleep(0.05)
+            return n
+
+        # One stream is still open (GPT-2's, idle); BDH's ended with the failure.
+        assert asyncio.run_coroutine_threadsafe(drains(), loop).result(timeout=10) == 1
     finally:
         gw.stop()
         g.stop()

@@ -85,3 +85,62 @@ def test_every_gateway_setting_is_a_flag_and_flags_override_the_environment(monk
     bad = subprocess.run([sys.executable, "-m", "services.gateway", "--max-concurrent", "many"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--max-concurrent" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_unless_disconnected_cancels_the_work_only_when_the_client_left():
+    import asyncio
+
+    from services.gateway.errors import ClientGone
+    from services.gateway.service import unless_disconnected
+
+    class Request:
+        def __init__(self):
+            self.gone = asyncio.Event()
+
+        async def receive(self):
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+    async def main():
+        # The client leaves: the work is cancelled and the caller hears ClientGone.
+        req, work = Request(), asyncio.Event()
+        waiting = asyncio.ensure_future(unless_disconnected(req, work.wait()))
+        await asyncio.sleep(0.01)
+        req.gone.set()
+        with pytest.raises(ClientGone):
+            await waiting
+        # The caller's own deadline: a timeout, not ClientGone, and the work is cancelled too.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(unless_disconnected(Request(), asyncio.sleep(60)), 0.05)
+        # Work that finishes answers as it is.
+        assert await unless_disconnected(Request(), asyncio.sleep(0, result=7)) == 7
+
+    asyncio.run(main())
+
+
+def test_a_run_of_several_stories_closes_every_stream_its_pumps_are_reading():
+    """With n > 1 the events of several stories are pumped by tasks; a client that leaves
+    without the body being closed must still have every story ended by aclose."""
+    import asyncio
+
+    from services.gateway.metrics import GatewayMetrics
+    from services.gateway.service import Limiter, Run
+
+    async def main():
+        closed = []
+
+        async def story(i):
+            try:
+                yield {"type": "token", "index": 0}
+                await asyncio.sleep(60)  # a story still being written
+            finally:
+                closed.append(i)
+
+        limiter = Limiter(1, GatewayMetrics())
+        run = Run([{}, {}], [story(0), story(1)], limiter.acquire())
+        events = run.events()
+        await anext(events)  # the pumps are running; the body is then left open, not closed
+        await run.aclose()
+        assert sorted(closed) == [0, 1] and limiter.active == 0
+
+    asyncio.run(main())
