@@ -113,6 +113,9 @@ contradictions at 18.1% false alarms (held-out 19.4% / 16.7%).
   far likelier (+5 to +16 bits): a contradiction in a draft's first word ("He" for Lily)
   ranks well but is hardly ever flagged: the 3 pronoun drafts of 8 flagged today are
   flagged on a later word ("'dolls' where GPT-2 expected 'a'"), never on the pronoun.
+- Counterfactual questions (bench/bench_validator_counterfactual.py, which scores whole
+  drafts with a word swapped for a context word or an expectation, forward and with the
+  context read after the draft): none catches more at the same held-out false alarms.
 - Within the draft. The "without" side keeps the draft's own earlier words, so a draft
   that contradicts itself ("Tom had a red ball. He threw the blue ball.") is not caught.
 """
