@@ -157,18 +157,35 @@ def _with_budget(train: dict, changes: dict) -> dict:
     return out
 
 
+def preset_blocks() -> set[str]:
+    """The top-level keys a preset may have: a description, each family's architecture, the
+    shared "train" block and each family's own train settings ("bdh_train"), which win over
+    "train" for that family (BDH trains on longer windows than GPT-2: its state has no
+    length limit, while GPT-2 is bounded by n_positions)."""
+    return {"description", "train"} | set(FAMILIES) | {f"{m}_train" for m in FAMILIES}
+
+
 def load_preset(path: str | Path, model: str, overrides: Sequence[str] = ()) -> tuple[dict, TrainConfig]:
-    """Read a preset file and apply overrides -> (architecture of `model`, TrainConfig)."""
+    """Read a preset file and apply overrides -> (architecture of `model`, TrainConfig).
+
+    The train settings are the "train" block, then `model`'s own "<model>_train" block,
+    then the --set overrides, each over the one before."""
     path = Path(path)
     preset = read_json(path, ConfigError, "config file not found")
+    unknown = sorted(set(preset) - preset_blocks())
+    if unknown:
+        raise ConfigError(f"{path}: unknown block(s) {unknown}; a preset has {sorted(preset_blocks())}")
     if model not in preset:
         raise ConfigError(f"{path}: has no {model!r} architecture block")
-    if not isinstance(preset[model], dict) or not isinstance(preset.get("train", {}), dict):
-        raise ConfigError(f"{path}: the {model!r} and 'train' blocks must be JSON objects")
+    own = f"{model}_train"
+    for block in (model, "train", own):
+        if not isinstance(preset.get(block, {}), dict):
+            raise ConfigError(f"{path}: the {block!r} block must be a JSON object")
     train_changes, arch_changes = split_overrides(overrides, model)
     arch = {**preset[model], **arch_changes}
     check_architecture(model, arch)
-    cfg = TrainConfig.from_dict(_with_budget(dict(preset.get("train", {})), train_changes))
+    train = _with_budget(dict(preset.get("train", {})), preset.get(own, {}))
+    cfg = TrainConfig.from_dict(_with_budget(train, train_changes))
     cfg.out, cfg.state_dir = cfg.out.format(model=model), cfg.state_dir.format(model=model)
     return arch, cfg
 

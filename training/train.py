@@ -5,7 +5,8 @@
     python -m training.train --resume results/state/bdh --set max_tokens=5000000   # and train longer
     torchrun --nproc_per_node 4 -m training.train --model gpt2 --config training/configs/gpu_large.json
 
-A preset holds one architecture block per family and a "train" block (see TrainConfig);
+A preset holds one architecture block per family, a "train" block (see TrainConfig) and,
+optionally, a family's own train settings ("bdh_train": BDH on longer windows than GPT-2);
 `--set key=value` overrides a train key, `--set bdh.n_layer=4` an architecture key. The
 best checkpoint (lowest validation loss) goes to `out`; the latest state for resuming
 goes to `state_dir`; a CSV log goes under `log_dir`. A new run refuses an `out` or

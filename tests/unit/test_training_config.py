@@ -50,6 +50,43 @@ def test_overrides(tmp_path):
         load_preset(tmp_path / "nope.json", "bdh")
 
 
+def test_a_family_train_block_wins_over_train_and_loses_to_set(tmp_path):
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"bdh": {"n_layer": 2}, "gpt2": {"n_layer": 3},
+                                  "train": {"block_size": 64, "batch_size": 8, "max_tokens": 4096},
+                                  "bdh_train": {"block_size": 128, "batch_size": 4}}))
+    _, bdh = load_preset(preset, "bdh")
+    _, gpt2 = load_preset(preset, "gpt2")
+    assert (bdh.block_size, bdh.batch_size, bdh.max_tokens) == (128, 4, 4096)
+    assert (gpt2.block_size, gpt2.batch_size) == (64, 8)
+    _, bdh = load_preset(preset, "bdh", ["block_size=256"])
+    assert bdh.block_size == 256
+    preset.write_text(json.dumps({"bdh": {}, "train": {}, "bdh_train": {"block_size": "long"}}))
+    with pytest.raises(ConfigError, match="'block_size' must be an integer"):
+        load_preset(preset, "bdh")
+
+
+@pytest.mark.parametrize("blocks", [{"bdh_trian": {}}, {"bdh_train": [1]}, {"extra": 1}])
+def test_a_misspelt_or_malformed_block_is_refused(tmp_path, blocks):
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"bdh": {"n_layer": 2}, "train": {}, **blocks}))
+    with pytest.raises(ConfigError, match="unknown block|must be a JSON object"):
+        load_preset(preset, "bdh")
+
+
+@pytest.mark.parametrize("name", ["kaggle_t4", "gpu_large"])
+def test_gpu_presets_train_bdh_on_longer_windows_than_gpt2(name):
+    """Stories on the page run past 512 tokens; BDH's state has no length limit, GPT-2's
+    window is its n_positions. Both see the same tokens per optimizer step."""
+    path = next(p for p in CONFIGS if p.stem == name)
+    gpt2_arch, gpt2 = load_preset(path, "gpt2")
+    _, bdh = load_preset(path, "bdh")
+    assert 512 <= gpt2.block_size == gpt2_arch["n_positions"] < bdh.block_size
+    assert bdh.grad_checkpointing  # without it BDH's activations outgrow the GPU (see the preset)
+    tokens = lambda c: c.block_size * c.batch_size * c.grad_accum  # noqa: E731
+    assert tokens(bdh) == tokens(gpt2)
+
+
 def test_schedule_warms_up_then_decays_to_min():
     cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
     lrs = [lr_at(s, cfg) for s in range(111)]
