@@ -37,15 +37,24 @@ class GenerationParams:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     top_alternatives: int = 0  # each token event lists the k likeliest tokens of the blend and of each model
+    steering: list[tuple[int, float]] = field(default_factory=list)  # (from token, weight), increasing
 
 
 @dataclass
 class Generation:
-    """A running generation; the only mutable part is the weight (live steering)."""
+    """A running generation; the only mutable part is the weight: live steering sets it,
+    and a schedule (`steering`, from the request) sets it when its token comes."""
 
     id: str
     logic_weight: float
     tokens_done: int = 0
+    schedule: list[tuple[int, float]] = field(default_factory=list)
+
+    def next_weight(self) -> float:
+        """The weight for the token about to be drawn (index `tokens_done`)."""
+        while self.schedule and self.schedule[0][0] <= self.tokens_done:
+            self.logic_weight = self.schedule.pop(0)[1]
+        return self.logic_weight
 
 
 class Registry:
@@ -54,8 +63,8 @@ class Registry:
     def __init__(self):
         self._running: dict[str, Generation] = {}
 
-    def start(self, logic_weight: float) -> Generation:
-        gen = Generation(id="gen-" + secrets.token_hex(8), logic_weight=logic_weight)
+    def start(self, logic_weight: float, schedule: list[tuple[int, float]] = ()) -> Generation:
+        gen = Generation(id="gen-" + secrets.token_hex(8), logic_weight=logic_weight, schedule=list(schedule))
         self._running[gen.id] = gen
         return gen
 
@@ -258,7 +267,7 @@ class GenerationLoop:
         """Blend and sample every row at once → (tokens (B,), blended probability of each,
         row index → the blend's likeliest tokens for rows that asked for alternatives,
         rows whose distribution holds NaN or +inf → the role (0 gpt2, 1 bdh) that sent it)."""
-        weights = [x.gen.logic_weight for x in rows]  # read once per step: a steer applies from the next token
+        weights = [x.gen.next_weight() for x in rows]  # read once per step: a steer applies from the next token
         for x, w in zip(rows, weights):
             x.weight = w
 

@@ -55,6 +55,24 @@ def unsupported(*fields: str, allowed: tuple = (None,)):
     return field_validator(*fields)(check)
 
 
+MAX_STEERING_POINTS = 64
+
+
+class SteeringPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid", **_STRICT)
+
+    at: int = Field(ge=1, description="the generated token (0-based) from which this weight applies")
+    logic_weight: float = Field(ge=0.0, le=1.0)
+
+
+def _increasing(points: list[SteeringPoint]) -> list[SteeringPoint]:
+    for i, (a, b) in enumerate(zip(points, points[1:]), start=1):
+        if b.at <= a.at:
+            raise ValueError(f"steering[{i}].at is {b.at}, not after steering[{i - 1}].at = {a.at}; "
+                             f"points must be in increasing order of `at`")
+    return points
+
+
 class GenerateRequest(BaseModel):
     # Unknown fields are errors: a misspelt "logic_wieght" must not silently use the default.
     model_config = ConfigDict(extra="forbid", **_STRICT)
@@ -70,6 +88,10 @@ class GenerateRequest(BaseModel):
     stop: list[Text] = Field(default_factory=list)
     top_alternatives: int = Field(0, ge=0, le=20, description="each token event lists the k likeliest tokens "
                                                               "of the blend and of each model")
+    steering: Annotated[list[SteeringPoint], AfterValidator(_increasing)] = Field(
+        default_factory=list, max_length=MAX_STEERING_POINTS,
+        description="a weight schedule: from token `at` on, draw at `logic_weight` (a steered story, replayed "
+                    "with its seed, is written again token for token); live steering still applies on top")
 
     _stop = field_validator("stop", mode="before")(_stop_list)
 
@@ -87,7 +109,7 @@ class ValidateRequest(BaseModel):
     draft: Text = Field(min_length=1, description="the text to check against the context")
     sensitivity: float = Field(0.5, ge=0.0, le=1.0, description=(
         "how readily words are flagged: higher flags more. 0.5, the default, is the setting "
-        "bench/bench_validator.py chose; each 0.1 moves the bar by 1 bit (a factor of 2)"))
+        "bench/bench_validator.py chose; each 0.1 lowers the bar by 0.3 bits"))
 
 
 # ---- OpenAI ---------------------------------------------------------------------------

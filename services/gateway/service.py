@@ -43,6 +43,7 @@ class Job:
     stop: list[str] = field(default_factory=list)
     top_alternatives: int = 0
     truncate: int | None = None  # keep only the prompt's last `truncate` tokens (TGI)
+    steering: list[tuple[int, float]] = field(default_factory=list)  # (from token, weight), increasing
 
 
 # How a surface's client spells the fields a limit may name (errors use its words).
@@ -181,7 +182,7 @@ class Gateway:
         return GenerationParams(
             prompt_ids=ids, logic_weight=job.logic_weight, blend=job.blend, max_new_tokens=max_new,
             sampling=job.sampling, seed=job.seed if job.seed is not None else secrets.randbits(63), stop=job.stop,
-            top_alternatives=job.top_alternatives)
+            top_alternatives=job.top_alternatives, steering=list(job.steering))
 
     async def open(self, jobs: list[Job], names: dict[str, str] = NATIVE_NAMES) -> Run:
         """Take a slot, prefill every job, and return the running request. Everything that
@@ -214,7 +215,7 @@ class Gateway:
         return run.first, await run.collect()
 
     async def _events(self, params: GenerationParams) -> AsyncIterator[dict]:
-        gen = self.registry.start(params.logic_weight)
+        gen = self.registry.start(params.logic_weight, params.steering)
         t0, timer = time.perf_counter(), StepTimer(self.metrics.step)
         try:
             async for ev in generate(self.loop, gen, params):

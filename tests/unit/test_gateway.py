@@ -168,6 +168,59 @@ def test_steering_changes_the_weight_from_the_next_token(tiny_tokenizer):
         b.stop()
 
 
+def test_a_steering_schedule_writes_a_live_steered_story_again(tiny_tokenizer):
+    """Steer a story live, then ask again with its seed and, as `steering`, the weights its
+    token events carry: the same tokens at the same weights (what the page's Share link does)."""
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
+    gw = start_gateway(g.address, b.address)
+    body = {"prompt": PROMPT, "max_new_tokens": 30, "logic_weight": 0.0, "seed": 7, "temperature": 2.0}
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            with c.stream("POST", "/generate_stream", json=body) as r:
+                events = parse_sse(r.iter_lines())
+                gen_id = json.loads(next(events)[1])["id"]
+                live = [json.loads(next(events)[1]) for _ in range(3)]
+                assert c.post(f"/generations/{gen_id}", json={"logic_weight": 0.8}).status_code == 200
+                live += [json.loads(d) for e, d in events if e == "token"]
+            weights = [t["logic_weight"] for t in live]
+            schedule = [{"at": i, "logic_weight": w} for i, w in enumerate(weights) if i and w != weights[i - 1]]
+            assert [p["logic_weight"] for p in schedule] == [0.8]  # the steer landed mid-story
+            again = c.post("/generate", json={**body, "steering": schedule}).json()
+            assert [t["id"] for t in again["tokens"]] == [t["id"] for t in live]
+            assert [t["logic_weight"] for t in again["tokens"]] == weights
+            # without the schedule the same seed writes another story
+            plain = c.post("/generate", json=body).json()
+            assert [t["id"] for t in plain["tokens"]] != [t["id"] for t in live]
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
+def test_a_steering_schedule_applies_from_its_token(client):
+    r = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "logic_weight": 0.25, "seed": 3,
+                                       "steering": [{"at": 4, "logic_weight": 1.0}, {"at": 9, "logic_weight": 0}]})
+    assert r.status_code == 200, r.text
+    weights = [t["logic_weight"] for t in r.json()["tokens"]]
+    assert weights == ([0.25] * 4 + [1.0] * 5 + [0.0] * 3)[: len(weights)]
+
+
+@pytest.mark.parametrize("steering,says", [
+    ([{"at": 5, "logic_weight": 0.1}, {"at": 5, "logic_weight": 0.9}], "steering[1].at is 5"),
+    ([{"at": 0, "logic_weight": 0.1}], "greater than or equal to 1"),
+    ([{"at": 2, "logic_weight": 1.5}], "less than or equal to 1"),
+    ([{"at": 2, "weight": 0.5}], "logic_weight"),
+    ([{"at": i, "logic_weight": 0.5} for i in range(1, 66)], "at most 64"),
+    ({"at": 2, "logic_weight": 0.5}, "valid list"),
+])
+def test_a_bad_steering_schedule_is_refused_by_name(client, steering, says):
+    r = client.post("/generate", json={"prompt": PROMPT, "steering": steering})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["param"].startswith("steering") and says in err["message"], err
+
+
 # ---- bad input: 422 naming the field -------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ TOKEN_FIELDS = ("id", "text", "p_blend", "p_gpt2", "p_bdh", "logic_weight", "spe
 def job(req: GenerateRequest) -> Job:
     return Job(prompt=req.prompt, logic_weight=req.logic_weight, blend=req.blend, max_new_tokens=req.max_new_tokens,
                sampling=SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p),
-               seed=req.seed, stop=req.stop, top_alternatives=req.top_alternatives)
+               seed=req.seed, stop=req.stop, top_alternatives=req.top_alternatives,
+               steering=[(p.at, p.logic_weight) for p in req.steering])
 
 
 @router.post("/generate")
