@@ -144,3 +144,21 @@ def test_a_run_of_several_stories_closes_every_stream_its_pumps_are_reading():
         assert sorted(closed) == [0, 1] and limiter.active == 0
 
     asyncio.run(main())
+
+
+def test_probes_stay_out_of_the_access_log():
+    import logging
+
+    from services.gateway.__main__ import QuietProbes
+
+    def access(method, path, status=200):
+        return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                                 ("127.0.0.1:5", method, path, "1.1", status), None)
+
+    quiet = QuietProbes()
+    assert not quiet.filter(access("GET", "/ready", 503))
+    assert not quiet.filter(access("GET", "/metrics?x=1"))
+    assert not quiet.filter(access("HEAD", "/health"))
+    assert quiet.filter(access("GET", "/info"))
+    assert quiet.filter(access("POST", "/ready"))  # not a probe: a 405 worth seeing
+    assert quiet.filter(logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "plain", None, None))
