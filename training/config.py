@@ -60,7 +60,8 @@ class TrainConfig:
 
 CHOICES = {"dtype": ("auto", "float32", "bfloat16", "float16"), "compile": ("auto", "true", "false")}
 POSITIVE = ("block_size", "batch_size", "grad_accum", "max_steps", "eval_interval", "eval_windows", "log_interval")
-NON_NEGATIVE = ("lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience", "min_delta")
+NON_NEGATIVE = ("lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "patience", "min_delta", "seed")
+POSITIVE_OR_NULL = ("threads", "peak_tflops")
 
 # What `--resume` may change: the budget, evaluation, logging, paths and the hardware side.
 # Everything else (architecture, window, batch, optimizer, schedule shape, seed) would make
@@ -110,16 +111,27 @@ def check_train_settings(d: dict) -> None:
             raise ConfigError(f"train setting {key!r} must be positive, got {value}")
         if key in NON_NEGATIVE and value < 0:
             raise ConfigError(f"train setting {key!r} must not be negative, got {value}")
-    if d.get("max_tokens") is not None and d["max_tokens"] <= 0:
-        raise ConfigError(f"train setting 'max_tokens' must be positive or null, got {d['max_tokens']}")
+    for key in ("max_tokens", *POSITIVE_OR_NULL):
+        if d.get(key) is not None and d[key] <= 0:
+            raise ConfigError(f"train setting {key!r} must be positive or null, got {d[key]}")
+
+
+# Architecture keys that count things (layers, widths, heads, positions): positive integers.
+# Which names a family takes at all, its builder checks.
+COUNTS = ("n_layer", "n_embd", "n_head", "mlp_internal_dim_multiplier", "n_positions", "n_inner")
+FRACTIONS = ("dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")  # in [0, 1)
 
 
 def check_architecture(model: str, arch: dict) -> None:
-    """Architecture values are numbers; which names a family takes its builder checks."""
+    """Architecture values are numbers, counts are positive integers and dropouts in [0, 1)."""
     for key, value in arch.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{model} architecture setting {key!r} must be a number, got {json.dumps(value)} "
                               f"({type(value).__name__})")
+        if key in COUNTS and (not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{model} architecture setting {key!r} must be a positive integer, got {value}")
+        if key in FRACTIONS and not 0 <= value < 1:
+            raise ConfigError(f"{model} architecture setting {key!r} must be in [0, 1), got {value}")
 
 
 def parse_override(item: str) -> tuple[list[str], object]:

@@ -26,8 +26,9 @@ def build_model(model_type: str, arch: dict, vocab_size: int, eot: int) -> nn.Mo
         raise ValueError(f"unknown model {model_type!r}; expected one of {sorted(FAMILIES)}")
     try:
         return FAMILIES[model_type].build(dict(arch), vocab_size, eot)
-    except TypeError as e:  # an unknown key in the preset's architecture block
-        raise ValueError(f"bad {model_type} architecture {arch}: {e}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        # an unknown key, or values that do not fit together (n_embd not divisible by n_head)
+        raise ValueError(f"bad {model_type} architecture {arch}: {type(e).__name__}: {e}") from None
 
 
 def context_limit(model: nn.Module, model_type: str) -> int | None:

@@ -145,7 +145,7 @@ def check_tokenizers(data_dir: str, meta: dict, data_tokenizer, model_vocab: int
     if fp != meta["tokenizer_fingerprint"]:
         raise DataError(f"{data_dir}: tokenizer.json does not match the fingerprint in meta.json")
     if checkpoint_tokenizer is not None and fingerprint(checkpoint_tokenizer) != fp:
-        raise DataError(f"{data_dir} was tokenized with another tokenizer than the checkpoint being resumed "
+        raise DataError(f"{data_dir} was tokenized with another tokenizer than the checkpoint's "
                         f"(fingerprints {fp[:12]}… and {fingerprint(checkpoint_tokenizer)[:12]}…); "
                         f"prepare the data with the checkpoint's tokenizer.json")
     if model_vocab != meta["vocab_size"]:
@@ -483,6 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, RuntimeSetupError, ValueError, OSError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("train: stopped before training started; nothing was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
     rt = trainer.rt
     if rt.main and not args.quiet:
         print(f"{trainer.model_type}: {num_parameters(trainer.model):,} parameters on {rt.device} "
@@ -495,10 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rt.main:
             print(f"train: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now, the last saved state stays
+    except KeyboardInterrupt:  # a second Ctrl-C (or one during the step-0 evaluation): stop now
         if rt.main:
-            print(f"train: stopped at once; resume from the last saved state: "
-                  f"python -m training.train --resume {trainer.cfg.state_dir}", file=sys.stderr)
+            saved = (Path(trainer.cfg.state_dir) / STATE_JSON).is_file()
+            print(f"train: stopped at once; resume from the last saved state: python -m training.train --resume "
+                  f"{trainer.cfg.state_dir}" if saved else "train: stopped at once, before any state was saved",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if rt.world > 1 and dist.is_initialized():

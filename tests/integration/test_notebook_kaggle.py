@@ -99,3 +99,35 @@ def test_finds_the_bundle_zipped_or_unpacked(tmp_path):
     assert scope["find_bundle"](tmp_path / "unpacked") == unpacked
     with pytest.raises(FileNotFoundError, match="no PlotArmour bundle"):
         scope["find_bundle"](tmp_path / "empty")
+
+
+def notebook_function(name: str, **scope):
+    """One function of the notebook, defined in `scope` (its cell's other code is not run)."""
+    import ast
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    [cell] = [c for c in nb.cells if f"def {name}(" in c.source]
+    [node] = [n for n in ast.parse(cell.source).body if isinstance(n, ast.FunctionDef) and n.name == name]
+    exec(ast.get_source_segment(cell.source, node), scope)
+    return scope[name]
+
+
+def test_takes_tinystories_by_directory_whole_files_first(tmp_path):
+    for name in ("TinyStories-train-part.txt", "TinyStories-valid-part.txt", "TinyStories-train.txt",
+                 "TinyStories-valid.txt"):
+        (tmp_path / "a" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "a" / name).write_text("Once.\n")
+    params = {"Path": Path, "TINYSTORIES_TRAIN": "", "TINYSTORIES_VALID": ""}
+    pick = notebook_function("tinystories_files", **params, TINYSTORIES=str(tmp_path / "a"))
+    assert [f.name for f in pick()] == ["TinyStories-train.txt", "TinyStories-valid.txt"]
+    # Kaggle's GPT-4 edition is found too
+    for kind in ("train", "valid"):
+        (tmp_path / "b" / f"TinyStoriesV2-GPT4-{kind}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "b" / f"TinyStoriesV2-GPT4-{kind}.txt").write_text("Once.\n")
+    pick = notebook_function("tinystories_files", **params, TINYSTORIES=str(tmp_path / "b"))
+    assert [f.name for f in pick()] == ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"]
+    # one file by path without the other is an error, not a silent download
+    pick = notebook_function("tinystories_files", **{**params, "TINYSTORIES_VALID": str(tmp_path / "a" / "x")},
+                             TINYSTORIES="")
+    with pytest.raises(ValueError, match="give both"):
+        pick()

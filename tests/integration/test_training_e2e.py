@@ -234,6 +234,25 @@ def test_ctrl_c_stops_between_steps_and_resume_repeats_the_run(tmp_path, data_di
     assert losses(cut) == losses(straight)
 
 
+def test_ctrl_c_before_any_state_says_so_in_one_line(tmp_path, data_dir, monkeypatch, capsys):
+    """Ctrl-C while the data loads or during the step-0 evaluation: exit 130 with one line,
+    and no resume command for a state that does not exist yet."""
+    preset = write_preset(tmp_path / "c.json", data_dir)
+    argv = ["--model", "bdh", "--config", str(preset), "--quiet", "--set", f"out={tmp_path / 'best'}",
+            "--set", f"state_dir={tmp_path / 'state'}", "--set", f"log_dir={tmp_path / 'logs'}"]
+
+    def ctrl_c(*_, **__):
+        raise KeyboardInterrupt
+
+    for where in ("build_model", "Trainer.evaluate"):
+        with monkeypatch.context() as m:
+            owner, _, name = where.rpartition(".")
+            m.setattr(train.Trainer if owner else train, name, ctrl_c)
+            assert train.main(argv) == 130
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--resume" not in err[0] and "Traceback" not in err[0], (where, err)
+
+
 def test_a_killed_run_resumes_without_duplicate_log_rows(tmp_path, data_dir, monkeypatch):
     straight = run_train(tmp_path, data_dir, "bdh", "straight")
     step = train.Trainer.train_step

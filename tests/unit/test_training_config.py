@@ -128,6 +128,12 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
     ("compile=maybe", "'compile' must be one of"),
     ("warmup_steps=-1", "must not be negative"),
     ("bdh.n_embd=wide", "bdh architecture setting 'n_embd' must be a number"),
+    ("bdh.n_layer=2.5", "'n_layer' must be a positive integer, got 2.5"),
+    ("bdh.n_head=0", "'n_head' must be a positive integer, got 0"),
+    ("bdh.dropout=1", "'dropout' must be in [0, 1), got 1"),
+    ("seed=-1", "'seed' must not be negative"),
+    ("threads=-1", "'threads' must be positive or null"),
+    ("peak_tflops=-5", "'peak_tflops' must be positive or null"),
 ])
 def test_wrong_types_are_named_with_the_expected_type(tmp_path, item, message):
     preset = tmp_path / "p.json"
