@@ -159,6 +159,28 @@ def page(open_page, gateway):
     return open_page(gateway.url + "/", permissions=["clipboard-read", "clipboard-write"])
 
 
+@pytest.fixture()
+def fake_gateway(tiny_tokenizer):
+    """Factory: fake_gateway(gpt2={...}, bdh={...}) -> a GatewayThread over two fake servers
+    built with those FakeLanguageModel options; all stopped at teardown."""
+    from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
+    from services.gateway.settings import GatewaySettings
+
+    running = []
+
+    def start(gpt2=None, bdh=None, **settings) -> GatewayThread:
+        g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, **(gpt2 or {})))
+        b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, **(bdh or {})))
+        running.extend([g, b])
+        gw = GatewayThread(GatewaySettings(gpt2_address=g.address, bdh_address=b.address, port=0, **settings))
+        running.append(gw)
+        return gw
+
+    yield start
+    for thing in reversed(running):
+        thing.stop()
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -11,28 +11,6 @@ from pagekit import PROMPT, WAIT_MS, fill_settings, story_text, wait_done
 NOT_RUNNING = "[...document.querySelectorAll('.pane')].every(p => !['streaming', 'waiting'].includes(p.dataset.state))"
 
 
-@pytest.fixture()
-def fake_gateway(tiny_tokenizer):
-    """Factory: fake_gateway(gpt2={...}, bdh={...}) -> a GatewayThread over two fake servers
-    built with those FakeLanguageModel options; all stopped at teardown."""
-    from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
-    from services.gateway.settings import GatewaySettings
-
-    running = []
-
-    def start(gpt2=None, bdh=None, **settings) -> GatewayThread:
-        g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, **(gpt2 or {})))
-        b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, **(bdh or {})))
-        running.extend([g, b])
-        gw = GatewayThread(GatewaySettings(gpt2_address=g.address, bdh_address=b.address, port=0, **settings))
-        running.append(gw)
-        return gw
-
-    yield start
-    for thing in reversed(running):
-        thing.stop()
-
-
 def blend_requests(page) -> list[dict]:
     """The page's /generate_stream bodies that were for the blend (not the side panes)."""
     bodies: list[dict] = []
