@@ -5,11 +5,12 @@ export function percent(w) {
   return Math.round(w * 100);
 }
 
-/** A probability short enough for a small panel: "41.2%", "0.31%", "2.4e-6". */
+/** A probability as a plain percentage a reader knows: "41.2%", "0.31%", "0.05%", "< 0.01%"
+ *  (never scientific notation: "5.3e-4" means nothing to a storyteller). */
 export function formatProb(p) {
-  if (!(p > 0)) return "0";
-  if (p >= 0.001) return `${(p * 100).toFixed(p >= 0.1 ? 1 : 2)}%`;
-  return p.toExponential(1);
+  if (!(p > 0)) return "0%";
+  if (p < 0.00005) return "< 0.01%";  // would round to 0.00%
+  return `${(p * 100).toFixed(p >= 0.1 ? 1 : 2)}%`;
 }
 
 /** A token's text as a reader can see it: its spaces and line breaks shown, never empty. */

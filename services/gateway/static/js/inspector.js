@@ -1,11 +1,11 @@
 // The token inspector: a small panel beside a word with each model's probability for it, the
-// blend's, the weight in effect when it was drawn, which model drove the choice and each
-// model's likeliest alternatives. Click, tap or keyboard focus on a word opens it; Esc,
-// the close button or a click elsewhere closes it. Focus stays on the word, so the arrow
-// keys walk the story with the panel following.
+// blend's, the weight in effect when it was drawn, each model's share of the blend (what the
+// tint shows) and each model's likeliest alternatives. Click, tap or keyboard focus on a word
+// opens it; Esc, the close button or a click elsewhere closes it. Focus stays on the word, so
+// the arrow keys walk the story with the panel following; Enter takes focus into the panel
+// (to read its columns) and Esc or Tab brings it back to the word.
 
 import { formatProb, percent, visible } from "./format.js";
-import { PLAIN_BELOW } from "./story.js";
 
 const $ = (id) => document.getElementById(id);
 const COLUMNS = [["blend", "Blend"], ["gpt2", "GPT-2"], ["bdh", "BDH"]];
@@ -33,6 +33,21 @@ export class Inspector {
       });
     }
     $("inspector-close").addEventListener("click", () => this.close(true));
+    // The panel sits at the end of the page: Enter on a word goes into it, Tab comes back.
+    for (const pane of panes) {
+      pane.textEl.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" && this.current && e.target === this.current.span) {
+          e.preventDefault();
+          this.el.focus();
+        }
+      });
+    }
+    this.el.addEventListener("keydown", (e) => {
+      if (e.key === "Tab" && this.current) {
+        e.preventDefault();
+        this.current.span.focus();
+      }
+    });
     document.addEventListener("click", (e) => {
       if (this.current && !this.el.contains(e.target) && !e.target.closest(".tok")) this.close();
     });
@@ -68,9 +83,7 @@ export class Inspector {
 
   render(pane, t) {
     $("inspector-title").textContent = `“${visible(t.text)}” · token ${t.number}`;
-    const w = percent(t.logic_weight);
-    $("inspector-summary").textContent = `GPT-2 ${formatProb(t.p_gpt2)} · BDH ${formatProb(t.p_bdh)} · `
-      + `blend ${formatProb(t.p_blend)} · written at ${w}% logic. ${this.driver(pane, t)}`;
+    $("inspector-summary").textContent = this.summary(pane, t);
     const bar = $("inspector-share");
     bar.hidden = !pane.tint;
     bar.firstElementChild.style.width = `${((1 - t.share) * 100).toFixed(1)}%`;
@@ -112,13 +125,22 @@ export class Inspector {
     }));
   }
 
-  driver(pane, t) {
-    if (!pane.tint) return t.logic_weight >= 1 ? "Written by BDH alone." : "Written by GPT-2 alone.";
+  /** In the blend: each model's share of it (what the tint shows), larger first, with its two
+   *  factors, so the reader sees the slider's weight is part of it (a word BDH found likelier
+   *  can still be mostly GPT-2's). In a pure pane: who wrote it and both models' odds. */
+  summary(pane, t) {
+    const w = percent(t.logic_weight);
+    if (!pane.tint) {
+      return `${t.logic_weight >= 1 ? "Written by BDH alone" : "Written by GPT-2 alone"}: `
+        + `GPT-2 ${formatProb(t.p_gpt2)} · BDH ${formatProb(t.p_bdh)}.`;
+    }
     const bdh = Math.round(t.share * 100);
-    if (Math.abs(2 * t.share - 1) < PLAIN_BELOW) return `Both drove it: ${bdh}% of its blended probability came from BDH.`;
-    return t.share > 0.5
-      ? `BDH drove it: ${bdh}% of its blended probability came from BDH.`
-      : `GPT-2 drove it: ${100 - bdh}% of its blended probability came from GPT-2.`;
+    const gpt2 = ["GPT-2", 100 - bdh, 100 - w, t.p_gpt2];
+    const bdhs = ["BDH", bdh, w, t.p_bdh];
+    const [first, second] = t.share > 0.5 ? [bdhs, gpt2] : [gpt2, bdhs];
+    const why = ([name, , weight, p]) => `weight ${weight}% ${name} × its ${formatProb(p)}`;
+    return `${first[0]}'s share of the blend: ${first[1]}% (${why(first)}). `
+      + `${second[0]}'s: ${second[1]}% (${why(second)}). Blend ${formatProb(t.p_blend)}, written at ${w}% logic.`;
   }
 
   /** Under the word (above it when there is no room below), inside the window. */
@@ -128,7 +150,8 @@ export class Inspector {
     const vw = document.documentElement.clientWidth;
     // On a phone the dock covers the bottom of the screen: keep the panel above it.
     const dock = document.querySelector(".dock");
-    const dockTop = dock && getComputedStyle(dock).position === "fixed" ? dock.getBoundingClientRect().top : innerHeight;
+    const docked = dock && getComputedStyle(dock).position === "fixed" && !dock.classList.contains("is-away");
+    const dockTop = docked ? dock.getBoundingClientRect().top : innerHeight;
     let top = r.bottom + 6;
     if (top + box.height > dockTop - 4 && r.top - box.height - 6 > 0) top = r.top - box.height - 6;
     const left = Math.max(8, Math.min(r.left, vw - box.width - 8));

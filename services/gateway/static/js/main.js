@@ -6,7 +6,8 @@ import { ApiError, generateStream, info, readiness, setApiKey, steer } from "./a
 import { explain } from "./errors.js";
 import { percent } from "./format.js";
 import { Inspector } from "./inspector.js";
-import { copyText, download, forgetHistory, loadHistory, markdown, readShareLink, remember, shareLink } from "./output.js";
+import { MAX_STEERING, copyText, describeWeights, download, forgetHistory, loadHistory, markdown, readShareLink, remember,
+         shareLink } from "./output.js";
 import { StoryPane } from "./story.js";
 import { setupValidator } from "./validator.js";
 
@@ -32,9 +33,13 @@ const STEER_SETTLE_MS = 250;  // arrow keys fire a change per step: steer once t
 // was pressed, and the blend's closing status once the blend has ended (the side panes of
 // the split view may still be writing: the run lasts until they end too).
 let run = null;
-// The last story written: its setup (what writes it again), whether it had the side panes,
+// The last story written: its setup (what was sent), the weight schedule its token events
+// carried (replay: what writes it again, steering included), whether it had the side panes,
 // how often it was continued, and its history entry.
 let last = null;
+// A steered story restored from a share link or the history: Generate sends its schedule,
+// as long as the slider still starts where it did ({logic_weight, steering}, or null).
+let replay = null;
 
 // On a phone or tablet there is no Shift key to add a line: Enter adds one, a button generates.
 const touch = matchMedia("(pointer: coarse)").matches
@@ -57,8 +62,19 @@ function showWeight() {
   markPreset();
 }
 
+/** The restored story's steering that Generate will replay (null: none), shown under the slider. */
+function setReplay(setup) {
+  replay = setup && setup.steering && setup.steering.length
+    ? { logic_weight: setup.logic_weight, steering: setup.steering } : null;
+  const el = $("replay-note");
+  el.hidden = !replay;
+  el.textContent = replay ? `Generate replays this story's steering: ${describeWeights(replay.logic_weight, replay.steering)}. `
+    + "Move the slider to start from your own weight instead." : "";
+}
+
 // Dragging only moves the label; the story is steered once, where the drag ends (change).
 slider.addEventListener("input", () => {
+  if (replay) setReplay(null);  // the reader picks their own weight: no replay
   showWeight();
   if (run && run.id) status();
 });
@@ -215,6 +231,7 @@ function readSetup() {
     top_p: Number($("top-p").value),
     seed,
     split: $("split").checked,
+    steering: replay && percent(replay.logic_weight) === percent(weight()) ? replay.steering.slice(0, MAX_STEERING) : [],
   };
 }
 
@@ -230,12 +247,21 @@ function applySetup(setup) {
   set("seed", setup.seed);
   if (setup.blend && [...$("blend").options].some((o) => o.value === setup.blend)) $("blend").value = setup.blend;
   if (typeof setup.split === "boolean") $("split").checked = setup.split;
+  setReplay(setup);
   showWeight();
 }
 
-function request(setup, prompt, logicWeight, seed) {
-  const { split, ...rest } = setup;
-  return { ...rest, prompt, logic_weight: logicWeight, seed, top_alternatives: ALTERNATIVES };
+/** One stream's request; steering (a schedule) only where given: the blend of a fresh story. */
+function request(setup, prompt, logicWeight, seed, steering = []) {
+  const { split, steering: _, ...rest } = setup;
+  return { ...rest, prompt, logic_weight: logicWeight, seed, top_alternatives: ALTERNATIVES,
+           ...(steering.length ? { steering } : {}) };
+}
+
+/** The setup that writes the last story again: its start weight and steering as its tokens
+ *  were drawn (live steering included), not as the form was when Generate was pressed. */
+function replaySetup() {
+  return last.replay ? { ...last.setup, ...last.replay } : last.setup;
 }
 
 function setRunning(on) {
@@ -303,7 +329,7 @@ async function generate({ setup = null, continuing = false } = {}) {
   if (!continuing) {
     setup = setup || readSetup();
     if (!setup) return;
-    last = { setup, continued: 0, historyAt: null };
+    last = { setup, replay: null, continued: 0, historyAt: null };
   } else {
     last.continued += 1;
   }
@@ -345,8 +371,13 @@ async function generate({ setup = null, continuing = false } = {}) {
       comparisons.push(streamInto(panes.bdh, request(s, promptOf(panes.bdh), 1, seed), controller.signal));
     }
   };
-  const outcome = await streamInto(panes.blend, request(s, promptOf(panes.blend), w, seed), controller.signal, onStart);
+  const steering = continuing ? [] : s.steering || [];
+  const outcome = await streamInto(panes.blend, request(s, promptOf(panes.blend), w, seed, steering), controller.signal,
+                                   onStart);
   clearInterval(run.stallTimer);
+  // What writes this story again: the weights its tokens were drawn at (a Continue is a new
+  // generation from the story so far: the replay stays the first part's).
+  if (!continuing && panes.blend.schedule) last.replay = { ...panes.blend.schedule };
   if (outcome === "done") run.ended = `Done: ${panes.blend.tokenCount} tokens, ending at ${percent(panes.blend.lastWeight)}% logic.`;
   else if (outcome === "stopped") run.ended = "Stopped.";
   else run.ended = panes.blend.hasStory ? "The story stopped early." : "The story could not be written.";
@@ -437,6 +468,29 @@ for (const b of document.querySelectorAll("[data-example]")) {
   });
 }
 
+// ---- the blend menu in a storyteller's words -------------------------------------------------------
+// The gateway fills the menu from its registry, with the formulas as hover text; the page only
+// relabels the choices it knows (the values sent stay the registry's names; an unknown one
+// keeps the server's label).
+const BLEND_LABELS = {
+  linear: ["Either can lead", "A word either storyteller likes can win, in proportion to the mix."],
+  geometric: ["Both must agree", "A word wins only if both storytellers like it: safer, less surprising."],
+};
+for (const option of $("blend").options) {
+  const label = BLEND_LABELS[option.value];
+  if (label) [option.textContent, option.title] = label;
+}
+
+// ---- the dock on a phone: out of the way in the logic check ----------------------------------------
+// The fixed bottom bar (the mix and Generate/Stop) does nothing for the logic check and covers
+// a sixth of a phone's screen: it slides away while that section fills the top half of the
+// screen, and comes back anywhere else. (The CSS applies it only where the dock is fixed.)
+if ("IntersectionObserver" in window) {
+  new IntersectionObserver(([entry]) => {
+    document.querySelector(".dock").classList.toggle("is-away", entry.isIntersecting);
+  }, { rootMargin: "0px 0px -50% 0px" }).observe($("validator"));
+}
+
 // ---- tinting -------------------------------------------------------------------------------------
 const TINT_KEY = "plotarmour.tint";
 function showTint() {
@@ -470,8 +524,9 @@ function note(text) {
 }
 
 function storyMarkdown() {
-  return markdown({ setup: last.setup, text: panes.blend.text(), weights: panes.blend.weights,
-                    tokens: panes.blend.tokenCount, finish: panes.blend.finishReason, link: shareLink(last.setup) });
+  const setup = replaySetup();
+  return markdown({ setup, text: panes.blend.text(), tokens: panes.blend.tokenCount, finish: panes.blend.finishReason,
+                    link: shareLink(setup), continued: last.continued });
 }
 
 $("copy").addEventListener("click", async () => {
@@ -483,11 +538,15 @@ $("download").addEventListener("click", () => {
   note("Downloaded the story with its settings.");
 });
 $("share").addEventListener("click", async () => {
-  const link = shareLink(last.setup);
+  const setup = replaySetup();
+  const link = shareLink(setup);
   history.replaceState(null, "", link);
   const ok = await copyText(link);
-  note(ok ? "Copied a link: it opens this page with the same prompt, settings and seed."
-    : "The link is in the address bar: copy it from there.");
+  const steered = setup.steering && setup.steering.length;
+  // The gateway replays at most MAX_STEERING changes of weight: say so rather than differ silently.
+  const cut = steered > MAX_STEERING ? ` It replays the first ${MAX_STEERING} moves of the slider only.` : "";
+  note((ok ? `Copied a link: it opens this page with the same prompt, settings, seed${steered ? " and steering" : ""}.`
+    : "The link is in the address bar: copy it from there.") + cut);
 });
 
 function renderHistory(items = loadHistory()) {
@@ -508,7 +567,7 @@ function renderHistory(items = loadHistory()) {
     b.textContent = snippet.length > 110 ? `${snippet.slice(0, 110)}…` : snippet;
     const meta = document.createElement("span");
     meta.className = "history-meta";
-    meta.textContent = `${when} · ${percent(h.setup.logic_weight)}% logic · seed ${h.setup.seed}`;
+    meta.textContent = `${when} · ${describeWeights(h.setup.logic_weight, h.setup.steering, { short: true })} · seed ${h.setup.seed}`;
     b.append(meta);
     b.addEventListener("click", () => {
       applySetup(h.setup);
@@ -524,7 +583,7 @@ function saveToHistory(outcome) {
   // A continued story replaces its own entry.
   const kept = loadHistory().filter((h) => h.at !== last.historyAt);
   try { localStorage.setItem("plotarmour.history", JSON.stringify(kept)); } catch { /* blocked */ }
-  const items = remember({ setup: last.setup, text: panes.blend.text(), tokens: panes.blend.tokenCount, finish,
+  const items = remember({ setup: replaySetup(), text: panes.blend.text(), tokens: panes.blend.tokenCount, finish,
                            weights: panes.blend.weights });
   last.historyAt = items[0].at;
   renderHistory(items);
@@ -573,7 +632,8 @@ function openShareLink() {
   const shared = readShareLink(location.hash);
   if (!shared) return;
   applySetup(shared);
-  status("Opened a shared story: press Generate to write it (the same seed writes the same story).");
+  status(`Opened a shared story: press Generate to write it (the same seed${shared.steering.length
+    ? " and steering write" : " writes"} the same story).`);
 }
 window.addEventListener("hashchange", openShareLink);
 

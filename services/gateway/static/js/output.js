@@ -2,10 +2,15 @@
 // link that restores the page, and a short history of this browser's runs.
 //
 // A "setup" is what writes a story again: {prompt, logic_weight, blend, max_new_tokens,
-// temperature, top_k, top_p, seed, split}. With the same models, the same setup (and no
-// steering) writes the same story.
+// temperature, top_k, top_p, seed, split, steering}. `steering` is the weight schedule the
+// story was drawn at ([{at, logic_weight}], `at` the 0-based generated token from which the
+// weight applies), read back from its token events, so a story steered mid-way is written
+// again token for token: with the same models, the same setup writes the same story.
 
 import { percent } from "./format.js";
+
+// The gateway takes at most this many points in a schedule.
+export const MAX_STEERING = 64;
 
 // ---- share links: the setup in the URL's fragment (never sent to the server) ------------------
 const SHORT = { prompt: "p", logic_weight: "w", blend: "b", max_new_tokens: "n", temperature: "t", top_k: "k",
@@ -18,7 +23,25 @@ export function shareLink(setup) {
     if (v === null || v === undefined) continue;
     q.set(key, name === "logic_weight" ? String(percent(v)) : name === "split" ? (v ? "1" : "0") : String(v));
   }
-  return `${location.origin}${location.pathname}#${q.toString()}`;
+  // "steer=12:18,40:70": from token index 12 on 18% logic, from 40 on 70%. Added by hand so
+  // the colons and commas stay readable (both are fine in a fragment).
+  const steer = (setup.steering || []).slice(0, MAX_STEERING).map((s) => `${s.at}:${percent(s.logic_weight)}`).join(",");
+  return `${location.origin}${location.pathname}#${q.toString()}${steer ? `&steer=${steer}` : ""}`;
+}
+
+/** A "steer" value back as a schedule; what the gateway would refuse (out of order, out of
+ *  range, malformed) ends it there, so a mangled link still opens. */
+export function parseSteering(value) {
+  const out = [];
+  for (const part of (value || "").split(",")) {
+    const m = /^(\d+):(\d+)$/.exec(part.trim());
+    if (!m) break;
+    const at = Number(m[1]);
+    const pct = Number(m[2]);
+    if (at < 1 || pct > 100 || (out.length && at <= out[out.length - 1].at) || out.length >= MAX_STEERING) break;
+    out.push({ at, logic_weight: pct / 100 });
+  }
+  return out;
 }
 
 /** The setup a share link carries, or null when the fragment holds none. */
@@ -37,7 +60,19 @@ export function readShareLink(hash) {
     top_p: num("tp"),
     seed: num("s"),
     split: q.has("split") ? q.get("split") === "1" : null,
+    steering: parseSteering(q.get("steer")),
   };
+}
+
+/** The weights a story was written at, in words: "85% logic", or "85% logic → 18% from token
+ *  13" (tokens counted from 1, as the markers and the strip count them). short: at most two
+ *  changes spelt out (a history line). */
+export function describeWeights(start, steering = [], { short = false } = {}) {
+  const steps = (steering || []).map((s) => `${percent(s.logic_weight)}% from token ${s.at + 1}`);
+  const head = `${percent(start)}% logic`;
+  if (!steps.length) return head;
+  if (short && steps.length > 2) return `${head} → … → ${steps[steps.length - 1]} (${steps.length} changes)`;
+  return [head, ...steps].join(" → ");
 }
 
 // ---- copy and download ---------------------------------------------------------------------------
@@ -63,10 +98,10 @@ export async function copyText(text) {
 const FINISH = { eos_token: "the story ended itself", length: "the length limit", stop_sequence: "a stop sequence",
                  stopped: "stopped by hand", error: "an error" };
 
-/** The story as Markdown, its settings listed after it. */
-export function markdown({ setup, text, weights, tokens, finish, link }) {
-  const steered = weights.length > 1
-    ? ` (steered: ${weights.map(([at, w]) => `${percent(w)}% from token ${at + 1}`).join(", ")})` : "";
+/** The story as Markdown, its settings listed after it. setup: the setup that writes it again
+ *  (its steering included); continued: how often Continue added to it. */
+export function markdown({ setup, text, tokens, finish, link, continued = 0 }) {
+  const start = percent(setup.logic_weight);
   const lines = [
     "# A PlotArmour story",
     "",
@@ -74,8 +109,8 @@ export function markdown({ setup, text, weights, tokens, finish, link }) {
     "",
     "---",
     "",
-    `- Logic weight: ${percent(weights.length ? weights[0][1] : setup.logic_weight)}% logic (BDH), `
-      + `${100 - percent(weights.length ? weights[0][1] : setup.logic_weight)}% creativity (GPT-2)${steered}`,
+    `- Logic weight: ${start}% logic (BDH), ${100 - start}% creativity (GPT-2)`
+      + `${setup.steering && setup.steering.length ? `; steered: ${describeWeights(setup.logic_weight, setup.steering)}` : ""}`,
     `- Blend: ${setup.blend}`,
     `- Seed: ${setup.seed}`,
     `- Temperature: ${setup.temperature} · top-k: ${setup.top_k || "none"} · top-p: ${setup.top_p}`,
@@ -83,7 +118,7 @@ export function markdown({ setup, text, weights, tokens, finish, link }) {
     `- Written: ${tokens} tokens, ended by ${FINISH[finish] || finish || "nothing yet"}`,
     `- Prompt: ${JSON.stringify(setup.prompt)}`,
     `- Date: ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`,
-    `- Write it again: ${link}`,
+    `- Write it again${continued ? " (its first part: Continue wrote the rest)" : ""}: ${link}`,
     "",
   ];
   return lines.join("\n");

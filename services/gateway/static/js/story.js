@@ -1,9 +1,10 @@
 // One story pane: the prompt in a neutral colour, then the tokens as they stream in, with a
 // marker where the weight changed and one where a model's context window slid.
 //
-// The tint says which model drove the choice of each token: BDH's share of the blended
-// probability, w·p_bdh against (1−w)·p_gpt2. A token the two shares split about evenly
-// stays plain; the pure panes (w = 0 or 1, one model drives everything) are never tinted.
+// The tint is each model's share of the blended probability of the token, w·p_bdh against
+// (1−w)·p_gpt2: the slider's weight is part of it, so at 85% GPT-2 a word BDH liked more can
+// still be GPT-2's by share (the legend and the inspector say so). A token the two shares
+// split about evenly stays plain; the pure panes (w = 0 or 1) are never tinted.
 // Every token is focusable (one tab stop per pane, arrow keys move between tokens) so the
 // token inspector opens by click, tap or keyboard.
 
@@ -35,6 +36,8 @@ export class StoryPane {
     this.weights = [];  // [token number, weight] where the weight took each value
     this.tokenCount = 0;
     this.hasStory = false;
+    this.genStart = 0;  // tokenCount when this pane's current generation began (Continue starts another)
+    this.schedule = null;
     this.textEl.addEventListener("keydown", (e) => this.onKey(e));
   }
 
@@ -50,6 +53,9 @@ export class StoryPane {
     this.weights = [];
     this.tokenCount = 0;
     this.hasStory = false;
+    this.genStart = 0;
+    this.schedule = null;
+    this.lineStart = false;
     this.planned = 0;
     this.renderStrip();
   }
@@ -62,6 +68,7 @@ export class StoryPane {
     head.className = "prompt-head";
     head.textContent = prompt;
     this.textEl.append(head);
+    this.lineStart = prompt.endsWith("\n");
     this.waiting(label);
   }
 
@@ -69,6 +76,8 @@ export class StoryPane {
   resume(label, plannedMore) {
     this.root.classList.remove("is-error", "is-done", "is-stopped");
     this.planned = this.tokenCount + plannedMore;
+    this.genStart = this.tokenCount;
+    this.schedule = null;
     this.waiting(label);
   }
 
@@ -94,6 +103,7 @@ export class StoryPane {
   }
 
   addToken(ev) {
+    this.noteSchedule(ev);
     if (this.lastWeight !== null && ev.logic_weight !== this.lastWeight) {
       this.addMarker(ev.logic_weight, this.tokenCount);
       this.noteWeight(ev.logic_weight);
@@ -118,7 +128,20 @@ export class StoryPane {
     const ink = document.createElement("span");
     ink.className = "ink";
     ink.textContent = word;
-    span.append(space, ink);
+    // A word that starts a line (after a line break) would show its space as an indent
+    // (" work, Timmy…"): that one space goes in a hidden span, still in the text for copying.
+    const nl = space.lastIndexOf("\n");
+    const before = nl >= 0 ? space.slice(0, nl + 1) : "";
+    const rest = nl >= 0 ? space.slice(nl + 1) : space;
+    if ((nl >= 0 || this.lineStart) && rest.startsWith(" ")) {
+      const indent = document.createElement("span");
+      indent.className = "line-indent";
+      indent.textContent = " ";
+      span.append(before, indent, rest.slice(1), ink);
+    } else {
+      span.append(space, ink);
+    }
+    this.lineStart = ev.text.endsWith("\n");
     span.dataset.i = String(this.tokens.length);
     span.dataset.pBdh = ev.p_bdh;
     span.dataset.pGpt2 = ev.p_gpt2;
@@ -130,6 +153,18 @@ export class StoryPane {
     this.tokens.push({ ...ev, share, number: this.tokenCount });
     this.textEl.append(span);
     this.pieces.push(ev.text);
+  }
+
+  /** The weight schedule of this pane's current generation, from what its token events
+   *  carry: the weight of its first token and each generated-token index where it changed. */
+  noteSchedule(ev) {
+    const k = this.tokenCount - this.genStart;
+    if (k === 0 || !this.schedule) {
+      this.schedule = { logic_weight: ev.logic_weight, steering: [] };
+    } else if (ev.logic_weight !== this.drawnAt) {
+      this.schedule.steering.push({ at: k, logic_weight: ev.logic_weight });
+    }
+    this.drawnAt = ev.logic_weight;
   }
 
   addMarker(weight, index) {

@@ -73,6 +73,13 @@ function wordTitle(w) {
   return parts.join(" · ");
 }
 
+/** The draft score in plain words: it is in bits per word (each word's drop under the context
+ *  mixed with its surprisal, averaged), with no fixed scale, so say what it compares with. */
+export function scoreWords(score) {
+  return `Draft score: ${score.toFixed(2)} bits of surprise per word, given the context. `
+    + "Compare drafts for the same context: higher fits it less.";
+}
+
 function renderReasons(list, contradictions) {
   list.replaceChildren(...contradictions.map((c, i) => {
     const li = document.createElement("li");
@@ -104,7 +111,10 @@ export function setupValidator({ storyText, prompt }) {
   const form = $("validate-form");
   const button = $("validate");
   const sensitivity = $("v-sensitivity");
-  const showSensitivity = () => { $("v-sensitivity-out").textContent = Number(sensitivity.value).toFixed(2); };
+  const showSensitivity = () => {
+    $("v-sensitivity-out").textContent = Number(sensitivity.value).toFixed(2);
+    sensitivity.style.setProperty("--pct", `${Number(sensitivity.value) * 100}%`);  // the track's fill
+  };
   sensitivity.addEventListener("input", showSensitivity);
   showSensitivity();
 
@@ -132,11 +142,14 @@ export function setupValidator({ storyText, prompt }) {
       const words = (r.words || []).map(back).filter((w) => w.end > w.start).sort((a, b) => a.start - b.start);
       const found = (r.contradictions || []).map(back).filter((c) => c.end > c.start).sort((a, b) => a.start - b.start);
       const verdict = $("v-verdict");
-      const score = typeof r.score === "number" ? ` Draft score ${r.score.toFixed(2)} (higher fits the context less).` : "";
       verdict.className = `verdict ${found.length ? "flagged" : "ok"}`;
       verdict.textContent = found.length
-        ? `${found.length === 1 ? "One place stands out" : `${found.length} places stand out`}.${score}`
-        : `Nothing stands out.${score}`;
+        ? `${found.length === 1 ? "One place stands out" : `${found.length} places stand out`}.`
+        : "Nothing stands out.";
+      // The score in plain ink under the verdict: an explanation, not part of the alarm.
+      if (typeof r.score === "number") {
+        verdict.append(Object.assign(document.createElement("span"), { className: "verdict-score", textContent: ` ${scoreWords(r.score)}` }));
+      }
       renderDraft($("v-draft-view"), draft, words, found);
       renderReasons($("v-reasons"), found);
       $("v-result").hidden = false;
