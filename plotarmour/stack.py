@@ -70,9 +70,8 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         # gRPC's C core logs routine events at info ("Got goaway" at shutdown): errors only,
         # unless the user asked for more.
-        quiet = {"GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")}
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", *argv], env={**os.environ, **quiet, **(env or {})},
+            [sys.executable, "-m", *argv], env={"GRPC_VERBOSITY": "ERROR", **os.environ, **(env or {})},
             stdin=subprocess.DEVNULL)
 
     def start(self) -> str:

@@ -34,7 +34,7 @@ class QuietProbes(logging.Filter):
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(GatewaySettings, argv, prog="python -m services.gateway")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.log_level.lower() != "debug":
+    if settings.log_level.lower() not in ("debug", "trace"):
         logging.getLogger("uvicorn.access").addFilter(QuietProbes())
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 

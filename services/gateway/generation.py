@@ -42,13 +42,20 @@ class GenerationParams:
 
 @dataclass
 class Generation:
-    """A running generation; the only mutable part is the weight: live steering sets it,
-    and a schedule (`steering`, from the request) sets it when its token comes."""
+    """A running generation; the only mutable part is the weight: a schedule (`steering`,
+    from the request) sets it when its token comes, and live steering (`steer`) takes over
+    from the schedule for good."""
 
     id: str
     logic_weight: float
     tokens_done: int = 0
     schedule: list[tuple[int, float]] = field(default_factory=list)
+
+    def steer(self, logic_weight: float) -> None:
+        """Live steering: this weight from the next token on; a schedule still pending is
+        dropped (the person at the slider has taken over from the replayed story)."""
+        self.logic_weight = logic_weight
+        self.schedule.clear()
 
     def next_weight(self) -> float:
         """The weight for the token about to be drawn (index `tokens_done`)."""
@@ -63,8 +70,8 @@ class Registry:
     def __init__(self):
         self._running: dict[str, Generation] = {}
 
-    def start(self, logic_weight: float, schedule: list[tuple[int, float]] = ()) -> Generation:
-        gen = Generation(id="gen-" + secrets.token_hex(8), logic_weight=logic_weight, schedule=list(schedule))
+    def start(self, logic_weight: float, schedule: list[tuple[int, float]] | None = None) -> Generation:
+        gen = Generation(id="gen-" + secrets.token_hex(8), logic_weight=logic_weight, schedule=list(schedule or []))
         self._running[gen.id] = gen
         return gen
 

@@ -61,7 +61,7 @@ MAX_STEERING_POINTS = 64
 class SteeringPoint(BaseModel):
     model_config = ConfigDict(extra="forbid", **_STRICT)
 
-    at: int = Field(ge=1, description="the generated token (0-based) from which this weight applies")
+    at: int = Field(ge=0, description="the generated token (0-based) from which this weight applies")
     logic_weight: float = Field(ge=0.0, le=1.0)
 
 
@@ -91,7 +91,7 @@ class GenerateRequest(BaseModel):
     steering: Annotated[list[SteeringPoint], AfterValidator(_increasing)] = Field(
         default_factory=list, max_length=MAX_STEERING_POINTS,
         description="a weight schedule: from token `at` on, draw at `logic_weight` (a steered story, replayed "
-                    "with its seed, is written again token for token); live steering still applies on top")
+                    "with its seed, is written again token for token); live steering takes over from it")
 
     _stop = field_validator("stop", mode="before")(_stop_list)
 

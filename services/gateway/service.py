@@ -182,7 +182,7 @@ class Gateway:
         return GenerationParams(
             prompt_ids=ids, logic_weight=job.logic_weight, blend=job.blend, max_new_tokens=max_new,
             sampling=job.sampling, seed=job.seed if job.seed is not None else secrets.randbits(63), stop=job.stop,
-            top_alternatives=job.top_alternatives, steering=list(job.steering))
+            top_alternatives=job.top_alternatives, steering=job.steering)
 
     async def open(self, jobs: list[Job], names: dict[str, str] = NATIVE_NAMES) -> Run:
         """Take a slot, prefill every job, and return the running request. Everything that

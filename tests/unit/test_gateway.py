@@ -206,9 +206,35 @@ def test_a_steering_schedule_applies_from_its_token(client):
     assert weights == ([0.25] * 4 + [1.0] * 5 + [0.0] * 3)[: len(weights)]
 
 
+def test_live_steering_takes_over_from_a_schedule(tiny_tokenizer):
+    """Moving the slider while a steered story is replayed: the person wins, the rest of the
+    schedule is dropped (it would otherwise undo the steer at its next point)."""
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
+    gw = start_gateway(g.address, b.address)
+    body = {"prompt": PROMPT, "max_new_tokens": 40, "logic_weight": 0.3, "seed": 1, "temperature": 0.5,
+            "steering": [{"at": 0, "logic_weight": 0.6}, {"at": 12, "logic_weight": 0.1}]}
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            with c.stream("POST", "/generate_stream", json=body) as r:
+                events = parse_sse(r.iter_lines())
+                gen_id = json.loads(next(events)[1])["id"]
+                tokens = [json.loads(next(events)[1]) for _ in range(3)]
+                s = c.post(f"/generations/{gen_id}", json={"logic_weight": 1.0}).json()
+                tokens += [json.loads(d) for e, d in events if e == "token"]
+        weights = [t["logic_weight"] for t in tokens]
+        k = s["applies_from_token"]
+        assert 3 <= k < 12  # the steer lands before the schedule's second point (tokens come every 20 ms)
+        assert weights[:k] == [0.6] * k and weights[k:] == [1.0] * (len(weights) - k)
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
 @pytest.mark.parametrize("steering,says", [
     ([{"at": 5, "logic_weight": 0.1}, {"at": 5, "logic_weight": 0.9}], "steering[1].at is 5"),
-    ([{"at": 0, "logic_weight": 0.1}], "greater than or equal to 1"),
+    ([{"at": -1, "logic_weight": 0.1}], "greater than or equal to 0"),
     ([{"at": 2, "logic_weight": 1.5}], "less than or equal to 1"),
     ([{"at": 2, "weight": 0.5}], "logic_weight"),
     ([{"at": i, "logic_weight": 0.5} for i in range(1, 66)], "at most 64"),

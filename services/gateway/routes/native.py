@@ -53,7 +53,7 @@ def _running(gw, gen_id: str):
 @router.post("/generations/{gen_id}")
 async def steer(gen_id: str, req: SteerRequest, gw: GatewayDep):
     gen = _running(gw, gen_id)
-    gen.logic_weight = req.logic_weight
+    gen.steer(req.logic_weight)
     return {"id": gen.id, "logic_weight": gen.logic_weight, "applies_from_token": gen.tokens_done}
 
 
