@@ -25,10 +25,10 @@ within 20%, and it is reported on both halves):
 Measured on the shipped pair (CPU, about 2.5 minutes; tuning / held-out half, the best
 rule of each family; the script prints all eleven):
 
-    rule                                          detection        false alarms
+    rule (as printed)                             detection        false alarms
     swap, forward, GPT-2, context words           30.6% / 27.8%    19.4% /  2.8%
     swap, forward, GPT-2, top-5 candidates        27.8% / 33.3%    19.4% / 41.7%
-    swap, reverse, both models, prior ≥ −8 bits   44.4% / 44.4%    19.4% / 30.6%
+    swap, reverse, both, context, prior≥−8        44.4% / 44.4%    19.4% / 30.6%
     displaced, reverse, GPT-2                     33.3% / 44.4%    19.4% / 33.3%
     shipped validator (bench_validator.py)        36.1% / 33.3%    19.4% / 13.9%
 

@@ -78,7 +78,9 @@ def find_logs(paths: Sequence[str]) -> dict[str, Path]:
     return found
 
 
-def plot_curves(logs: dict[str, Path], out_png: Path) -> None:
+def plot_curves(logs: dict[str, Path], out_png: Path, windows: dict[str, int] | None = None) -> None:
+    """Train and validation loss against tokens seen; `windows` (a model's training window)
+    goes into the legend, since losses on longer windows are not comparable one to one."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -87,10 +89,11 @@ def plot_curves(logs: dict[str, Path], out_png: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for model, path in logs.items():
         d = read_log(path)
-        line, = ax.plot(d["tokens"] / 1e6, d["train_loss"], alpha=0.5, label=f"{NAMES[model]} train")
+        name = NAMES[model] + (f" ({windows[model]}-token windows)" if windows and model in windows else "")
+        line, = ax.plot(d["tokens"] / 1e6, d["train_loss"], alpha=0.5, label=f"{name} train")
         has_val = ~np.isnan(d["val_loss"])
         ax.plot(d["tokens"][has_val] / 1e6, d["val_loss"][has_val], "o-", color=line.get_color(),
-                label=f"{NAMES[model]} validation")
+                label=f"{name} validation")
     ax.set_xlabel("tokens seen (millions)")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title("Training curves")
@@ -211,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         png = None
         if logs:
             png = out.with_name(out.stem + "_curves.png")
-            plot_curves(logs, png)
+            plot_curves(logs, png, {m: default_block_size(c) for m, c in ckpts.items()})
     except (CheckpointError, DataError, PrepareError, ValueError, OSError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2

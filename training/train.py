@@ -202,6 +202,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.grad_scaling)
         self.progress = Progress(run_id=uuid.uuid4().hex[:16])
         self.initialized_from: dict | None = None  # set by --init: the checkpoint this run continues
+        self.resumable = False  # a state of this run is in cfg.state_dir (saved, or resumed from)
         self.sampler = RandomWindows(self.train_tokens, cfg.block_size, cfg.batch_size, cfg.seed, rt.rank)
         self.val_starts = eval_windows(self.val_tokens, cfg.block_size, cfg.eval_windows)
         net = torch.compile(self.model) if rt.compile else self.model
@@ -213,6 +214,7 @@ class Trainer:
     # -- state ---------------------------------------------------------------------
     def save_state(self, directory: str | Path) -> None:
         d = Path(directory)
+        self.resumable = False  # until the state is whole again
         save_checkpoint(d, self.model, self.tokenizer, self.run_info())
         tensors, opt_meta = optimizer_to_files(self.opt)
         save_file(tensors, str(d / (STATE_TENSORS + ".tmp")))
@@ -222,6 +224,7 @@ class Trainer:
                  "initialized_from": self.initialized_from}
         (d / (STATE_JSON + ".tmp")).write_text(json.dumps(state, indent=1))
         os.replace(d / (STATE_JSON + ".tmp"), d / STATE_JSON)
+        self.resumable = True
 
     def load_state(self, directory: str | Path, state: dict) -> None:
         d = Path(directory)
@@ -231,6 +234,7 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         self.initialized_from = state.get("initialized_from")
         self.progress.run_id = self.progress.run_id or uuid.uuid4().hex[:16]
+        self.resumable = d.resolve() == Path(self.cfg.state_dir).resolve()
 
     def run_info(self) -> dict:
         p = self.progress
@@ -484,7 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("train: stopped before training started; nothing was saved", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per rank
+            print("train: stopped before training started" + (
+                f"; the state is as it was: python -m training.train --resume {args.resume}" if args.resume
+                else "; nothing was saved"), file=sys.stderr)
         return EXIT_INTERRUPTED
     rt = trainer.rt
     if rt.main and not args.quiet:
@@ -500,10 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:  # a second Ctrl-C (or one during the step-0 evaluation): stop now
         if rt.main:
-            saved = (Path(trainer.cfg.state_dir) / STATE_JSON).is_file()
             print(f"train: stopped at once; resume from the last saved state: python -m training.train --resume "
-                  f"{trainer.cfg.state_dir}" if saved else "train: stopped at once, before any state was saved",
-                  file=sys.stderr)
+                  f"{trainer.cfg.state_dir}" if trainer.resumable else "train: stopped at once, before any state "
+                  "of this run was saved", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if rt.world > 1 and dist.is_initialized():

@@ -4,6 +4,7 @@ are moved into a temporary directory through the notebook's parameters."""
 
 from __future__ import annotations
 
+import ast
 import json
 import zipfile
 from pathlib import Path
@@ -85,31 +86,26 @@ def test_a_failing_step_stops_the_notebook(kaggle_roots, monkeypatch):
     assert not (kaggle_roots["working"] / "broken" / "checkpoints" / "REPORT.md").exists()
 
 
-def test_finds_the_bundle_zipped_or_unpacked(tmp_path):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    [cell] = [c for c in nb.cells if "def find_bundle" in c.source]
-    scope: dict = {}
-    exec(cell.source, scope)  # the notebook's own function
-    zipped = tmp_path / "zipped" / "some-dataset"
-    zipped.mkdir(parents=True)
-    bundle = kaggle.make_bundle(zipped / "plotarmour-kaggle.zip")
-    assert scope["find_bundle"](tmp_path / "zipped") == bundle
-    unpacked = tmp_path / "unpacked" / "plotarmour-code"
-    zipfile.ZipFile(bundle).extractall(unpacked)
-    assert scope["find_bundle"](tmp_path / "unpacked") == unpacked
-    with pytest.raises(FileNotFoundError, match="no PlotArmour bundle"):
-        scope["find_bundle"](tmp_path / "empty")
-
-
 def notebook_function(name: str, **scope):
     """One function of the notebook, defined in `scope` (its cell's other code is not run)."""
-    import ast
-
     nb = nbformat.read(NOTEBOOK, as_version=4)
     [cell] = [c for c in nb.cells if f"def {name}(" in c.source]
     [node] = [n for n in ast.parse(cell.source).body if isinstance(n, ast.FunctionDef) and n.name == name]
     exec(ast.get_source_segment(cell.source, node), scope)
     return scope[name]
+
+
+def test_finds_the_bundle_zipped_or_unpacked(tmp_path):
+    find_bundle = notebook_function("find_bundle", Path=Path, zipfile=zipfile)
+    zipped = tmp_path / "zipped" / "some-dataset"
+    zipped.mkdir(parents=True)
+    bundle = kaggle.make_bundle(zipped / "plotarmour-kaggle.zip")
+    assert find_bundle(tmp_path / "zipped") == bundle
+    unpacked = tmp_path / "unpacked" / "plotarmour-code"
+    zipfile.ZipFile(bundle).extractall(unpacked)
+    assert find_bundle(tmp_path / "unpacked") == unpacked
+    with pytest.raises(FileNotFoundError, match="no PlotArmour bundle"):
+        find_bundle(tmp_path / "empty")
 
 
 def test_takes_tinystories_by_directory_whole_files_first(tmp_path):
@@ -126,8 +122,26 @@ def test_takes_tinystories_by_directory_whole_files_first(tmp_path):
         (tmp_path / "b" / f"TinyStoriesV2-GPT4-{kind}.txt").write_text("Once.\n")
     pick = notebook_function("tinystories_files", **params, TINYSTORIES=str(tmp_path / "b"))
     assert [f.name for f in pick()] == ["TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"]
+    # the validation file that goes with the training one, not another edition's
+    (tmp_path / "b" / "TinyStoriesV2-GPT4-train.txt").unlink()
+    (tmp_path / "b" / "TinyStories-train.txt").write_text("Once.\n")
+    (tmp_path / "b" / "TinyStories-valid.txt").write_text("Once.\n")
+    assert [f.name for f in pick()] == ["TinyStories-train.txt", "TinyStories-valid.txt"]
     # one file by path without the other is an error, not a silent download
     pick = notebook_function("tinystories_files", **{**params, "TINYSTORIES_VALID": str(tmp_path / "a" / "x")},
                              TINYSTORIES="")
     with pytest.raises(ValueError, match="give both"):
         pick()
+
+
+def test_one_tinystories_path_without_the_other_stops_the_notebook(tmp_path):
+    """Only TINYSTORIES_VALID set: the data cell refuses, instead of downloading TinyStories."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    [cell] = [c for c in nb.cells if "def tinystories_files(" in c.source]
+    steps = []
+    scope = {"Path": Path, "sys": __import__("sys"), "WORK": tmp_path, "run": lambda *a: steps.append(a),
+             "TINYSTORIES": "", "TINYSTORIES_TRAIN": "", "TINYSTORIES_VALID": str(tmp_path / "valid.txt"),
+             "VOCAB_SIZE": 300, "TOKENIZER_SAMPLE_MB": 1}
+    with pytest.raises(ValueError, match="give both"):
+        exec(cell.source, scope)
+    assert steps == []

@@ -236,10 +236,13 @@ def test_ctrl_c_stops_between_steps_and_resume_repeats_the_run(tmp_path, data_di
 
 def test_ctrl_c_before_any_state_says_so_in_one_line(tmp_path, data_dir, monkeypatch, capsys):
     """Ctrl-C while the data loads or during the step-0 evaluation: exit 130 with one line,
-    and no resume command for a state that does not exist yet."""
+    and no resume command for a state that does not exist yet, even where another run's
+    state is being overwritten (--force)."""
+    old = run_train(tmp_path, data_dir, "bdh", "old", "--stop-after", "3")
+    capsys.readouterr()
     preset = write_preset(tmp_path / "c.json", data_dir)
-    argv = ["--model", "bdh", "--config", str(preset), "--quiet", "--set", f"out={tmp_path / 'best'}",
-            "--set", f"state_dir={tmp_path / 'state'}", "--set", f"log_dir={tmp_path / 'logs'}"]
+    argv = ["--model", "bdh", "--config", str(preset), "--quiet", "--force", "--set", f"out={old / 'best'}",
+            "--set", f"state_dir={old / 'state'}", "--set", f"log_dir={tmp_path / 'logs'}"]
 
     def ctrl_c(*_, **__):
         raise KeyboardInterrupt
