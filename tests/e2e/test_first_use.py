@@ -301,3 +301,12 @@ def test_the_draft_score_says_what_its_number_means(page, gateway):
     assert score, verdict
     assert f"{score.group(1)} bits of surprise per word" in verdict
     assert "Compare drafts for the same context: higher fits it less" in verdict
+
+
+def test_numbers_and_tokens_are_written_for_a_storyteller(page):
+    """The page's own formatting functions, in the browser: plain percentages, and the
+    end-of-text token named in words wherever a token is shown (inspector, logic check)."""
+    got = page.evaluate("""import('/static/js/format.js').then(f => [
+        f.formatProb(0.00053), f.formatProb(0.000001), f.formatProb(0.412),
+        f.visible('<|endoftext|>'), f.visible(' garden'), f.visible('\\n')])""")
+    assert got == ["0.05%", "< 0.01%", "41.2%", "(the end)", "garden", "↵"]

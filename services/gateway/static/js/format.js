@@ -16,6 +16,8 @@ export function formatProb(p) {
 /** A token's text as a reader can see it: its spaces and line breaks shown, never empty. */
 export function visible(text) {
   if (text === "") return "∅";
+  // the end-of-text token (as a single token it can be nothing else): words for a storyteller
+  if (text === "<|endoftext|>") return "(the end)";
   const shown = text.replace(/\n/g, "↵").replace(/\t/g, "⇥");
   return shown.trim() === "" ? shown.replace(/ /g, "␣") : shown.trim();
 }
