@@ -141,61 +141,58 @@ def test_end_of_text_ends_the_story(client, tiny_tokenizer, fakes):
 # ---- live steering ---------------------------------------------------------------------
 
 
-def test_steering_changes_the_weight_from_the_next_token(tiny_tokenizer):
+@pytest.fixture(scope="module")
+def slow_gateway(tiny_tokenizer):
+    """A gateway over fakes that take 20 ms a step: time to steer a story mid-way."""
     g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02))
     b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
     gw = start_gateway(g.address, b.address)
-    try:
-        with httpx.Client(base_url=gw.url, timeout=20) as c:
-            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 30,
-                                                            "logic_weight": 0.0}) as r:
-                lines = r.iter_lines()
-                events = parse_sse(lines)
-                gen_id = json.loads(next(events)[1])["id"]
-                weights = [json.loads(next(events)[1])["logic_weight"]]
-                s = c.post(f"/generations/{gen_id}", json={"logic_weight": 1.0})
-                assert s.status_code == 200 and s.json()["logic_weight"] == 1.0
-                changed_from = s.json()["applies_from_token"]
-                rest = [json.loads(d) for e, d in events]
-            weights += [d["logic_weight"] for d in rest if d["type"] == "token"]
-            assert weights[0] == 0.0 and weights[changed_from:] == [1.0] * (len(weights) - changed_from)
-            assert c.post(f"/generations/{gen_id}", json={"logic_weight": 0.5}).status_code == 404  # finished
-            assert c.post("/generations/gen-nope", json={"logic_weight": 0.5}).status_code == 404
-            assert c.post(f"/generations/{gen_id}", json={"logic_weight": 3}).status_code == 422
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
+    yield gw
+    gw.stop()
+    g.stop()
+    b.stop()
 
 
-def test_a_steering_schedule_writes_a_live_steered_story_again(tiny_tokenizer):
+def steer_mid_stream(c: httpx.Client, body: dict, after: int, weight: float) -> tuple[list[dict], dict]:
+    """Stream a story, steer it to `weight` once `after` tokens have arrived: (every token
+    event, the steer's answer)."""
+    with c.stream("POST", "/generate_stream", json=body) as r:
+        events = parse_sse(r.iter_lines())
+        gen_id = json.loads(next(events)[1])["id"]
+        tokens = [json.loads(next(events)[1]) for _ in range(after)]
+        steered = c.post(f"/generations/{gen_id}", json={"logic_weight": weight})
+        assert steered.status_code == 200, steered.text
+        tokens += [json.loads(d) for e, d in events if e == "token"]
+    return tokens, steered.json()
+
+
+def test_steering_changes_the_weight_from_the_next_token(slow_gateway):
+    with httpx.Client(base_url=slow_gateway.url, timeout=20) as c:
+        tokens, s = steer_mid_stream(c, {"prompt": PROMPT, "max_new_tokens": 30, "logic_weight": 0.0}, 1, 1.0)
+        weights, changed_from = [t["logic_weight"] for t in tokens], s["applies_from_token"]
+        assert s["logic_weight"] == 1.0
+        assert weights[0] == 0.0 and weights[changed_from:] == [1.0] * (len(weights) - changed_from)
+        gen_id = s["id"]
+        assert c.post(f"/generations/{gen_id}", json={"logic_weight": 0.5}).status_code == 404  # finished
+        assert c.post("/generations/gen-nope", json={"logic_weight": 0.5}).status_code == 404
+        assert c.post(f"/generations/{gen_id}", json={"logic_weight": 3}).status_code == 422
+
+
+def test_a_steering_schedule_writes_a_live_steered_story_again(slow_gateway):
     """Steer a story live, then ask again with its seed and, as `steering`, the weights its
     token events carry: the same tokens at the same weights (what the page's Share link does)."""
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
-    gw = start_gateway(g.address, b.address)
     body = {"prompt": PROMPT, "max_new_tokens": 30, "logic_weight": 0.0, "seed": 7, "temperature": 2.0}
-    try:
-        with httpx.Client(base_url=gw.url, timeout=20) as c:
-            with c.stream("POST", "/generate_stream", json=body) as r:
-                events = parse_sse(r.iter_lines())
-                gen_id = json.loads(next(events)[1])["id"]
-                live = [json.loads(next(events)[1]) for _ in range(3)]
-                assert c.post(f"/generations/{gen_id}", json={"logic_weight": 0.8}).status_code == 200
-                live += [json.loads(d) for e, d in events if e == "token"]
-            weights = [t["logic_weight"] for t in live]
-            schedule = [{"at": i, "logic_weight": w} for i, w in enumerate(weights) if i and w != weights[i - 1]]
-            assert [p["logic_weight"] for p in schedule] == [0.8]  # the steer landed mid-story
-            again = c.post("/generate", json={**body, "steering": schedule}).json()
-            assert [t["id"] for t in again["tokens"]] == [t["id"] for t in live]
-            assert [t["logic_weight"] for t in again["tokens"]] == weights
-            # without the schedule the same seed writes another story
-            plain = c.post("/generate", json=body).json()
-            assert [t["id"] for t in plain["tokens"]] != [t["id"] for t in live]
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
+    with httpx.Client(base_url=slow_gateway.url, timeout=20) as c:
+        live, _ = steer_mid_stream(c, body, 3, 0.8)
+        weights = [t["logic_weight"] for t in live]
+        schedule = [{"at": i, "logic_weight": w} for i, w in enumerate(weights) if i and w != weights[i - 1]]
+        assert [p["logic_weight"] for p in schedule] == [0.8]  # the steer landed mid-story
+        again = c.post("/generate", json={**body, "steering": schedule}).json()
+        assert [t["id"] for t in again["tokens"]] == [t["id"] for t in live]
+        assert [t["logic_weight"] for t in again["tokens"]] == weights
+        # without the schedule the same seed writes another story
+        plain = c.post("/generate", json=body).json()
+        assert [t["id"] for t in plain["tokens"]] != [t["id"] for t in live]
 
 
 def test_a_steering_schedule_applies_from_its_token(client):
@@ -206,30 +203,16 @@ def test_a_steering_schedule_applies_from_its_token(client):
     assert weights == ([0.25] * 4 + [1.0] * 5 + [0.0] * 3)[: len(weights)]
 
 
-def test_live_steering_takes_over_from_a_schedule(tiny_tokenizer):
+def test_live_steering_takes_over_from_a_schedule(slow_gateway):
     """Moving the slider while a steered story is replayed: the person wins, the rest of the
     schedule is dropped (it would otherwise undo the steer at its next point)."""
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
-    gw = start_gateway(g.address, b.address)
     body = {"prompt": PROMPT, "max_new_tokens": 40, "logic_weight": 0.3, "seed": 1, "temperature": 0.5,
             "steering": [{"at": 0, "logic_weight": 0.6}, {"at": 12, "logic_weight": 0.1}]}
-    try:
-        with httpx.Client(base_url=gw.url, timeout=20) as c:
-            with c.stream("POST", "/generate_stream", json=body) as r:
-                events = parse_sse(r.iter_lines())
-                gen_id = json.loads(next(events)[1])["id"]
-                tokens = [json.loads(next(events)[1]) for _ in range(3)]
-                s = c.post(f"/generations/{gen_id}", json={"logic_weight": 1.0}).json()
-                tokens += [json.loads(d) for e, d in events if e == "token"]
-        weights = [t["logic_weight"] for t in tokens]
-        k = s["applies_from_token"]
-        assert 3 <= k < 12  # the steer lands before the schedule's second point (tokens come every 20 ms)
-        assert weights[:k] == [0.6] * k and weights[k:] == [1.0] * (len(weights) - k)
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
+    with httpx.Client(base_url=slow_gateway.url, timeout=20) as c:
+        tokens, s = steer_mid_stream(c, body, 3, 1.0)
+    weights, k = [t["logic_weight"] for t in tokens], s["applies_from_token"]
+    assert 3 <= k < 12  # the steer lands before the schedule's second point (tokens come every 20 ms)
+    assert weights[:k] == [0.6] * k and weights[k:] == [1.0] * (len(weights) - k)
 
 
 @pytest.mark.parametrize("steering,says", [
