@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -163,6 +164,7 @@ class GenerationLoop:
         self._task: asyncio.Task | None = None
         self._texts: dict[int, str] = {}  # token id → its text, for alternatives
         self._texts_of: str | None = None  # the tokenizer fingerprint _texts belongs to
+        self.waiting_for: set[str] = set()  # the servers ("gpt2", "bdh") whose step answer is still due
 
     async def admit(self, gen: Generation, params: GenerationParams) -> Live:
         """Prefill on both servers; the generation then waits for the next iteration.
@@ -368,10 +370,20 @@ class GenerationLoop:
                 else:
                     calls.setdefault((role, stream), []).append((x, sid, token))
         t0 = time.perf_counter()
+
+        async def answer(stream: BatchStream, rows: list[tuple[Live, int, int]]):
+            try:
+                return await stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows])
+            finally:  # what a stalled story is waiting for is what is left in waiting_for
+                due[stream.backend.role] -= 1
+                if not due[stream.backend.role]:
+                    self.waiting_for.discard(stream.backend.role)
+
+        due = Counter(stream.backend.role for _, stream in calls)
+        self.waiting_for = set(due)
         # Each step is bounded by step_timeout_s inside the stream (a stalled stream is retired).
-        results = await asyncio.gather(
-            *(stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows]) for (_, stream), rows in calls.items()),
-            return_exceptions=True)
+        results = await asyncio.gather(*(answer(stream, rows) for (_, stream), rows in calls.items()),
+                                       return_exceptions=True)
         waited = time.perf_counter() - t0
         failed: dict[Live, BaseException] = {}
         for (role, stream), result in zip(calls, results):

@@ -340,10 +340,12 @@ def test_a_stall_is_announced_and_the_readiness_badge_follows_at_once(page, gate
     fill_settings(page, max_tokens=200, split=False)
     _, freeze = hold_mid_story(page, gateway, model_servers, lambda k: long_story_seed(gateway, 0.5, 200, k))
     try:
-        # Two seconds without a token: the page says what it waits for...
-        page.wait_for_function("document.querySelector('#status').textContent.includes('Waiting for the logic model…')",
-                               timeout=WAIT_MS)
-        assert "waiting for the logic model…" in page.text_content("#pane-blend .pane-meta")
+        # Two seconds without a token: the page says what it waits for, named by the gateway
+        # (GPT-2 is the frozen one)...
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.includes('Waiting for the creativity model (GPT-2)…')",
+            timeout=WAIT_MS)
+        assert "waiting for the creativity model (GPT-2)…" in page.text_content("#pane-blend .pane-meta")
         # ...and asks the gateway at once, whose health check finds the frozen server (the
         # page polls only every 10 s otherwise; the check itself waits connect_timeout_s).
         page.wait_for_selector("#readiness.pill-bad", timeout=WAIT_MS)

@@ -215,6 +215,28 @@ def test_live_steering_takes_over_from_a_schedule(slow_gateway):
     assert weights[:k] == [0.6] * k and weights[k:] == [1.0] * (len(weights) - k)
 
 
+def test_a_running_story_says_which_model_it_is_waiting_for(tiny_tokenizer):
+    """GPT-2 answers each step in 0.6 s, BDH at once: a stalled story's page can name GPT-2."""
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.6))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
+    gw = start_gateway(g.address, b.address)
+    try:
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 5}) as r:
+                events = parse_sse(r.iter_lines())
+                gen_id = json.loads(next(events)[1])["id"]
+                next(events)  # the first token: the next step is under way
+                seen = set()
+                deadline = time.monotonic() + 2
+                while time.monotonic() < deadline and seen != {("gpt2",)}:
+                    seen = {tuple(c.get(f"/generations/{gen_id}").json()["waiting_for"]) for _ in range(3)}
+                assert seen == {("gpt2",)}
+    finally:
+        gw.stop()
+        g.stop()
+        b.stop()
+
+
 @pytest.mark.parametrize("steering,says", [
     ([{"at": 5, "logic_weight": 0.1}, {"at": 5, "logic_weight": 0.9}], "steering[1].at is 5"),
     ([{"at": -1, "logic_weight": 0.1}], "greater than or equal to 0"),

@@ -87,6 +87,17 @@ export async function steer(id, logicWeight) {
   }
 }
 
+/** The model servers a running generation is waiting for (["gpt2"], ["bdh"], both or none);
+ *  null when it is unknown (finished, or the gateway cannot be reached). Never throws. */
+export async function waitingFor(id) {
+  try {
+    const response = await fetch(`/generations/${encodeURIComponent(id)}`, { cache: "no-store", headers: authHeaders() });
+    return response.ok ? (await response.json()).waiting_for : null;
+  } catch {
+    return null;
+  }
+}
+
 export async function validate(request) {
   return (await post("/validate", request)).json();
 }

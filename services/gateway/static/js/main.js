@@ -2,7 +2,7 @@
 // token inspector, the output buttons and the logic check to the gateway's API. No
 // framework and no build step.
 
-import { ApiError, generateStream, info, readiness, setApiKey, steer } from "./api.js";
+import { ApiError, generateStream, info, readiness, setApiKey, steer, waitingFor } from "./api.js";
 import { explain } from "./errors.js";
 import { percent } from "./format.js";
 import { Inspector } from "./inspector.js";
@@ -128,7 +128,7 @@ function status(text) {
     if (!run || run.ended) return;  // the blend's closing status stays while the side panes finish
     const inEffect = panes.blend.lastWeight;
     if (run.stalledFor) {
-      text = `Waiting for the logic model… no new word for ${run.stalledFor} s.`;
+      text = `Waiting for ${run.stalledOn}… no new word for ${run.stalledFor} s.`;
     } else if (inEffect === null) {
       text = "Reading the prompt into both models…";
     } else {
@@ -150,13 +150,30 @@ function watchForStalls() {
     const first = !run.stalledFor;
     run.stalledFor = Math.floor(quiet / 1000);
     if (first) {
-      for (const p of run.panes) if (p.root.dataset.state === "streaming" || p.root.dataset.state === "waiting") {
-        p.stall("waiting for the logic model…");
-      }
+      run.stalledOn = "the models";  // until the gateway says which
+      showStall();
+      nameTheStall(run);
       checkReadiness();  // a stalled model is often a dead one: the badge should know at once
     }
     status();
   }, 500);
+}
+
+// Every live story steps together, so the gateway knows which server's answer is late.
+const WAITED_FOR = { gpt2: "the creativity model (GPT-2)", bdh: "the logic model (BDH)" };
+
+function showStall() {
+  for (const p of run.panes) if (p.root.dataset.state === "streaming" || p.root.dataset.state === "waiting") {
+    p.stall(`waiting for ${run.stalledOn}…`);
+  }
+}
+
+async function nameTheStall(thisRun) {
+  const late = thisRun.id ? await waitingFor(thisRun.id) : null;
+  if (run !== thisRun || !thisRun.stalledFor || !late || !late.length) return;
+  thisRun.stalledOn = late.length === 1 ? WAITED_FOR[late[0]] || late[0] : "both models";
+  showStall();
+  status();
 }
 
 function tokenArrived() {
@@ -338,7 +355,7 @@ async function generate({ setup = null, continuing = false } = {}) {
   $("panes").classList.toggle("split", split);
   const controller = new AbortController();
   const active = split ? [panes.blend, panes.gpt2, panes.bdh] : [panes.blend];
-  run = { controller, id: null, panes: active, stalledFor: 0, failure: null, steering: null, stopping: false,
+  run = { controller, id: null, panes: active, stalledFor: 0, stalledOn: "the models", failure: null, steering: null, stopping: false,
           ended: null };
   setRunning(true);
   status(continuing ? "Reading the story so far into both models…" : "Reading the prompt into both models…");
