@@ -107,12 +107,34 @@ def test_a_story_steered_mid_way_is_written_again_from_its_share_link(page, gate
     wait_done(other, *ALL_PANES)
     assert "steering" not in sent[-3] and "steering" not in sent[-1]
 
+    # Steering during a replay: the person takes over, and the status says the replay stopped.
+    third = open_page(link)
+    _, freeze = hold_mid_story(third, gateway, model_servers, lambda k: seed)
+    try:
+        set_weight(third, 80)
+        third.wait_for_function(
+            "document.querySelector('#status').textContent.includes('The replay stopped: you are steering now.')",
+            timeout=WAIT_MS)
+    finally:
+        freeze.__exit__(None, None, None)
+    wait_done(third)
+    assert markers(third)[-1][1] == "80"
+
     # A mangled schedule opens what it can (the gateway would refuse the rest).
     parsed = page.evaluate("async () => (await import('/static/js/output.js')).parseSteering('3:40,9:70,9:10,x')")
     assert parsed == [{"at": 3, "logic_weight": 0.4}, {"at": 9, "logic_weight": 0.7}]
 
 
 # ---- 2. and 3. the tint's words, plain percentages, whole words ---------------------------------
+
+
+def share_percent(x: float) -> str:
+    """The inspector's whole percentages: never a misleading 0% or 100%."""
+    if 0 < x < 0.005:
+        return "< 1%"
+    if 0.995 < x < 1:
+        return "> 99%"
+    return f"{math.floor(x * 100 + 0.5)}%"  # JavaScript's Math.round
 
 
 def test_the_tint_is_called_a_share_of_the_blend_with_the_weight_in_it(page, gateway):
@@ -136,15 +158,16 @@ def test_the_tint_is_called_a_share_of_the_blend_with_the_weight_in_it(page, gat
                 text: e.textContent, cut: e.scrollWidth > e.clientWidth + 1
                     || getComputedStyle(e).textOverflow === 'ellipsis'}))})""")
         assert box["index"] == str(i)
-        # Each model's share, larger first, with the weight and the model's probability that make it.
+        # Each model's probability, then each one's part of the blend, the larger first.
         b, g = 0.65 * t["bdh"], 0.35 * t["gpt2"]
-        bdh = math.floor(b / (b + g) * 100 + 0.5)  # JavaScript's Math.round
+        share = b / (b + g)
         p_gpt2, p_bdh = format_prob(page, [t["gpt2"], t["bdh"]])
-        gpt2_part = f"GPT-2's{{}}: {100 - bdh}% (weight 35% GPT-2 × its {p_gpt2})"
-        bdh_part = f"BDH's{{}}: {bdh}% (weight 65% BDH × its {p_bdh})"
-        first, second = (bdh_part, gpt2_part) if t["share"] > 0.5 else (gpt2_part, bdh_part)
-        assert box["summary"].startswith(first.format(" share of the blend")), box["summary"]
-        assert second.format("") in box["summary"] and "written at 65% logic" in box["summary"]
+        parts = [("BDH", share), ("GPT-2", 1 - share)]
+        (lead, x), (other, y) = parts if share > 0.5 else parts[::-1]
+        assert box["summary"].startswith("Blend ") and "written at 65% logic" in box["summary"], box["summary"]
+        assert f"GPT-2 gave this word {p_gpt2} and BDH {p_bdh}" in box["summary"], box["summary"]
+        assert (f"weighted by the slider, {lead} brought {share_percent(x)} of it and {other} {share_percent(y)}."
+                in box["summary"]), box["summary"]
         # Plain percentages everywhere: never "5.3e-4".
         assert not re.search(r"\de-?\d", box["summary"] + " ".join(box["probs"])), box
         assert all(re.fullmatch(r"< 0\.01%|\d+(\.\d+)?%", p) for p in box["probs"]), box["probs"]

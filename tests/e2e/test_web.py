@@ -177,11 +177,13 @@ def test_the_token_inspector_opens_by_click_keyboard_and_tap(page, gateway, open
     assert box["open"] and box["index"] == "2" and box["pane"] == "pane-blend"
     assert visible(t["text"]) in box["title"]
     assert "written at 40% logic" in box["summary"] and "Blend " in box["summary"]
-    # Each model's share of the blend (what the tint shows), larger first, with the weight in it.
+    # Each model's part of the blend (what the tint shows), larger first.
     s = share(0.4, t["p_bdh"], t["p_gpt2"])
-    gpt2_part, bdh_part = f"GPT-2's{{}}: {100 - js_round(s * 100)}% (weight 60% GPT-2", f"BDH's{{}}: {js_round(s * 100)}% (weight 40% BDH"
-    first, second = (bdh_part, gpt2_part) if s > 0.5 else (gpt2_part, bdh_part)
-    assert box["summary"].startswith(first.format(" share of the blend")) and second.format("") in box["summary"], box
+    parts = [("BDH", s), ("GPT-2", 1 - s)]
+    (lead, x), (other, _) = parts if s > 0.5 else parts[::-1]
+    assert f"weighted by the slider, {lead} brought " in box["summary"] and f" of it and {other} " in box["summary"], box
+    if 0.005 < x < 0.995:
+        assert f"brought {js_round(x * 100)}% of it" in box["summary"], box
     assert [c["name"] for c in box["cols"]] == ["Blend", "GPT-2", "BDH"]
     for col, role in zip(box["cols"], ("blend", "gpt2", "bdh")):
         assert [a for a, _ in col["alts"]] == [visible(a["text"]) for a in t["alternatives"][role]]
@@ -202,6 +204,7 @@ def test_the_token_inspector_opens_by_click_keyboard_and_tap(page, gateway, open
     page.focus("#pane-bdh .tok[tabindex='0']")
     box = inspector()
     assert box["open"] and box["pane"] == "pane-bdh" and "Written by BDH alone" in box["summary"]
+    assert [c["name"] for c in box["cols"]] == ["GPT-2", "BDH"]  # no blend of its own to list
     page.keyboard.press("Tab")  # out of the story: the panel closes
     assert not inspector()["open"]
     # A click elsewhere closes it too.
@@ -439,7 +442,7 @@ def test_copy_download_share_history_examples_and_presets(page, gateway, open_pa
     assert dl.value.suggested_filename == "plotarmour-story-21.md"
     md = Path(dl.value.path()).read_text(encoding="utf-8")
     assert (PROMPT + text).strip() in md
-    for line in ("- Logic weight: 60% logic (BDH), 40% creativity (GPT-2)", "- Blend: linear", "- Seed: 21",
+    for line in ("- Logic weight: 60% logic (BDH), 40% creativity (GPT-2)", "- Blend: Either can lead", "- Seed: 21",
                  "- Temperature: 1 · top-k: none · top-p: 1", "- Max new tokens: 40"):
         assert line in md, md
 

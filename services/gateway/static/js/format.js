@@ -21,3 +21,14 @@ export function visible(text) {
   const shown = text.replace(/\n/g, "↵").replace(/\t/g, "⇥");
   return shown.trim() === "" ? shown.replace(/ /g, "␣") : shown.trim();
 }
+
+/** The blends in a storyteller's words, by the gateway's registry names (the values sent);
+ *  [label, hover text]. An unknown name keeps itself. */
+export const BLEND_LABELS = {
+  linear: ["Either can lead", "A word either storyteller likes can win, in proportion to the mix."],
+  geometric: ["Both must agree", "A word wins only if both storytellers like it: safer, less surprising."],
+};
+
+export function blendName(value) {
+  return (BLEND_LABELS[value] || [value])[0];
+}

@@ -9,6 +9,13 @@ import { formatProb, percent, visible } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 const COLUMNS = [["blend", "Blend"], ["gpt2", "GPT-2"], ["bdh", "BDH"]];
+
+/** A part of the whole as a whole percentage, never a misleading 0% or 100%. */
+function sharePercent(x) {
+  if (x > 0 && x < 0.005) return "< 1%";
+  if (x < 1 && x > 0.995) return "> 99%";
+  return `${Math.round(x * 100)}%`;
+}
 const ROLE_NAMES = { gpt2: "GPT-2", bdh: "BDH" };
 
 export class Inspector {
@@ -102,7 +109,9 @@ export class Inspector {
         className: "hint", textContent: "No alternatives were sent for this word." }));
       return;
     }
-    alts.replaceChildren(...COLUMNS.map(([role, name]) => {
+    // A pane written by one model alone has no blend of its own to list.
+    const columns = pane.tint ? COLUMNS : COLUMNS.filter(([role]) => role !== "blend");
+    alts.replaceChildren(...columns.map(([role, name]) => {
       const col = document.createElement("section");
       col.className = `alt-col alt-${role}`;
       const h = document.createElement("h4");
@@ -134,13 +143,13 @@ export class Inspector {
       return `${t.logic_weight >= 1 ? "Written by BDH alone" : "Written by GPT-2 alone"}: `
         + `GPT-2 ${formatProb(t.p_gpt2)} · BDH ${formatProb(t.p_bdh)}.`;
     }
-    const bdh = Math.round(t.share * 100);
-    const gpt2 = ["GPT-2", 100 - bdh, 100 - w, t.p_gpt2];
-    const bdhs = ["BDH", bdh, w, t.p_bdh];
-    const [first, second] = t.share > 0.5 ? [bdhs, gpt2] : [gpt2, bdhs];
-    const why = ([name, , weight, p]) => `weight ${weight}% ${name} × its ${formatProb(p)}`;
-    return `${first[0]}'s share of the blend: ${first[1]}% (${why(first)}). `
-      + `${second[0]}'s: ${second[1]}% (${why(second)}). Blend ${formatProb(t.p_blend)}, written at ${w}% logic.`;
+    // The tint's measure in words: each model's part of the blended probability, which
+    // the slider's weight scales (w·p_bdh against (1 − w)·p_gpt2).
+    const [lead, other] = t.share > 0.5 ? [["BDH", t.share], ["GPT-2", 1 - t.share]]
+      : [["GPT-2", 1 - t.share], ["BDH", t.share]];
+    return `Blend ${formatProb(t.p_blend)}, written at ${w}% logic. GPT-2 gave this word ${formatProb(t.p_gpt2)} `
+      + `and BDH ${formatProb(t.p_bdh)}; weighted by the slider, ${lead[0]} brought ${sharePercent(lead[1])} `
+      + `of it and ${other[0]} ${sharePercent(other[1])}.`;
   }
 
   /** Under the word (above it when there is no room below), inside the window. */

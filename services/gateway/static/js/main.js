@@ -4,7 +4,7 @@
 
 import { ApiError, generateStream, info, readiness, setApiKey, steer, waitingFor } from "./api.js";
 import { explain } from "./errors.js";
-import { percent } from "./format.js";
+import { BLEND_LABELS, percent } from "./format.js";
 import { Inspector } from "./inspector.js";
 import { MAX_STEERING, copyText, describeWeights, download, forgetHistory, loadHistory, markdown, readShareLink, remember,
          shareLink } from "./output.js";
@@ -107,7 +107,8 @@ async function sendSteer() {
     const r = await steer(thisRun.id, w);
     // null: the story finished before the request arrived; nothing to steer.
     if (r && run === thisRun) {
-      thisRun.steering = { weight: r.logic_weight, from: r.applies_from_token };
+      thisRun.steering = { weight: r.logic_weight, from: r.applies_from_token, tookOver: thisRun.replaying };
+      thisRun.replaying = false;
       status();
     }
   } catch (e) {
@@ -134,7 +135,8 @@ function status(text) {
     } else {
       const s = run.steering;
       const pending = s && s.weight !== inEffect ? ` Steering to ${percent(s.weight)}% from the next word…` : "";
-      text = `Writing at ${percent(inEffect)}% logic.${pending || " Move the slider to steer."}`;
+      const took = s && s.tookOver ? " The replay stopped: you are steering now." : "";
+      text = `Writing at ${percent(inEffect)}% logic.${took}${pending || (took ? "" : " Move the slider to steer.")}`;
     }
   }
   $("status").textContent = text;
@@ -389,6 +391,7 @@ async function generate({ setup = null, continuing = false } = {}) {
     }
   };
   const steering = continuing ? [] : s.steering || [];
+  run.replaying = steering.length > 0;  // a live steer ends the replay (the gateway drops the rest)
   const outcome = await streamInto(panes.blend, request(s, promptOf(panes.blend), w, seed, steering), controller.signal,
                                    onStart);
   clearInterval(run.stallTimer);
@@ -489,10 +492,6 @@ for (const b of document.querySelectorAll("[data-example]")) {
 // The gateway fills the menu from its registry, with the formulas as hover text; the page only
 // relabels the choices it knows (the values sent stay the registry's names; an unknown one
 // keeps the server's label).
-const BLEND_LABELS = {
-  linear: ["Either can lead", "A word either storyteller likes can win, in proportion to the mix."],
-  geometric: ["Both must agree", "A word wins only if both storytellers like it: safer, less surprising."],
-};
 for (const option of $("blend").options) {
   const label = BLEND_LABELS[option.value];
   if (label) [option.textContent, option.title] = label;

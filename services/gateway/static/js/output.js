@@ -7,7 +7,7 @@
 // weight applies), read back from its token events, so a story steered mid-way is written
 // again token for token: with the same models, the same setup writes the same story.
 
-import { percent } from "./format.js";
+import { blendName, percent } from "./format.js";
 
 // The gateway takes at most this many points in a schedule.
 export const MAX_STEERING = 64;
@@ -95,8 +95,8 @@ export async function copyText(text) {
   }
 }
 
-const FINISH = { eos_token: "the story ended itself", length: "the length limit", stop_sequence: "a stop sequence",
-                 stopped: "stopped by hand", error: "an error" };
+const FINISH = { eos_token: "the story ended itself", length: "it reached the length limit",
+                 stop_sequence: "it reached a stop sequence", stopped: "stopped by hand", error: "stopped by an error" };
 
 /** The story as Markdown, its settings listed after it. setup: the setup that writes it again
  *  (its steering included); continued: how often Continue added to it. */
@@ -111,11 +111,11 @@ export function markdown({ setup, text, tokens, finish, link, continued = 0 }) {
     "",
     `- Logic weight: ${start}% logic (BDH), ${100 - start}% creativity (GPT-2)`
       + `${setup.steering && setup.steering.length ? `; steered: ${describeWeights(setup.logic_weight, setup.steering)}` : ""}`,
-    `- Blend: ${setup.blend}`,
+    `- Blend: ${blendName(setup.blend)}`,
     `- Seed: ${setup.seed}`,
     `- Temperature: ${setup.temperature} · top-k: ${setup.top_k || "none"} · top-p: ${setup.top_p}`,
     `- Max new tokens: ${setup.max_new_tokens}`,
-    `- Written: ${tokens} tokens, ended by ${FINISH[finish] || finish || "nothing yet"}`,
+    `- Written: ${tokens} tokens; ${FINISH[finish] || finish || "not finished"}`,
     `- Prompt: ${JSON.stringify(setup.prompt)}`,
     `- Date: ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`,
     `- Write it again${continued ? " (its first part: Continue wrote the rest)" : ""}: ${link}`,
@@ -150,7 +150,10 @@ export function loadHistory() {
 }
 
 export function remember(entry) {
-  const items = [{ ...entry, text: entry.text.slice(0, TEXT_MAX), at: Date.now() }, ...loadHistory()].slice(0, HISTORY_MAX);
+  const text = entry.text.slice(0, TEXT_MAX);
+  const same = (item) => item.text === text && JSON.stringify(item.setup) === JSON.stringify(entry.setup);
+  // The same story written twice (one seed, one setup) is one entry, the latest.
+  const items = [{ ...entry, text, at: Date.now() }, ...loadHistory().filter((item) => !same(item))].slice(0, HISTORY_MAX);
   try {
     localStorage.setItem(HISTORY_KEY, JSON.stringify(items));
   } catch {

@@ -8,7 +8,7 @@
 // Every token is focusable (one tab stop per pane, arrow keys move between tokens) so the
 // token inspector opens by click, tap or keyboard.
 
-import { percent } from "./format.js";
+import { blendName, percent } from "./format.js";
 
 // Under this |2·share − 1| (a 2:1 split of the blended probability) neither model really
 // drove the token: it stays plain, so the colour picks out the choices one model made.
@@ -93,7 +93,7 @@ export class StoryPane {
     this.seed = ev.seed;
     if (planned) this.planned = this.tokenCount + planned;
     if (this.lastWeight === null) this.noteWeight(ev.logic_weight);
-    this.metaEl.textContent = `seed ${ev.seed} · ${ev.blend} blend · writing…`;
+    this.metaEl.textContent = `seed ${ev.seed} · ${blendName(ev.blend).toLowerCase()} · writing…`;
   }
 
   noteWeight(w) {
