@@ -466,6 +466,9 @@ def test_copy_download_share_history_examples_and_presets(page, gateway, open_pa
     page.click("#history summary")
     page.click("#history-list .history-item >> nth=0")
     assert page.input_value("#prompt") == PROMPT and page.input_value("#weight") == "60"
+    page.click("#generate")  # the same story again: still one entry, not two
+    wait_done(page)
+    assert story_text(page) == text and page.text_content("#history-count") == "(1)"
     page.reload()
     page.wait_for_selector("html[data-ready]")
     assert page.text_content("#history-count") == "(1)"
