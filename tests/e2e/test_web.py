@@ -194,6 +194,16 @@ def test_the_token_inspector_opens_by_click_keyboard_and_tap(page, gateway, open
     page.keyboard.press("Escape")
     assert not inspector()["open"]
     assert page.evaluate("document.activeElement.dataset.i") == "2"
+    # From inside the panel too (Enter goes in), and with its × button: closed, back on the word.
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    assert inspector()["open"] and page.evaluate("document.getElementById('inspector').contains(document.activeElement)")
+    page.keyboard.press("Escape")
+    assert not inspector()["open"] and page.evaluate("document.activeElement.dataset.i") == "2"
+    page.click("#story .tok >> nth=2")
+    page.click("#inspector-close")
+    assert not inspector()["open"] and page.evaluate("document.activeElement.dataset.i") == "2"
     page.keyboard.press("ArrowRight")
     box = inspector()
     assert box["open"] and box["index"] == "3" and visible(shown[3]["text"]) in box["title"]
@@ -595,7 +605,11 @@ def test_on_a_phone_enter_adds_a_line_and_the_slider_stays_reachable(open_page, 
         for where in ("#story .tok >> nth=-1", "#pane-bdh"):
             page.locator(where).scroll_into_view_if_needed()
             assert reachable(page, "#weight") and reachable(page, "#stop"), where
-        # (In the logic check the dock steps aside: test_first_use checks that; Esc still stops.)
+        # In the logic check too: its dock steps aside only while no story is being written.
+        page.evaluate("document.activeElement.blur()")  # (focus inside the dock keeps it anyway)
+        page.evaluate("document.getElementById('validator').scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(400)  # (the observer, and a slide away if there were one)
+        assert reachable(page, "#weight") and reachable(page, "#stop")
         # The three panes stacked, the blend first; nothing wider than the screen.
         boxes = [page.locator(p).bounding_box() for p in ALL_PANES]
         assert boxes[0]["y"] < boxes[1]["y"] < boxes[2]["y"]

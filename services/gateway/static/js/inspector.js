@@ -31,7 +31,7 @@ export class Inspector {
       });
       pane.textEl.addEventListener("focusin", (e) => {
         const span = e.target.closest(".tok");
-        if (span) this.open(pane, span);
+        if (span && !this.refocusing) this.open(pane, span);
       });
       pane.textEl.addEventListener("focusout", (e) => {
         // Tabbing away from the story closes it; moving to another word or into the panel does not.
@@ -85,7 +85,12 @@ export class Inspector {
     span.classList.remove("is-inspected");
     this.current = null;
     this.el.hidden = true;
-    if (refocus) span.focus();
+    if (refocus) {
+      // focus lands on the word synchronously: its focusin must not open the panel again
+      this.refocusing = true;
+      span.focus();
+      this.refocusing = false;
+    }
   }
 
   render(pane, t) {
@@ -149,7 +154,9 @@ export class Inspector {
       : [["GPT-2", 1 - t.share], ["BDH", t.share]];
     return `Blend ${formatProb(t.p_blend)}, written at ${w}% logic. GPT-2 gave this word ${formatProb(t.p_gpt2)} `
       + `and BDH ${formatProb(t.p_bdh)}; weighted by the slider, ${lead[0]} brought ${sharePercent(lead[1])} `
-      + `of it and ${other[0]} ${sharePercent(other[1])}.`;
+      + `of it and ${other[0]} ${sharePercent(other[1])}.`
+      // With "Both must agree" the blend multiplies the two, so the parts (the tint) are a guide.
+      + (pane.blend === "geometric" ? " (Both must agree: the blend multiplies the two, so these parts are a guide.)" : "");
   }
 
   /** Under the word (above it when there is no room below), inside the window. */

@@ -107,8 +107,9 @@ async function sendSteer() {
     const r = await steer(thisRun.id, w);
     // null: the story finished before the request arrived; nothing to steer.
     if (r && run === thisRun) {
-      thisRun.steering = { weight: r.logic_weight, from: r.applies_from_token, tookOver: thisRun.replaying };
+      thisRun.replayStopped = thisRun.replayStopped || thisRun.replaying;
       thisRun.replaying = false;
+      thisRun.steering = { weight: r.logic_weight, from: r.applies_from_token };
       status();
     }
   } catch (e) {
@@ -135,7 +136,7 @@ function status(text) {
     } else {
       const s = run.steering;
       const pending = s && s.weight !== inEffect ? ` Steering to ${percent(s.weight)}% from the next word…` : "";
-      const took = s && s.tookOver ? " The replay stopped: you are steering now." : "";
+      const took = run.replayStopped ? " The replay stopped: you are steering now." : "";
       text = `Writing at ${percent(inEffect)}% logic.${took}${pending || (took ? "" : " Move the slider to steer.")}`;
     }
   }
@@ -153,8 +154,9 @@ function watchForStalls() {
     run.stalledFor = Math.floor(quiet / 1000);
     if (first) {
       run.stalledOn = "the models";  // until the gateway says which
+      run.stalls = (run.stalls || 0) + 1;
       showStall();
-      nameTheStall(run);
+      nameTheStall(run, run.stalls);
       checkReadiness();  // a stalled model is often a dead one: the badge should know at once
     }
     status();
@@ -170,9 +172,11 @@ function showStall() {
   }
 }
 
-async function nameTheStall(thisRun) {
+async function nameTheStall(thisRun, stall) {
   const late = thisRun.id ? await waitingFor(thisRun.id) : null;
-  if (run !== thisRun || !thisRun.stalledFor || !late || !late.length) return;
+  // Only for this stall of this run, while it lasts (an answer may come after the tokens did).
+  if (run !== thisRun || thisRun.ended || thisRun.stalls !== stall || !thisRun.stalledFor) return;
+  if (!late || !late.length) return;
   thisRun.stalledOn = late.length === 1 ? WAITED_FOR[late[0]] || late[0] : "both models";
   showStall();
   status();
@@ -292,6 +296,7 @@ function setRunning(on) {
   if (on && document.activeElement === generateBtn) stopBtn.focus();
   if (!on && hadFocus) generateBtn.focus();
   updateOutputs();
+  placeDock();
 }
 
 /** Stream one generation into a pane; resolves to "done", "stopped" or the error. Never throws. */
@@ -374,6 +379,7 @@ async function generate({ setup = null, continuing = false } = {}) {
     else pane.begin(s.prompt, label);
   }
   if (!split) for (const pane of [panes.gpt2, panes.bdh]) pane.clear();
+  updateOutputs();  // the panes hold no finished story now: nothing to download or share yet
   // In one column the story is below the form: bring it up, where the words will come.
   if (oneColumn.matches && !continuing) $("story-section").scrollIntoView({ behavior: motion(), block: "start" });
   watchForStalls();
@@ -500,10 +506,16 @@ for (const option of $("blend").options) {
 // ---- the dock on a phone: out of the way in the logic check ----------------------------------------
 // The fixed bottom bar (the mix and Generate/Stop) does nothing for the logic check and covers
 // a sixth of a phone's screen: it slides away while that section fills the top half of the
-// screen, and comes back anywhere else. (The CSS applies it only where the dock is fixed.)
+// screen and no story is being written (Stop and the slider stay in reach while one is), and
+// comes back anywhere else. (The CSS applies it only where the dock is fixed.)
+let inLogicCheck = false;
+function placeDock() {
+  document.querySelector(".dock").classList.toggle("is-away", inLogicCheck && !run);
+}
 if ("IntersectionObserver" in window) {
-  new IntersectionObserver(([entry]) => {
-    document.querySelector(".dock").classList.toggle("is-away", entry.isIntersecting);
+  new IntersectionObserver((entries) => {
+    inLogicCheck = entries[entries.length - 1].isIntersecting;  // the latest, if several came at once
+    placeDock();
   }, { rootMargin: "0px 0px -50% 0px" }).observe($("validator"));
 }
 

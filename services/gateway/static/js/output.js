@@ -38,7 +38,7 @@ export function parseSteering(value) {
     if (!m) break;
     const at = Number(m[1]);
     const pct = Number(m[2]);
-    if (at < 1 || pct > 100 || (out.length && at <= out[out.length - 1].at) || out.length >= MAX_STEERING) break;
+    if (pct > 100 || (out.length && at <= out[out.length - 1].at) || out.length >= MAX_STEERING) break;
     out.push({ at, logic_weight: pct / 100 });
   }
   return out;

@@ -36,6 +36,7 @@ export class StoryPane {
     this.weights = [];  // [token number, weight] where the weight took each value
     this.tokenCount = 0;
     this.hasStory = false;
+    this.finishReason = null;  // until this story ends (a Download meanwhile says "not finished")
     this.genStart = 0;  // tokenCount when this pane's current generation began (Continue starts another)
     this.schedule = null;
     this.textEl.addEventListener("keydown", (e) => this.onKey(e));
@@ -75,6 +76,7 @@ export class StoryPane {
   /** The same story goes on (Continue): the text stays, new tokens follow it. */
   resume(label, plannedMore) {
     this.root.classList.remove("is-error", "is-done", "is-stopped");
+    this.finishReason = null;
     this.planned = this.tokenCount + plannedMore;
     this.genStart = this.tokenCount;
     this.schedule = null;
@@ -91,9 +93,12 @@ export class StoryPane {
     this.root.dataset.state = "streaming";
     this.root.dataset.generationId = ev.id;
     this.seed = ev.seed;
+    this.blend = ev.blend;
     if (planned) this.planned = this.tokenCount + planned;
     if (this.lastWeight === null) this.noteWeight(ev.logic_weight);
-    this.metaEl.textContent = `seed ${ev.seed} · ${blendName(ev.blend).toLowerCase()} · writing…`;
+    // A one-model pane has no blend to name.
+    this.metaEl.textContent = this.tint ? `seed ${ev.seed} · blend: ${blendName(ev.blend).toLowerCase()} · writing…`
+      : `seed ${ev.seed} · writing…`;
   }
 
   noteWeight(w) {
