@@ -215,10 +215,13 @@ def test_live_steering_takes_over_from_a_schedule(slow_gateway):
     assert weights[:k] == [0.6] * k and weights[k:] == [1.0] * (len(weights) - k)
 
 
-def test_a_running_story_says_which_model_it_is_waiting_for(tiny_tokenizer):
-    """GPT-2 answers each step in 0.6 s, BDH at once: a stalled story's page can name GPT-2."""
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.6))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
+@pytest.mark.parametrize("slow", ["gpt2", "bdh"])
+def test_a_running_story_says_which_model_it_is_waiting_for(tiny_tokenizer, slow):
+    """One server answers each step in 0.6 s, the other at once: a stalled story's page can
+    name the slow one; once the story is over nothing is waited for."""
+    delay = {"gpt2": 0.0, "bdh": 0.0, slow: 0.6}
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=delay["gpt2"]))
+    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=delay["bdh"]))
     gw = start_gateway(g.address, b.address)
     try:
         with httpx.Client(base_url=gw.url, timeout=20) as c:
@@ -228,9 +231,14 @@ def test_a_running_story_says_which_model_it_is_waiting_for(tiny_tokenizer):
                 next(events)  # the first token: the next step is under way
                 seen = set()
                 deadline = time.monotonic() + 2
-                while time.monotonic() < deadline and seen != {("gpt2",)}:
+                while time.monotonic() < deadline and seen != {(slow,)}:
                     seen = {tuple(c.get(f"/generations/{gen_id}").json()["waiting_for"]) for _ in range(3)}
-                assert seen == {("gpt2",)}
+                assert seen == {(slow,)}
+        # the story left (its stream closed): once the step under way ends, nothing is due
+        loop, deadline = gw.app.state.gateway.loop, time.monotonic() + 3
+        while loop.waiting_for and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loop.waiting_for == set()
     finally:
         gw.stop()
         g.stop()
