@@ -7,10 +7,13 @@ gateway tests and the web page's tests can run without loading any model. Its kn
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -235,3 +238,45 @@ class GatewayThread:
 def start_gateway(gpt2: str, bdh: str, **overrides) -> GatewayThread:
     """A gateway in front of two model servers, on a free port, with settings overridden."""
     return GatewayThread(GatewaySettings(gpt2_address=gpt2, bdh_address=bdh, port=0, **overrides))
+
+
+class FakeStack(NamedTuple):
+    """A gateway over a fake GPT-2 and a fake BDH; unpacks as (gateway, gpt2, bdh)."""
+
+    gateway: GatewayThread
+    gpt2: FakeServer
+    bdh: FakeServer
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.gpt2.stop()
+        self.bdh.stop()
+
+
+def start_fake_stack(tokenizer: Tokenizer, gpt2: dict | None = None, bdh: dict | None = None,
+                     **settings) -> FakeStack:
+    """Two fake servers (FakeLanguageModel options per model) and a gateway with `settings`."""
+    g = FakeServer(FakeLanguageModel(tokenizer, model_type="gpt2", salt=1, **(gpt2 or {})))
+    b = FakeServer(FakeLanguageModel(tokenizer, model_type="bdh", salt=2, **(bdh or {})))
+    try:
+        return FakeStack(start_gateway(g.address, b.address, **settings), g, b)
+    except BaseException:
+        g.stop()
+        b.stop()
+        raise
+
+
+@contextlib.contextmanager
+def fake_stack(tokenizer: Tokenizer, gpt2: dict | None = None, bdh: dict | None = None,
+               **settings) -> Iterator[FakeStack]:
+    """`start_fake_stack` for a `with` block: all three stopped at its end, whatever happens."""
+    stack = start_fake_stack(tokenizer, gpt2, bdh, **settings)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+

@@ -161,24 +161,20 @@ def page(open_page, gateway):
 
 @pytest.fixture()
 def fake_gateway(tiny_tokenizer):
-    """Factory: fake_gateway(gpt2={...}, bdh={...}) -> a GatewayThread over two fake servers
-    built with those FakeLanguageModel options; all stopped at teardown."""
-    from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
-    from services.gateway.settings import GatewaySettings
+    """Factory: fake_gateway(gpt2={...}, bdh={...}, **settings) -> a FakeStack (its .url is the
+    gateway's) over two fake servers built with those FakeLanguageModel options; all
+    stopped at teardown."""
+    from fake_servers import FakeStack, start_fake_stack
 
-    running = []
+    running: list[FakeStack] = []
 
-    def start(gpt2=None, bdh=None, **settings) -> GatewayThread:
-        g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, **(gpt2 or {})))
-        b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, **(bdh or {})))
-        running.extend([g, b])
-        gw = GatewayThread(GatewaySettings(gpt2_address=g.address, bdh_address=b.address, port=0, **settings))
-        running.append(gw)
-        return gw
+    def start(gpt2=None, bdh=None, **settings) -> FakeStack:
+        running.append(start_fake_stack(tiny_tokenizer, gpt2, bdh, **settings))
+        return running[-1]
 
     yield start
-    for thing in reversed(running):
-        thing.stop()
+    for stack in reversed(running):
+        stack.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Fixtures of the unit tests: fake model servers (numpy only, no torch) for the gateway."""
 
+import httpx
 import pytest
 
 from fake_servers import FakeLanguageModel, FakeServer
@@ -13,3 +14,11 @@ def fakes(tiny_tokenizer):
     yield g, b
     g.stop()
     b.stop()
+
+
+@pytest.fixture()
+def client(gateway):
+    """An HTTP client on the module's `gateway` fixture."""
+    with httpx.Client(base_url=gateway.url, timeout=20) as c:
+        yield c
+

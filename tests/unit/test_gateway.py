@@ -16,7 +16,7 @@ import pytest
 from plotarmour import sampling
 from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
-from fake_servers import FakeLanguageModel, FakeServer, start_gateway
+from fake_servers import FakeLanguageModel, FakeServer, fake_stack, start_gateway
 
 
 def closes_soon(*servers, timeout: float = 5.0) -> bool:
@@ -38,12 +38,6 @@ def gateway(fakes):
     gw = start_gateway(fakes[0].address, fakes[1].address, max_new_tokens_limit=64, max_prompt_tokens=40)
     yield gw
     gw.stop()
-
-
-@pytest.fixture()
-def client(gateway):
-    with httpx.Client(base_url=gateway.url, timeout=20) as c:
-        yield c
 
 
 def expected_tokens(tok, fakes, prompt: str, w: float, n: int, seed: int, blend="linear", **params) -> list[int]:
@@ -144,13 +138,8 @@ def test_end_of_text_ends_the_story(client, tiny_tokenizer, fakes):
 @pytest.fixture(scope="module")
 def slow_gateway(tiny_tokenizer):
     """A gateway over fakes that take 20 ms a step: time to steer a story mid-way."""
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
-    gw = start_gateway(g.address, b.address)
-    yield gw
-    gw.stop()
-    g.stop()
-    b.stop()
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=0.02), bdh=dict(step_delay_s=0.02)) as stack:
+        yield stack.gateway
 
 
 def steer_mid_stream(c: httpx.Client, body: dict, after: int, weight: float) -> tuple[list[dict], dict]:
@@ -220,10 +209,8 @@ def test_a_running_story_says_which_model_it_is_waiting_for(tiny_tokenizer, slow
     """One server answers each step in 0.6 s, the other at once: a stalled story's page can
     name the slow one; once the story is over nothing is waited for."""
     delay = {"gpt2": 0.0, "bdh": 0.0, slow: 0.6}
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=delay["gpt2"]))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=delay["bdh"]))
-    gw = start_gateway(g.address, b.address)
-    try:
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=delay["gpt2"]),
+                    bdh=dict(step_delay_s=delay["bdh"])) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 5}) as r:
                 events = parse_sse(r.iter_lines())
@@ -239,10 +226,6 @@ def test_a_running_story_says_which_model_it_is_waiting_for(tiny_tokenizer, slow
         while loop.waiting_for and time.monotonic() < deadline:
             time.sleep(0.05)
         assert loop.waiting_for == set()
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 @pytest.mark.parametrize("steering,says", [
@@ -325,10 +308,7 @@ def test_bad_validate_and_completion_input(client):
 
 
 def test_over_the_concurrency_limit_is_429(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.05))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
-    gw = start_gateway(g.address, b.address, max_concurrent=1)
-    try:
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=0.05), max_concurrent=1) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 20}) as r:
                 lines = r.iter_lines()  # keep a reference: dropping it would close the stream
@@ -343,10 +323,6 @@ def test_over_the_concurrency_limit_is_429(tiny_tokenizer):
             assert ok.status_code == 200
             rejected = re.search(r"^plotarmour_gateway_rejected_total (\S+)$", c.get("/metrics").text, re.M)
             assert rejected and float(rejected.group(1)) >= 1
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 def free_port() -> int:
@@ -387,10 +363,7 @@ def test_starts_without_servers_then_becomes_ready(tiny_tokenizer):
 
 
 def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, fail_at_step=4))
-    gw = start_gateway(g.address, b.address)
-    try:
+    with fake_stack(tiny_tokenizer, bdh=dict(fail_at_step=4)) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             # One seed for both requests: the first shows it writes 4 tokens before the failure
             # (a random seed could draw end-of-text first, and the story would end in time).
@@ -404,10 +377,6 @@ def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer):
             r = c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30, "seed": 5})
             assert r.status_code == 503 and "fake failure" in r.json()["error"]["message"]
         assert closes_soon(g, b)
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 def test_a_stream_the_server_ended_leaves_no_task_behind(tiny_tokenizer):
@@ -415,10 +384,7 @@ def test_a_stream_the_server_ended_leaves_no_task_behind(tiny_tokenizer):
     the stream, that task must end too, not wait on the outbox for the gateway's life."""
     import asyncio
 
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, fail_at_step=2))
-    gw = start_gateway(g.address, b.address)
-    try:
+    with fake_stack(tiny_tokenizer, bdh=dict(fail_at_step=2)) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 30, "seed": 5}).status_code == 503
         loop = gw.app.state.gateway.loop._task.get_loop()
@@ -433,19 +399,12 @@ def test_a_stream_the_server_ended_leaves_no_task_behind(tiny_tokenizer):
 
         # One stream is still open (GPT-2's, idle); BDH's ended with the failure.
         assert asyncio.run_coroutine_threadsafe(drains(), loop).result(timeout=10) == 1
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 def test_a_broken_row_fails_only_its_own_story(tiny_tokenizer):
     poison = tiny_tokenizer.encode("Tom").ids[0]
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02,
-                                     poison_token=poison))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02))
-    gw = start_gateway(g.address, b.address)
-    try:
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=0.02, poison_token=poison),
+                    bdh=dict(step_delay_s=0.02)) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c, \
                 concurrent.futures.ThreadPoolExecutor(2) as pool:
             healthy = pool.submit(c.post, "/generate", json={"prompt": PROMPT, "max_new_tokens": 20, "seed": 1,
@@ -456,10 +415,6 @@ def test_a_broken_row_fails_only_its_own_story(tiny_tokenizer):
             assert "gpt2 model server" in broken.json()["error"]["message"]
             assert healthy.result().status_code == 200, healthy.result().text
         assert closes_soon(g, b)
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
@@ -498,26 +453,17 @@ def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
 
 
 def test_slow_server_times_out_with_503(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=3))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
-    gw = start_gateway(g.address, b.address, step_timeout_s=0.3)
-    try:
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=3), step_timeout_s=0.3) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             t0 = time.monotonic()
             r = c.post("/generate", json={"prompt": PROMPT})
             assert r.status_code == 503 and time.monotonic() - t0 < 2.5
             assert "gpt2 model server" in r.json()["error"]["message"] and "in time" in r.json()["error"]["message"]
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 def test_client_disconnect_ends_the_generation_and_both_sessions(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.01))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.01))
-    gw = start_gateway(g.address, b.address, max_new_tokens_limit=5000, max_prompt_tokens=8, max_concurrent=1)
-    try:
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=0.01), bdh=dict(step_delay_s=0.01),
+                    max_new_tokens_limit=5000, max_prompt_tokens=8, max_concurrent=1) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             with c.stream("POST", "/generate_stream", json={"prompt": "Tom", "max_new_tokens": 5000,
                                                             "temperature": 0.01}) as r:
@@ -528,10 +474,6 @@ def test_client_disconnect_ends_the_generation_and_both_sessions(tiny_tokenizer)
             assert closes_soon(g, b)
             # The generation is over (not still running unseen) and its slot is free again.
             assert c.post("/generate", json={"prompt": "Tom", "max_new_tokens": 2}).status_code == 200
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 # ---- start-up checks, operations routes ---------------------------------------------------

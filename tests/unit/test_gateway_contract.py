@@ -12,7 +12,7 @@ import httpx
 import pytest
 from waiting import wait_until
 
-from fake_servers import FakeLanguageModel, FakeServer, HangingServer, start_gateway
+from fake_servers import FakeLanguageModel, FakeServer, HangingServer, fake_stack, start_gateway
 
 PROMPT = "Once upon a time"
 JSON = {"Content-Type": "application/json"}
@@ -23,12 +23,6 @@ def gateway(fakes):
     gw = start_gateway(fakes[0].address, fakes[1].address, max_new_tokens_limit=64)
     yield gw
     gw.stop()
-
-
-@pytest.fixture()
-def client(gateway):
-    with httpx.Client(base_url=gateway.url, timeout=20) as c:
-        yield c
 
 
 def openai_error(r: httpx.Response) -> dict:
@@ -174,10 +168,7 @@ def test_options_at_their_do_nothing_values_are_accepted(client):
 
 
 def test_busy_and_unavailable_are_429_and_503_in_each_routes_shape(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.05))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2))
-    gw = start_gateway(g.address, b.address, max_concurrent=1)
-    try:
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=0.05), max_concurrent=1) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 200}) as held:
                 lines = held.iter_lines()
@@ -186,10 +177,6 @@ def test_busy_and_unavailable_are_429_and_503_in_each_routes_shape(tiny_tokenize
                     r = c.post(path, json=BODIES[path])
                     assert "limit of 1" in check_shape(r, path, 429)
                     assert r.headers["retry-after"] == "1"
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
     down = start_gateway("127.0.0.1:1", "127.0.0.1:2", connect_timeout_s=0.5, retry_interval_s=60)
     try:
@@ -222,26 +209,18 @@ def post_and_leave(url: str, path: str, body: bytes, started) -> None:
 ])
 def test_abandoned_non_streaming_generation_frees_sessions_and_slot(tiny_tokenizer, path, body):
     # 5,000 steps of 20 ms: left running, the story would hold its sessions for minutes.
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.02, max_context=8192))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.02, max_context=8192))
-    gw = start_gateway(g.address, b.address, max_new_tokens_limit=5000, max_concurrent=1)
-    try:
+    slow = dict(step_delay_s=0.02, max_context=8192)
+    with fake_stack(tiny_tokenizer, gpt2=slow, bdh=slow, max_new_tokens_limit=5000, max_concurrent=1) as (gw, g, b):
         post_and_leave(gw.url, path, body, lambda: g.model.open_sessions and b.model.open_sessions)
         assert wait_until(lambda: g.model.open_sessions == 0 and b.model.open_sessions == 0, timeout=5)
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             assert wait_until(lambda: c.post("/generate", json={"prompt": "Tom", "max_new_tokens": 1})
                               .status_code == 200, timeout=5)
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 def test_abandoned_validation_cancels_both_scores_and_frees_the_slot(tiny_tokenizer):
-    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, score_delay_s=60))
-    b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, score_delay_s=60))
-    gw = start_gateway(g.address, b.address, max_concurrent=1, step_timeout_s=120)
-    try:
+    with fake_stack(tiny_tokenizer, gpt2=dict(score_delay_s=60), bdh=dict(score_delay_s=60),
+                    max_concurrent=1, step_timeout_s=120) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             c.get("/ready")  # the servers are known, so the validation goes straight to Score
             post_and_leave(gw.url, "/validate", b'{"context": "Tom had a cat.", "draft": " It slept."}',
@@ -249,10 +228,6 @@ def test_abandoned_validation_cancels_both_scores_and_frees_the_slot(tiny_tokeni
             assert wait_until(lambda: gw.app.state.gateway.limiter.active == 0, timeout=5)
             # Each server scores the draft with its context and without it: both calls end.
             assert wait_until(lambda: g.model.scores_cancelled == 2 and b.model.scores_cancelled == 2, timeout=5)
-    finally:
-        gw.stop()
-        g.stop()
-        b.stop()
 
 
 # ---- a hanging model server ----------------------------------------------------------------

@@ -9,9 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
+from fake_servers import FakeLanguageModel, FakeServer, start_gateway
 from plotarmour.cli import parse_sse
-from services.gateway.settings import GatewaySettings
 
 PROMPT = "Once upon a time"
 CONTEXT = {"gpt2": 24, "bdh": 40}
@@ -28,8 +27,7 @@ def servers(tiny_tokenizer):
 
 def story(servers, body: dict, seeds=(None,), **settings) -> list[tuple[str, dict]]:
     """The events of the first story (over `seeds`) that does not draw end-of-text."""
-    gw = GatewayThread(GatewaySettings(gpt2_address=servers[0].address, bdh_address=servers[1].address, port=0,
-                                       **settings))
+    gw = start_gateway(servers[0].address, servers[1].address, **settings)
     try:
         with httpx.Client(base_url=gw.url, timeout=30) as c:
             for seed in seeds:
