@@ -54,15 +54,25 @@ def _error_message(response: httpx.Response) -> str:
         return response.text.strip() or response.reason_phrase
 
 
+def gateway_url(given: str | None) -> str:
+    """--url, else $PLOTARMOUR_URL, else this user's running local stack (it may have picked
+    a free port), else the default."""
+    return given or os.environ.get("PLOTARMOUR_URL") or stack.running_stack_url() or DEFAULT_URL
+
+
 def generate(args: argparse.Namespace, out=None, err=None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
-    body = {"prompt": args.prompt, "logic_weight": args.logic_weight, "blend": args.blend,
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "stop": args.stop or []}
+    body = {"prompt": args.prompt, "blend": args.blend, "stop": args.stop or []}
+    # Unset: the gateway's defaults (its page's default preset), not a second copy of them here.
+    for key in ("logic_weight", "temperature", "top_k", "top_p"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
     if args.max_new_tokens is not None:
         body["max_new_tokens"] = args.max_new_tokens
     if args.seed is not None:
         body["seed"] = args.seed
-    url = args.url.rstrip("/") + "/generate_stream"
+    base = gateway_url(args.url)
+    url = base.rstrip("/") + "/generate_stream"
     # No read timeout by default: a long story may pause between tokens under load; the
     # gateway itself bounds how long it waits for the model servers.
     timeout = httpx.Timeout(10.0, read=args.timeout)
@@ -92,7 +102,8 @@ def generate(args: argparse.Namespace, out=None, err=None) -> int:
             print("error: the stream ended without a final event", file=err)
             return 1
     except httpx.HTTPError as e:
-        print(f"error: cannot reach the gateway at {args.url}: {e}", file=err)
+        print(f"error: cannot reach the gateway at {base} ({e}). Start one with `python -m plotarmour.stack`, "
+              "or say where it is with --url or PLOTARMOUR_URL", file=err)
         return 2
 
 
@@ -101,16 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="stream a story from the gateway")
     g.add_argument("prompt", help="the start of the story")
-    g.add_argument("--logic-weight", type=float, default=0.5, help="0 = pure GPT-2 (creative), 1 = pure BDH (logic)")
+    g.add_argument("--logic-weight", type=float, help="0 = pure GPT-2 (creative), 1 = pure BDH (logic); "
+                                                       "default: the gateway's")
     g.add_argument("--blend", choices=list(BLENDS), default="linear")
     g.add_argument("--max-new-tokens", type=int, help="default: the gateway's")
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, help="0 = greedy; default: the gateway's")
+    g.add_argument("--top-k", type=int, help="0 = no cut; default: the gateway's")
+    g.add_argument("--top-p", type=float, help="1 = no cut; default: the gateway's")
     g.add_argument("--seed", type=int, help="same seed, same story")
     g.add_argument("--stop", action="append", help="stop sequence (repeatable)")
-    g.add_argument("--url", default=os.environ.get("PLOTARMOUR_URL", DEFAULT_URL),
-                   help=f"gateway URL (env PLOTARMOUR_URL, default {DEFAULT_URL})")
+    g.add_argument("--url", help="gateway URL (default: env PLOTARMOUR_URL, else the local stack "
+                                 f"`plotarmour up` is running, else {DEFAULT_URL})")
     g.add_argument("--timeout", type=float, default=None, help="seconds to wait between events (default: no limit)")
     g.add_argument("--echo", action="store_true", help="print the prompt before the story")
     g.add_argument("-v", "--verbose", action="store_true", help="print finish reason and speed to stderr")

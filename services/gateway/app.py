@@ -12,7 +12,9 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
+import swagger_ui_bundle
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 
 from . import errors
@@ -25,6 +27,7 @@ from .service import Gateway
 from .settings import GatewaySettings
 
 log = logging.getLogger("plotarmour.gateway")
+SWAGGER_ASSETS = "/static/swagger-ui"  # under /static/: public, like the page's own files
 
 
 async def keep_trying(gw: Gateway) -> None:
@@ -66,12 +69,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await gw.loop.stop()
             await gw.pair.aclose()
 
-    app = FastAPI(title="PlotArmour gateway", version=VERSION, lifespan=lifespan)
+    # /docs from Swagger UI's files in a Python package (FastAPI's own /docs loads them from a
+    # CDN, blank offline); ReDoc has no such package, so /redoc is off.
+    app = FastAPI(title="PlotArmour gateway", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     install_guards(app, settings)  # body size cap, API key, CORS
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the guards' 401/413 too
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-32x32.png")
+
     # The page's stylesheet and JS modules (plain files: no build step).
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

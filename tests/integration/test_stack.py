@@ -83,3 +83,158 @@ def test_stack_fails_fast_on_taken_port(tiny_pair):
                               "--port", str(port)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert f"port {port} on 127.0.0.1 is taken" in out.stderr
+
+
+# ---- supervision, ports, discovery ---------------------------------------------------------------
+
+
+class RunningStack:
+    """A `python -m plotarmour.stack` child whose output is collected line by line."""
+
+    def __init__(self, root: Path, *flags: str, env: dict | None = None):
+        import threading
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "plotarmour.stack", "--checkpoints", str(root),
+                                      "--device", "cpu", "--timeout", "120", *flags],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        self.url = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        assert self._ready.wait(120) and self.url, "the stack never said it was ready:\n" + "".join(self.lines)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "is ready:" in line:
+                self.url = line.split("is ready:")[1].split()[0]
+                self._ready.set()
+        self._ready.set()
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def generate(url: str, **body) -> dict:
+    data = json.dumps({"prompt": "Once upon a time", "max_new_tokens": 5, "seed": 1, **body}).encode()
+    req = urllib.request.Request(url + "/generate", data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def child_running(parent: int, module: str) -> int | None:
+    for pid in children_of(parent):
+        try:
+            if module in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "):
+                return pid
+        except OSError:
+            pass
+    return None
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_killed_model_server_is_started_again_and_the_gateway_recovers(tiny_pair):
+    from waiting import wait_until
+
+    stack = RunningStack(tiny_pair["bdh"].parent, "--port", "0")
+    try:
+        before = generate(stack.url)
+        gpt2 = child_running(stack.proc.pid, "services.gpt2")
+        assert gpt2 is not None
+        os.kill(gpt2, signal.SIGKILL)
+        # The exit is told as it was (the signal and how long it ran), and a new one starts.
+        assert wait_until(lambda: stack.said("gpt2 was killed by SIGKILL after"), timeout=30), stack.lines
+        assert wait_until(lambda: stack.said("starting gpt2 again (restart 1)"), timeout=30), stack.lines
+        assert wait_until(lambda: child_running(stack.proc.pid, "services.gpt2") not in (None, gpt2), timeout=30)
+        # The gateway reconnects by itself: ready again, and the same seed writes the same story.
+        assert wait_until(lambda: ready(stack.url), timeout=90), stack.lines
+        assert generate(stack.url)["text"] == before["text"]
+        assert stack.proc.poll() is None, "the stack stopped with its child"
+    finally:
+        assert stack.stop() == 0
+
+
+def test_stop_then_start_again_at_once_on_the_same_ports(tiny_pair):
+    port, bdh, gpt2, bdh_m, gpt2_m = free_ports(5)
+    flags = ["--port", str(port), "--bdh-port", str(bdh), "--gpt2-port", str(gpt2),
+             "--bdh-metrics-port", str(bdh_m), "--gpt2-metrics-port", str(gpt2_m)]
+    first = RunningStack(tiny_pair["bdh"].parent, *flags)
+    generate(first.url)  # connections that linger in TIME_WAIT after the stop
+    assert first.stop() == 0
+    t0 = time.monotonic()
+    second = RunningStack(tiny_pair["bdh"].parent, *flags)  # no "port is taken" within the same second
+    try:
+        assert not second.said("is taken"), second.lines
+        assert second.url == f"http://127.0.0.1:{port}" and generate(second.url)["usage"]["completion_tokens"] >= 1
+        print(f"restarted and ready in {time.monotonic() - t0:.1f} s")
+    finally:
+        assert second.stop() == 0
+
+
+def test_every_port_the_stack_binds_is_checked_and_named(tiny_pair):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "plotarmour.stack", "--checkpoints", str(tiny_pair["bdh"].parent),
+                              "--port", "0", "--gpt2-metrics-port", str(taken)],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"plotarmour stack: port {taken} on 127.0.0.1 is taken "
+                                  f"(choose another with --gpt2-metrics-port)")
+    out = subprocess.run([sys.executable, "-m", "plotarmour.stack", "--checkpoints", str(tiny_pair["bdh"].parent),
+                          "--bdh-port", "45123", "--gpt2-metrics-port", "45123"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "port 45123 is chosen twice (--bdh-port and --gpt2-metrics-port)" in out.stderr
+
+
+def test_the_cli_finds_a_stack_started_on_a_free_port(tiny_pair, tmp_path):
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    stack = RunningStack(tiny_pair["bdh"].parent, "--port", "0", env=env)
+    try:
+        clean = {k: v for k, v in os.environ.items() if k != "PLOTARMOUR_URL"}
+        cli = [sys.executable, "-m", "plotarmour.cli", "generate", "Once upon a time", "--max-new-tokens", "5",
+               "--seed", "1"]
+        out = subprocess.run(cli, capture_output=True, text=True, timeout=60, env={**clean, **env})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == generate(stack.url)["text"] + "\n"
+    finally:
+        assert stack.stop() == 0
+    # Stopped: the stack file is gone, and the CLI says how to find or start a gateway.
+    assert not (tmp_path / f"plotarmour-{os.getuid()}" / "stack.json").exists()
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=60,
+                         env={**clean, **env, "PLOTARMOUR_URL": "http://127.0.0.1:9"})
+    assert out.returncode == 2 and "python -m plotarmour.stack" in out.stderr and "--url" in out.stderr
