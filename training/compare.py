@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from plotarmour.checkpoint import CheckpointError, load_checkpoint, resolve_device
+from plotarmour.sampling import SamplingParams, make_rng, probs, sample
 from plotarmour.tokenizer import eot_id, fingerprint
 
 from .data import DataError, open_tokens
@@ -31,20 +31,18 @@ NAMES = {"gpt2": "GPT-2", "bdh": "BDH"}
 
 
 def sample_story(ckpt, prompt: str, max_new_tokens: int = 150, temperature: float = 0.8, top_k: int = 40,
-                 seed: int = 0) -> str:
-    """Prompt + a continuation drawn with temperature and top-k, ending at end-of-text."""
+                 seed: int = 0, top_p: float = 1.0) -> str:
+    """Prompt + a continuation drawn as the gateway draws one model alone (its sampling
+    functions, its seeded generator), ending at end-of-text."""
     tok, engine = ckpt.tokenizer, ckpt.engine()
     ids = tok.encode(prompt, add_special_tokens=False).ids or [eot_id(tok)]
-    gen = torch.Generator().manual_seed(seed)
+    params, rng = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p), make_rng(seed)
     eot = eot_id(tok)
     session, logits = engine.open(ids)  # logits (V,)
     out: list[int] = []
     try:
         for _ in range(max_new_tokens):
-            scaled = logits.float().cpu() / max(temperature, 1e-6)  # the draw runs on CPU, wherever the model is
-            kth = torch.topk(scaled, min(top_k, scaled.numel())).values[-1]
-            probs = torch.softmax(scaled.masked_fill(scaled < kth, -math.inf), dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=gen))
+            token = sample(probs(logits.float().cpu().numpy()), params, rng)  # the draw runs on CPU
             if token == eot or engine.position(session) >= engine.max_context:
                 break
             out.append(token)
@@ -137,7 +135,8 @@ def build_report(ckpts: dict, scores: dict, unigram: dict | None, source: str, s
         lines += ["## Training curves", "", f"![training curves]({png_name})", ""]
     if samples:
         lines += ["## Sample stories", "", "Same prompt and seed for both; temperature "
-                  f"{samples[0]['temperature']}, top-k {samples[0]['top_k']}.", "",
+                  f"{samples[0]['temperature']:g}, top-k {samples[0]['top_k']} (0: no cut), "
+                  f"top-p {samples[0].get('top_p', 1.0):g}.", "",
                   "| prompt | GPT-2 | BDH |", "|---|---|---|"]
         for s in samples:
             lines.append(f"| {_cell(s['prompt'])} | {_cell(s['gpt2'])} | {_cell(s['bdh'])} |")
@@ -158,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--samples", type=int, default=3, help="sample stories per model (default 3)")
     ap.add_argument("--max-new-tokens", type=int, default=150)
     ap.add_argument("--temperature", type=float, default=0.8)
-    ap.add_argument("--top-k", type=int, default=40)
+    ap.add_argument("--top-k", type=int, default=40, help="0: no cut")
+    ap.add_argument("--top-p", type=float, default=1.0, help="1: no cut")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--block-size", type=int, help="window length (default: the smaller of the two trained ones)")
     ap.add_argument("--max-windows", type=int, help="score at most this many windows")
@@ -205,9 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = []
         for i in range(args.samples):
             prompt = PROMPTS[i % len(PROMPTS)]
-            row = {"prompt": prompt, "temperature": args.temperature, "top_k": args.top_k}
+            row = {"prompt": prompt, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
             for m, c in ckpts.items():
-                row[m] = sample_story(c, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i)
+                row[m] = sample_story(c, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed + i,
+                                      args.top_p)
             samples.append(row)
         notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
         logs = find_logs(args.logs)

@@ -20,6 +20,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from plotarmour.sampling import BLENDS
 
+from .presets import DEFAULT as PAGE_DEFAULT
+
 Blend = Literal[tuple(BLENDS)]  # one registry: plotarmour.sampling.BLENDS
 
 _STRICT = dict(strict=True, allow_inf_nan=False)
@@ -78,12 +80,14 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", **_STRICT)
 
     prompt: Text = Field(min_length=1)
-    logic_weight: float = Field(0.5, ge=0.0, le=1.0, description="0 = pure GPT-2, 1 = pure BDH")
+    logic_weight: float = Field(PAGE_DEFAULT.logic_weight, ge=0.0, le=1.0, description="0 = pure GPT-2, 1 = pure BDH")
     blend: Blend = "linear"
     max_new_tokens: int | None = Field(None, ge=1, description="default and upper limit from settings")
-    temperature: float = Field(1.0, ge=0.0, le=100.0, description="0 = greedy")
-    top_k: int = Field(0, ge=0, description="0 = no top-k cut")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # Weight and sampling defaults: the page's default preset (services/gateway/static/js/presets.js),
+    # chosen with bench/bench_stories.py; 1 / 0 / 1 switch temperature, top-k and top-p off.
+    temperature: float = Field(PAGE_DEFAULT.temperature, ge=0.0, le=100.0, description="0 = greedy")
+    top_k: int = Field(PAGE_DEFAULT.top_k, ge=0, description="0 = no top-k cut")
+    top_p: float = Field(PAGE_DEFAULT.top_p, gt=0.0, le=1.0, description="1 = no nucleus cut")
     seed: int | None = Field(None, ge=0, lt=2**63, description="omitted: a random seed, reported back")
     stop: list[Text] = Field(default_factory=list)
     top_alternatives: int = Field(0, ge=0, le=20, description="each token event lists the k likeliest tokens "

@@ -436,6 +436,20 @@ def test_errors_give_one_plain_message_with_retry(browser, start_gateway, open_p
 # ---- output ---------------------------------------------------------------------------------------
 
 
+def test_the_page_starts_at_its_default_preset_shown_as_selected(page):
+    """The default preset (presets.js) fills the form, is marked pressed, and is what the
+    native API draws with when a request names no sampling settings."""
+    from services.gateway.presets import DEFAULT_PRESET, NATIVE_DEFAULTS, PRESETS
+
+    d = PRESETS[DEFAULT_PRESET]
+    assert page.eval_on_selector_all("[data-preset]", "els => els.filter(e => e.ariaPressed === 'true')"
+                                                      ".map(e => e.dataset.preset)") == [DEFAULT_PRESET]
+    assert float(page.input_value("#weight")) == round(100 * d.logic_weight)
+    assert (float(page.input_value("#temperature")), int(page.input_value("#top-k")),
+            float(page.input_value("#top-p"))) == (d.temperature, d.top_k, d.top_p)
+    assert NATIVE_DEFAULTS == {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p}
+
+
 def test_copy_download_share_history_examples_and_presets(page, gateway, open_page):
     fill_settings(page, seed=21, max_tokens=40, split=False, weight=60)
     assert page.is_disabled("#copy") and page.is_disabled("#share")
@@ -490,7 +504,7 @@ def test_copy_download_share_history_examples_and_presets(page, gateway, open_pa
     page.click("[data-example] >> nth=1")
     assert page.input_value("#prompt") == example
     open_settings(page)
-    for name, (w, temp, k, p) in {"wild": (15, "1.2", "0", "1"), "balanced": (50, "1", "0", "0.95"),
+    for name, (w, temp, k, p) in {"wild": (15, "1.2", "0", "1"), "balanced": (50, "1", "0", "0.9"),
                                   "strict": (85, "0.7", "20", "0.9")}.items():
         page.click(f"[data-preset={name}]")
         assert (page.input_value("#weight"), page.input_value("#temperature"), page.input_value("#top-k"),
@@ -557,9 +571,20 @@ def test_the_logic_check_shows_a_heatmap_reasons_and_what_the_models_expected(pa
     page.fill("#v-draft", " Tom showed a big tree to Mia.")
     page.fill("#v-sensitivity", "0.5")
     page.click("#validate")
-    page.wait_for_function("document.querySelector('#v-verdict').textContent.startsWith('Nothing stands out')",
+    page.wait_for_function("document.querySelector('#v-verdict').textContent.startsWith('Nothing')",
                            timeout=WAIT_MS)
     assert not page.query_selector_all("#v-draft-view mark.flag") and not page.query_selector_all("#v-reasons li")
+    # The verdict agrees with the heatmap: an all-clear only when no word is warm; else it names
+    # the warmest words, hottest first, and is not shown as an all-clear.
+    heats = page.eval_on_selector_all("#v-draft-view .w", "els => els.map(e => [e.textContent.trim(), "
+                                                            "Number(e.dataset.heat)])")
+    warm = sorted((h, w) for w, h in heats if h >= 0.5 and w.isalnum())
+    verdict = page.text_content("#v-verdict")
+    if warm:
+        assert verdict.startswith("Nothing crosses the bar, but") and f"“{warm[-1][1]}”" in verdict, verdict
+        assert "ok" not in page.get_attribute("#v-verdict", "class").split()
+    else:
+        assert verdict.startswith("Nothing stands out") and "ok" in page.get_attribute("#v-verdict", "class").split()
     assert "Consistent" not in page.text_content("#v-result")
     # "Use the story" fills the check from the last story: its prompt as context, its text as draft.
     fill_settings(page, seed=8, max_tokens=20, split=False)

@@ -60,9 +60,11 @@ def oa(gateway):
 
 def native(http, prompt: str, seed: int, max_new_tokens: int = 10, logic_weight: float = 0.5,
            top_alternatives: int = 0, **params) -> dict:
-    """The story the native API writes for the same settings: the reference."""
+    """The story the native API writes for the same settings: the reference. OpenAI's own
+    defaults (temperature 1, top_p 1) unless given: the native API defaults to the page's."""
     r = http.post("/generate", json={"prompt": prompt, "seed": seed, "max_new_tokens": max_new_tokens,
-                                     "logic_weight": logic_weight, "top_alternatives": top_alternatives, **params})
+                                     "logic_weight": logic_weight, "top_alternatives": top_alternatives,
+                                     "temperature": 1.0, "top_p": 1.0, **params})
     assert r.status_code == 200, r.text
     return r.json()
 

@@ -16,6 +16,7 @@ import pytest
 from waiting import open_sessions, wait_until
 
 from plotarmour import sampling
+from services.gateway.presets import NATIVE_DEFAULTS
 from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
 from services.gateway.validator import Expected, displaced_bits, group_words
@@ -50,7 +51,7 @@ def reference(engines, which: str, prompt_ids: list[int], n: int, seed: int, eot
     """One model alone, in process, with the gateway's own sampling functions and seed."""
     eng = engines[which]
     max_context = min(e.max_context for e in engines.values())  # the gateway stops at the smaller one
-    rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**params)
+    rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**{**NATIVE_DEFAULTS, **params})
     sid, logits = eng.open(prompt_ids)
     out = []
     try:

@@ -15,6 +15,7 @@ import pytest
 
 from plotarmour import sampling
 from plotarmour.cli import parse_sse
+from services.gateway.presets import NATIVE_DEFAULTS
 from services.gateway.settings import GatewaySettings
 from fake_servers import FakeLanguageModel, FakeServer, fake_stack, start_gateway
 
@@ -44,7 +45,7 @@ def expected_tokens(tok, fakes, prompt: str, w: float, n: int, seed: int, blend=
     """What the gateway must sample: the same functions run here on the fakes' distributions."""
     ids = tok.encode(prompt).ids
     g, b = fakes[0].model, fakes[1].model
-    rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**params)
+    rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**{**NATIVE_DEFAULTS, **params})
     last, pos, out = ids[-1], len(ids), []
     for _ in range(n):
         t = sampling.sample(sampling.blend(g.dist(last, pos), b.dist(last, pos), w, blend), sp, rng)
@@ -627,8 +628,8 @@ def test_validate_without_a_context_flags_nothing(client):
 def test_openai_client_works(gateway, client):
     openai = pytest.importorskip("openai")
     oa = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-    native = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "seed": 4,
-                                            "logic_weight": 0.8}).json()
+    native = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "seed": 4,  # OpenAI's defaults
+                                            "logic_weight": 0.8, "temperature": 1.0, "top_p": 1.0}).json()
     c = oa.completions.create(model="plotarmour", prompt=PROMPT, max_tokens=12, seed=4,
                               extra_body={"logic_weight": 0.8})
     assert c.choices[0].text == native["text"] and c.choices[0].finish_reason == "length"
@@ -651,3 +652,15 @@ def test_cli_streams_the_story(gateway, client, capsys):
     assert capsys.readouterr().out == native["text"] + "\n"
     assert cli_main(["generate", PROMPT, "--logic-weight", "1.7", "--url", gateway.url]) == 1
     assert "error 422: logic_weight" in capsys.readouterr().err
+
+
+def test_docs_work_offline(client):
+    """/docs loads Swagger UI from the gateway itself (a package's files), never from a CDN."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "cdn" not in page.text.lower() and "https://" not in page.text.replace("https://fastapi.tiangolo.com", "")
+    for asset in ("/static/swagger-ui/swagger-ui-bundle.js", "/static/swagger-ui/swagger-ui.css"):
+        assert asset in page.text
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 10_000, asset
+    assert client.get("/openapi.json").json()["info"]["title"] == "PlotArmour gateway"

@@ -8,6 +8,7 @@ import { BLEND_LABELS, percent } from "./format.js";
 import { Inspector } from "./inspector.js";
 import { MAX_STEERING, copyText, describeWeights, download, forgetHistory, loadHistory, markdown, readShareLink, remember,
          shareLink } from "./output.js";
+import { DEFAULT_PRESET, PRESETS } from "./presets.js";
 import { StoryPane } from "./story.js";
 import { setupValidator } from "./validator.js";
 
@@ -465,12 +466,6 @@ document.addEventListener("keydown", (e) => {
 });
 
 // ---- examples and presets --------------------------------------------------------------------
-const PRESETS = {
-  wild: { logic_weight: 0.15, temperature: 1.2, top_k: 0, top_p: 1 },
-  balanced: { logic_weight: 0.5, temperature: 1, top_k: 0, top_p: 0.95 },
-  strict: { logic_weight: 0.85, temperature: 0.7, top_k: 20, top_p: 0.9 },
-};
-
 function markPreset() {
   for (const b of document.querySelectorAll("[data-preset]")) {
     const p = PRESETS[b.dataset.preset];
@@ -665,6 +660,12 @@ function openShareLink() {
 }
 window.addEventListener("hashchange", openShareLink);
 
+// The page starts at the default preset, shown as selected; a share link (below) replaces it.
+const start = PRESETS[DEFAULT_PRESET];
+slider.value = String(percent(start.logic_weight));
+for (const [id, key] of [["temperature", "temperature"], ["top-k", "top_k"], ["top-p", "top_p"]]) {
+  $(id).value = String(start[key]);
+}
 showWeight();
 setupValidator({ storyText: () => panes.blend.text(), prompt: () => (last ? last.setup.prompt : $("prompt").value) });
 renderHistory();

@@ -14,10 +14,22 @@ const MODELS = [["gpt2", "GPT-2"], ["bdh", "BDH"]];
 // mixed in), comparable between drafts: the heat is absolute, full at 8 bits, so the same
 // word looks as hot whatever the sensitivity (which only moves the flag bar).
 const FULL_HEAT_BITS = 8;
+// With no flag, words at least half as hot as the scale (4 bits) still stand out in the heatmap:
+// the verdict names them instead of a green all-clear, so the words and the colours agree.
+export const WARM_HEAT = 0.5;
+const WARM_SHOWN = 3;
 
 /** Heat in [0, 1] per word; words the context makes likelier stay cold. */
 export function heats(words) {
   return words.map((w) => Math.max(0, Math.min(1, w.score / FULL_HEAT_BITS)));
+}
+
+/** The hottest words at or above WARM_HEAT (hottest first, at most WARM_SHOWN), quoted. */
+export function warmest(words, draft) {
+  const heat = heats(words);
+  return words.map((w, i) => [heat[i], w]).filter(([h, w]) => h >= WARM_HEAT && !w.punctuation)
+    .sort((a, b) => b[0] - a[0]).slice(0, WARM_SHOWN)
+    .map(([, w]) => `“${draft.slice(w.start, w.end).trim()}”`);
 }
 
 /** The draft as text, word spans (heat) and <mark>s (contradictions); offsets index the draft. */
@@ -142,10 +154,13 @@ export function setupValidator({ storyText, prompt }) {
       const words = (r.words || []).map(back).filter((w) => w.end > w.start).sort((a, b) => a.start - b.start);
       const found = (r.contradictions || []).map(back).filter((c) => c.end > c.start).sort((a, b) => a.start - b.start);
       const verdict = $("v-verdict");
-      verdict.className = `verdict ${found.length ? "flagged" : "ok"}`;
+      const warm = found.length ? [] : warmest(words, draft);
+      verdict.className = `verdict ${found.length ? "flagged" : warm.length ? "notice" : "ok"}`;
       verdict.textContent = found.length
         ? `${found.length === 1 ? "One place stands out" : `${found.length} places stand out`}.`
-        : "Nothing stands out.";
+        : warm.length
+          ? `Nothing crosses the bar, but the heatmap shows what fits the context least: ${warm.join(", ")}.`
+          : "Nothing stands out.";
       // The score in plain ink under the verdict: an explanation, not part of the alarm.
       if (typeof r.score === "number") {
         verdict.append(Object.assign(document.createElement("span"), { className: "verdict-score", textContent: ` ${scoreWords(r.score)}` }));
