@@ -1,7 +1,11 @@
 """The blending loop: one scheduler steps every live generation together.
 
 Per iteration it blends and samples all live rows in one vectorised call, hands each
-token to its client, and sends one step message per model-server stream. A story that
+token to its client, and sends one step message per model-server stream. A story asks
+only the models its weight needs (at w = 0 GPT-2 alone, at w = 1 BDH alone, else both):
+when its weight moves off an end, the other model's session catches up on the story so
+far in one prefill, so a steered story is exactly the one written at those weights from
+the start, and a pure-model story goes on while the other server is down. A story that
 fills a model's context has that model's session reopened on the story's last part
 (context shift) in the same iteration. `generate`
 turns one generation's share into plain dict events (start, token..., end); the routes
@@ -65,6 +69,16 @@ class Generation:
         return self.logic_weight
 
 
+def roles_for(weight: float) -> tuple[int, ...]:
+    """The models (0 gpt2, 1 bdh) a token drawn at this weight needs: at an end of the slider
+    the other model's probabilities are multiplied by 0, so it need not be asked."""
+    if weight == 0.0:
+        return (0,)
+    if weight == 1.0:
+        return (1,)
+    return (0, 1)
+
+
 class Registry:
     """Running generations by id, so `POST /generations/{id}` can steer them."""
 
@@ -123,8 +137,8 @@ class Live:
     gen: Generation
     params: GenerationParams
     rng: np.random.Generator
-    sessions: list[tuple[BatchStream, int]]  # (stream, session id) on the gpt2 then the bdh server
-    lp: list[np.ndarray]  # next-token log-probs (V,) of gpt2, then bdh
+    sessions: list[tuple[BatchStream, int] | None]  # (stream, session id) on gpt2, bdh; None: not asked
+    lp: list[np.ndarray | None]  # next-token log-probs (V,) of gpt2, then bdh; None: not asked
     detok: IncrementalDetokenizer
     stopper: StopText
     ids: list[int] = field(default_factory=list)  # the whole story so far, prompt included
@@ -140,8 +154,19 @@ class Live:
     gone: bool = False  # the client left: leave at the next step
 
     def close(self) -> None:
-        for stream, sid in self.sessions:
+        for role in (0, 1):
+            self.drop(role)
+
+    def drop(self, role: int) -> None:
+        """Free one model's session (its weight no longer needs it, or the story ended)."""
+        if self.sessions[role] is not None:
+            stream, sid = self.sessions[role]
             stream.close([sid])
+        self.sessions[role], self.lp[role] = None, None
+
+    def missing(self) -> list[int]:
+        """The models the next token needs that this story has no session on."""
+        return [role for role in roles_for(self.weight) if self.sessions[role] is None]
 
 
 class GenerationLoop:
@@ -170,8 +195,10 @@ class GenerationLoop:
         """Prefill on both servers; the generation then waits for the next iteration.
         Raises (as an HTTP status) whatever fails before the first token."""
         pair, t_start = self.pair, time.perf_counter()
+        roles = roles_for(gen.next_weight())  # a schedule may set the first token's weight
         windows = [self._window(params.prompt_ids, role) for role in range(2)]
-        opens = [asyncio.ensure_future(b.open(w, pair.fingerprint)) for b, w in zip(pair, windows)]
+        backends = (pair.gpt2, pair.bdh)
+        opens = [asyncio.ensure_future(backends[r].open(windows[r], pair.fingerprint)) for r in roles]
         try:
             # Each open is bounded by step_timeout_s; the first failure is the answer.
             finished, _ = await asyncio.wait(opens, return_when=asyncio.FIRST_EXCEPTION)
@@ -187,11 +214,16 @@ class GenerationLoop:
                     stream.close([sid])
                 task.cancel()
             raise
-        live = Live(gen, params, sampling.make_rng(params.seed), sessions=[(st, sid) for st, sid, _ in done],
-                    lp=[lp for _, _, lp in done], detok=IncrementalDetokenizer(pair.tokenizer, params.prompt_ids),
+        sessions: list = [None, None]
+        lps: list = [None, None]
+        for role, (st, sid, lp) in zip(roles, done):
+            sessions[role], lps[role] = (st, sid), lp
+        live = Live(gen, params, sampling.make_rng(params.seed), sessions=sessions, lp=lps,
+                    detok=IncrementalDetokenizer(pair.tokenizer, params.prompt_ids),
                     stopper=StopText(params.stop), position=len(params.prompt_ids), t_start=t_start,
                     ids=list(params.prompt_ids), lengths=[len(w) for w in windows],
-                    shifted=[b.role for b, w in zip(pair, windows) if len(w) < len(params.prompt_ids)])
+                    shifted=[backends[r].role for r in roles if len(windows[r]) < len(params.prompt_ids)],
+                    weight=gen.logic_weight)
         self.joining.append(live)
         self.wake()
         if self._task is None or self._task.done():
@@ -218,8 +250,7 @@ class GenerationLoop:
     async def _slide(self, x: Live, role: int) -> tuple[BatchStream, int, np.ndarray, int]:
         """Reopen a full session on the end of the story → (stream, session, next-token
         log-probs, tokens it holds). The old session is freed first."""
-        old_stream, old_sid = x.sessions[role]
-        old_stream.close([old_sid])
+        x.drop(role)
         window = self._window(x.ids, role)
         stream, sid, lp = await (self.pair.gpt2, self.pair.bdh)[role].open(window, self.pair.fingerprint)
         return stream, sid, lp, len(window)
@@ -256,6 +287,9 @@ class GenerationLoop:
                 if not self.live:
                     await self._wake.wait()
                     continue
+                self._catch_up_missing()
+                if not self.live:
+                    continue
                 tokens, p_blend, tops, broken = await self._sample(self.live)
                 for x, role in broken.items():  # a server's fault, and this story's only
                     b = self.pair.gpt2 if role == 0 else self.pair.bdh
@@ -272,17 +306,34 @@ class GenerationLoop:
             log.exception("the generation loop failed")
             self._fail_all(e)
 
+    def _catch_up_missing(self) -> None:
+        """Read each story's weight for its next token (once per step: a steer applies from
+        the next token); a story whose weight needs a model it has no session on leaves the
+        batch while that session catches up on the story (`_reopen`); a session its weight
+        no longer needs is freed."""
+        for x in self.live:
+            x.weight = x.gen.next_weight()
+            needed = roles_for(x.weight)
+            for role in (0, 1):
+                if role not in needed and x.sessions[role] is not None:
+                    x.drop(role)
+        behind = [x for x in self.live if x.missing()]
+        for x in behind:
+            self.reopening[x] = asyncio.ensure_future(self._reopen(x, x.missing(), catch_up=True))
+        if behind:
+            self.live = [x for x in self.live if x not in self.reopening]
+
     async def _sample(self, rows: list[Live]):
         """Blend and sample every row at once → (tokens (B,), blended probability of each,
         row index → the blend's likeliest tokens for rows that asked for alternatives,
-        rows whose distribution holds NaN or +inf → the role (0 gpt2, 1 bdh) that sent it)."""
-        weights = [x.gen.next_weight() for x in rows]  # read once per step: a steer applies from the next token
-        for x, w in zip(rows, weights):
-            x.weight = w
+        rows whose distribution holds NaN or +inf → the role (0 gpt2, 1 bdh) that sent it).
+        A model a row did not ask (its weight is 0 there) stands in with the other's row: its
+        share is multiplied by 0, so the blend is bit for bit that model's alone."""
+        weights = [x.weight for x in rows]
 
         def work():
-            g = np.stack([x.lp[0] for x in rows])
-            b = np.stack([x.lp[1] for x in rows])
+            g = np.stack([x.lp[0] if x.lp[0] is not None else x.lp[1] for x in rows])
+            b = np.stack([x.lp[1] if x.lp[1] is not None else x.lp[0] for x in rows])
             # NaN and +inf show in a row's max: one cheap pass picks out broken rows, so one
             # bad distribution fails its own story, not the batch.
             bad_g, bad_b = ~np.isfinite(g.max(axis=1)), ~np.isfinite(b.max(axis=1))
@@ -297,10 +348,10 @@ class GenerationLoop:
                 p_tok[ok] = p[np.arange(len(idx)), ids[ok]]
                 tops = {int(i): top_k(p[j], rows[i].params.top_alternatives)
                         for j, i in enumerate(idx) if rows[i].params.top_alternatives}
-            broken = {rows[i]: 0 if bad_g[i] else 1 for i in np.flatnonzero(~ok)}
+            broken = {rows[i]: 0 if bad_g[i] and rows[i].lp[0] is not None else 1 for i in np.flatnonzero(~ok)}
             return ids, p_tok, tops if ok.any() else {}, broken
 
-        if len(rows) * rows[0].lp[0].size < _INLINE_SAMPLING:
+        if len(rows) * self.pair.gpt2.vocab_size < _INLINE_SAMPLING:
             return work()
         return await asyncio.to_thread(work)  # large batches stay off the event loop
 
@@ -326,16 +377,18 @@ class GenerationLoop:
             finish = "stop_sequence" if hit else finish
         x.text_parts.append(piece)
         x.gen.tokens_done = index + 1
+        # Each model's probability of the token, or None for a model the weight did not ask.
+        p_each = [None if lp is None else float(np.exp(lp[token])) for lp in x.lp]
         event = {
             "type": "token", "index": index, "id": token, "text": piece, "p_blend": float(p_token),
-            "p_gpt2": float(np.exp(x.lp[0][token])), "p_bdh": float(np.exp(x.lp[1][token])),
-            "logic_weight": x.weight, "special": token == eot}
+            "p_gpt2": p_each[0], "p_bdh": p_each[1], "logic_weight": x.weight, "special": token == eot}
         if x.shifted:  # this token was drawn after a model's window slid
             event["context_shift"], x.shifted = x.shifted, []
         if top_blend is not None:
             k = params.top_alternatives
-            event["alternatives"] = {"blend": self._named(*top_blend), "gpt2": self._named(*top_k(x.lp[0], k, log=True)),
-                                     "bdh": self._named(*top_k(x.lp[1], k, log=True))}
+            event["alternatives"] = {"blend": self._named(*top_blend), **{
+                name: self._named(*top_k(lp, k, log=True)) if lp is not None else []
+                for name, lp in (("gpt2", x.lp[0]), ("bdh", x.lp[1]))}}
         x.events.put_nowait(event)
         if finish:
             x.events.put_nowait(self._end(x, finish))
@@ -364,7 +417,10 @@ class GenerationLoop:
         full: dict[Live, list[int]] = {}  # the roles whose session holds a whole context
         for x, token in stepping:
             x.ids.append(token)
-            for role, (stream, sid) in enumerate(x.sessions):
+            for role, session in enumerate(x.sessions):
+                if session is None:  # not asked at this weight: it catches up when it is needed
+                    continue
+                stream, sid = session
                 if x.lengths[role] >= self._limit(role) and self.pair.settings.context_shift:
                     full.setdefault(x, []).append(role)
                 else:
@@ -411,8 +467,9 @@ class GenerationLoop:
                 self.reopening[x] = asyncio.ensure_future(self._reopen(x, full[x]))
         self.live = [x for x in self.live if x not in failed and x not in full]
 
-    async def _reopen(self, x: Live, roles: list[int]) -> None:
-        """Reopen x's full sessions on the story's last part, then send x back to the batch
+    async def _reopen(self, x: Live, roles: list[int], catch_up: bool = False) -> None:
+        """Reopen x's full sessions on the story's last part (or, `catch_up`, open the
+        sessions its weight now needs on the story so far), then send x back to the batch
         (or fail it alone)."""
         try:
             results = await asyncio.gather(*(self._slide(x, role) for role in roles), return_exceptions=True)
@@ -421,13 +478,14 @@ class GenerationLoop:
                 if not isinstance(result, BaseException):
                     stream, sid, x.lp[role], x.lengths[role] = result
                     x.sessions[role] = (stream, sid)  # a client gone meanwhile: the loop closes it
-                    x.shifted.append(stream.backend.role)
+                    if not catch_up or x.lengths[role] < len(x.ids):  # its window slid
+                        x.shifted.append(stream.backend.role)
             if error is not None:
                 raise error
             self.joining.append(x)
         except Exception as e:  # a server's failure (or a bug): this story's alone
             x.events.put_nowait({"type": "error", "error": e if isinstance(e, GatewayError) else ModelUnavailable(
-                f"reopening a full context failed: {e!r}")})
+                f"reopening a model's session failed: {e!r}")})
             x.close()
         finally:
             self.reopening.pop(x, None)

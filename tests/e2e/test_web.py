@@ -149,6 +149,21 @@ def test_story_streams_in_under_its_prompt_tinted_by_the_model_that_drove_it(pag
     assert page.is_checked("#tint") and "no-tint" not in page.get_attribute("#panes", "class")
 
 
+@pytest.mark.parametrize("weight", [0, 100])
+def test_words_written_at_an_end_of_the_slider_are_not_coloured(page, gateway, weight):
+    """At 0% or 100% one model wrote every word: colour would say nothing, so there is none,
+    and the inspector names the one model that was asked."""
+    fill_settings(page, seed=3, max_tokens=20, weight=weight, split=False)
+    page.click("#generate")
+    wait_done(page)
+    classes = page.eval_on_selector_all("#story .tok", "els => els.map(e => e.className)")
+    assert classes and set(classes) == {"tok by-none"}
+    page.click("#story .tok >> nth=0")
+    summary = page.text_content("#inspector-summary")
+    name, other = ("BDH", "GPT-2") if weight else ("GPT-2", "BDH")
+    assert f"Written by {name} alone" in summary and f"{other} was not asked" in summary
+
+
 def test_the_token_inspector_opens_by_click_keyboard_and_tap(page, gateway, open_page):
     fill_settings(page, seed=5, max_tokens=30, weight=40)
     page.click("#generate")
@@ -214,7 +229,8 @@ def test_the_token_inspector_opens_by_click_keyboard_and_tap(page, gateway, open
     page.focus("#pane-bdh .tok[tabindex='0']")
     box = inspector()
     assert box["open"] and box["pane"] == "pane-bdh" and "Written by BDH alone" in box["summary"]
-    assert [c["name"] for c in box["cols"]] == ["GPT-2", "BDH"]  # no blend of its own to list
+    # No blend of its own to list, and at 100% logic GPT-2 is not asked at all.
+    assert "GPT-2 was not asked" in box["summary"] and [c["name"] for c in box["cols"]] == ["BDH"]
     page.keyboard.press("Tab")  # out of the story: the panel closes
     assert not inspector()["open"]
     # A click elsewhere closes it too.

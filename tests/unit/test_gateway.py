@@ -41,14 +41,16 @@ def gateway(fakes):
     gw.stop()
 
 
-def expected_tokens(tok, fakes, prompt: str, w: float, n: int, seed: int, blend="linear", **params) -> list[int]:
-    """What the gateway must sample: the same functions run here on the fakes' distributions."""
+def expected_tokens(tok, fakes, prompt: str, w, n: int, seed: int, blend="linear", **params) -> list[int]:
+    """What the gateway must sample: the same functions run here on the fakes' distributions,
+    both models asked at every token; `w` is one weight or one per token."""
     ids = tok.encode(prompt).ids
     g, b = fakes[0].model, fakes[1].model
     rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**{**NATIVE_DEFAULTS, **params})
     last, pos, out = ids[-1], len(ids), []
-    for _ in range(n):
-        t = sampling.sample(sampling.blend(g.dist(last, pos), b.dist(last, pos), w, blend), sp, rng)
+    weights = [w] * n if isinstance(w, (int, float)) else list(w)
+    for i in range(n):
+        t = sampling.sample(sampling.blend(g.dist(last, pos), b.dist(last, pos), weights[i], blend), sp, rng)
         out.append(t)
         if t == 0:  # end-of-text (id 0 in the tiny tokenizer)
             break
@@ -183,6 +185,42 @@ def test_a_steering_schedule_writes_a_live_steered_story_again(slow_gateway):
         # without the schedule the same seed writes another story
         plain = c.post("/generate", json=body).json()
         assert [t["id"] for t in plain["tokens"]] != [t["id"] for t in live]
+
+
+@pytest.mark.parametrize("w,asked,idle", [(1.0, "p_bdh", "p_gpt2"), (0.0, "p_gpt2", "p_bdh")])
+def test_a_story_asks_only_the_models_its_weight_needs(tiny_tokenizer, w, asked, idle):
+    """At an end of the slider the other model's share is 0: it gets no session and no step,
+    and the story is the same one, token for token, as when both were asked."""
+    with fake_stack(tiny_tokenizer) as (gw, g, b):
+        body = {"prompt": PROMPT, "logic_weight": w, "max_new_tokens": 20, "seed": 5}
+        r = httpx.post(gw.url + "/generate", json=body, timeout=20).json()
+        assert [t["id"] for t in r["tokens"]] == expected_tokens(tiny_tokenizer, (g, b), PROMPT, w, 20, 5)
+        assert all(t[asked] is not None and t[idle] is None for t in r["tokens"])
+        idle_server = g if idle == "p_gpt2" else b
+        assert idle_server.model.sessions_opened == 0 and (b if idle_server is g else g).model.sessions_opened == 1
+
+
+def test_a_story_steered_off_an_end_catches_the_other_model_up_exactly(tiny_tokenizer):
+    """From 1.0 to 0.5 at token 10 (by schedule; a live steer takes the same path): GPT-2's
+    session opens then, on the prompt and the ten tokens written, in one prefill, and the
+    story is the one written with both models asked from the start."""
+    weights = [1.0] * 10 + [0.5] * 20
+    with fake_stack(tiny_tokenizer) as (gw, g, b):
+        r = httpx.post(gw.url + "/generate", timeout=20, json={
+            "prompt": PROMPT, "logic_weight": 1.0, "max_new_tokens": 30, "seed": 8, "temperature": 1.5,
+            "steering": [{"at": 10, "logic_weight": 0.5}]}).json()
+        ids = [t["id"] for t in r["tokens"]]
+        assert ids == expected_tokens(tiny_tokenizer, (g, b), PROMPT, weights, 30, 8, temperature=1.5)
+        assert len(ids) > 10, "the story ended before the steer"
+        assert g.model.sessions_opened == 1 and g.model.last_prompt == tiny_tokenizer.encode(PROMPT).ids + ids[:10]
+        assert [t["p_gpt2"] is None for t in r["tokens"]] == [w == 1.0 for w in weights[:len(ids)]]
+        # And back to an end: the session it no longer needs is freed at once.
+        r = httpx.post(gw.url + "/generate", timeout=20, json={
+            "prompt": PROMPT, "logic_weight": 0.5, "max_new_tokens": 30, "seed": 8, "temperature": 1.5,
+            "steering": [{"at": 5, "logic_weight": 0.0}]}).json()
+        assert [t["id"] for t in r["tokens"]] == expected_tokens(
+            tiny_tokenizer, (g, b), PROMPT, [0.5] * 5 + [0.0] * 25, 30, 8, temperature=1.5)
+        assert b.model.sessions_opened == 2 and closes_soon(g, b)
 
 
 def test_a_steering_schedule_applies_from_its_token(client):

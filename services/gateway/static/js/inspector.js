@@ -114,8 +114,10 @@ export class Inspector {
         className: "hint", textContent: "No alternatives were sent for this word." }));
       return;
     }
-    // A pane written by one model alone has no blend of its own to list.
-    const columns = pane.tint ? COLUMNS : COLUMNS.filter(([role]) => role !== "blend");
+    // A pane written by one model alone has no blend of its own to list, and a model the
+    // slider did not ask (0% or 100%) has nothing to list.
+    const columns = (pane.tint ? COLUMNS : COLUMNS.filter(([role]) => role !== "blend"))
+      .filter(([role]) => role === "blend" || t[`p_${role}`] !== null);
     alts.replaceChildren(...columns.map(([role, name]) => {
       const col = document.createElement("section");
       col.className = `alt-col alt-${role}`;
@@ -144,9 +146,12 @@ export class Inspector {
    *  can still be mostly GPT-2's). In a pure pane: who wrote it and both models' odds. */
   summary(pane, t) {
     const w = percent(t.logic_weight);
-    if (!pane.tint) {
-      return `${t.logic_weight >= 1 ? "Written by BDH alone" : "Written by GPT-2 alone"}: `
-        + `GPT-2 ${formatProb(t.p_gpt2)} · BDH ${formatProb(t.p_bdh)}.`;
+    if (!pane.tint || t.p_gpt2 === null || t.p_bdh === null) {
+      // At 0% or 100% the other model is not asked (its share would be 0): say so, not "0%".
+      const [name, other, p] = t.logic_weight >= 1 ? ["BDH", "GPT-2", t.p_bdh] : ["GPT-2", "BDH", t.p_gpt2];
+      const otherP = t.logic_weight >= 1 ? t.p_gpt2 : t.p_bdh;
+      return `Written by ${name} alone: ${name} gave this word ${formatProb(p)}`
+        + (otherP === null ? `; ${other} was not asked.` : `, ${other} ${formatProb(otherP)}.`);
     }
     // The tint's measure in words: each model's part of the blended probability, which
     // the slider's weight scales (w·p_bdh against (1 − w)·p_gpt2).

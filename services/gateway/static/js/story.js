@@ -4,7 +4,8 @@
 // The tint is each model's share of the blended probability of the token, w·p_bdh against
 // (1−w)·p_gpt2: the slider's weight is part of it, so at 85% GPT-2 a word BDH liked more can
 // still be GPT-2's by share (the legend and the inspector say so). A token the two shares
-// split about evenly stays plain; the pure panes (w = 0 or 1) are never tinted.
+// split about evenly stays plain; the pure panes, and words the blend wrote at 0% or 100%,
+// are never tinted.
 // Every token is focusable (one tab stop per pane, arrow keys move between tokens) so the
 // token inspector opens by click, tap or keyboard.
 
@@ -123,10 +124,12 @@ export class StoryPane {
     const span = document.createElement("span");
     const share = bdhShare(ev.logic_weight, ev.p_bdh, ev.p_gpt2);
     const lean = 2 * share - 1;
-    span.className = "tok " + (!this.tint ? "by-none"
+    // At 0% or 100% one model wrote the word alone: colour would tell nothing, so none.
+    const tinted = this.tint && ev.logic_weight > 0 && ev.logic_weight < 1;
+    span.className = "tok " + (!tinted ? "by-none"
       : lean >= PLAIN_BELOW ? "by-bdh" : lean <= -PLAIN_BELOW ? "by-gpt2" : "by-both");
     // Strength past the plain band: 0 at a 2:1 split, 1 when one model gave all of it.
-    if (this.tint) span.style.setProperty("--a", Math.max(0, (Math.abs(lean) - PLAIN_BELOW) / (1 - PLAIN_BELOW)).toFixed(3));
+    if (tinted) span.style.setProperty("--a", Math.max(0, (Math.abs(lean) - PLAIN_BELOW) / (1 - PLAIN_BELOW)).toFixed(3));
     // Most tokens start with their space: tint only the word, so the text does not read as
     // gapped blocks. The span's textContent is still exactly the token's text.
     const [, space, word] = /^(\s*)([\s\S]*)$/.exec(ev.text);
