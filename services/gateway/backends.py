@@ -30,9 +30,14 @@ _CHANNEL_OPTIONS = [
 
 
 class GatewayError(Exception):
-    """Base of the errors the routes turn into HTTP statuses."""
+    """Base of the errors the routes turn into HTTP statuses; `role` names the model server
+    ("gpt2", "bdh") a failure came from, where one did."""
 
     status = 500
+
+    def __init__(self, message: str = "", role: str | None = None):
+        super().__init__(message)
+        self.role = role
 
 
 class ModelUnavailable(GatewayError):
@@ -57,19 +62,19 @@ def _translate(role: str, address: str, err: BaseException, deadline: str = "its
     """A gRPC failure as the error the routes report; `deadline` names the bound that
     applied (e.g. "step_timeout_s = 10 s"), so an operator knows which setting fired."""
     where = f"{role} model server at {address}"
-    late = ModelUnavailable(f"{where} did not answer in time ({deadline})")
+    late = ModelUnavailable(f"{where} did not answer in time ({deadline})", role)
     if isinstance(err, grpc.aio.AioRpcError):
         code, details = err.code(), err.details() or ""
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return ModelRejected(f"{where} rejected the request: {details}")
+            return ModelRejected(f"{where} rejected the request: {details}", role)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return ModelBusy(f"{where} is busy: {details}")
+            return ModelBusy(f"{where} is busy: {details}", role)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return late
-        return ModelUnavailable(f"{where} failed: {code.name} {details}".rstrip())
+        return ModelUnavailable(f"{where} failed: {code.name} {details}".rstrip(), role)
     if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
         return late
-    return ModelUnavailable(f"{where} failed: {err!r}")
+    return ModelUnavailable(f"{where} failed: {err!r}", role)
 
 
 def to_logprobs(dist: pb.Distribution, vocab_size: int) -> np.ndarray:
@@ -128,7 +133,7 @@ class BatchStream:
                         try:
                             fut.set_result(to_logprobs(resp.opened.next, b.vocab_size))
                         except ValueError as e:  # the server's fault, and this session's only
-                            fut.set_exception(ModelUnavailable(f"{b.role} model server at {b.address} sent {e}"))
+                            fut.set_exception(ModelUnavailable(f"{b.role} model server at {b.address} sent {e}", b.role))
                 elif kind == "stepped":
                     fut = self._steps.pop(resp.stepped.step, None)
                     if fut is not None and not fut.done():
@@ -145,7 +150,7 @@ class BatchStream:
                         self.lost[e.session] = err
             raise RuntimeError("the server ended the stream")
         except asyncio.CancelledError:
-            self._fail(ModelUnavailable(f"{b.role} model server at {b.address}: the stream was closed"))
+            self._fail(ModelUnavailable(f"{b.role} model server at {b.address}: the stream was closed", b.role))
             raise
         except Exception as e:  # AioRpcError or the stream's end: nothing more will come
             self._fail(_translate(b.role, b.address, e, b.step_deadline))
@@ -195,7 +200,7 @@ class BatchStream:
         n, V = len(result.sessions), b.vocab_size
         if len(result.data) != n * V * 4 or result.kind != pb.LOG_PROBS:
             err = ModelUnavailable(f"{b.role} model server at {b.address} sent a malformed step answer "
-                                   f"({len(result.data)} bytes of kind {result.kind} for {n} rows of {V})")
+                                   f"({len(result.data)} bytes of kind {result.kind} for {n} rows of {V})", b.role)
             self.retire(err)
             raise err
         rows = np.frombuffer(result.data, dtype="<f4").reshape(n, V)
@@ -215,7 +220,7 @@ class BatchStream:
                 return await fut
         except TimeoutError:
             err = ModelUnavailable(f"{b.role} model server at {b.address} did not answer {what} in time "
-                                   f"({b.step_deadline})")
+                                   f"({b.step_deadline})", b.role)
             self.retire(err)
             raise err from None
 
@@ -292,6 +297,7 @@ class ModelBackend:
         self.stub = pb_grpc.LanguageModelStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.info: ServerInfo | None = None
+        self.problem: str | None = "not contacted yet"  # why this server cannot be used now
         self.step_deadline = f"step_timeout_s = {settings.step_timeout_s:g} s"
         self.streams: list[BatchStream] = []
         self._session_ids = itertools.count(1)
@@ -376,7 +382,10 @@ class IncompatibleModels(ModelUnavailable):
 
 
 class ModelPair:
-    """Both model servers, plus the tokenizer they share once both have answered."""
+    """Both model servers, plus the tokenizer they share. Each server is usable on its own
+    (a story at w = 0 or 1 needs only one): each has its own `problem`, the tokenizer comes
+    from whichever answers first, and the two are checked against each other once both have
+    answered."""
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
@@ -384,7 +393,7 @@ class ModelPair:
         self.bdh = ModelBackend("bdh", settings.bdh_address, settings)
         self.tokenizer: Tokenizer | None = None
         self.fingerprint: str | None = None
-        self.problem: str | None = "model servers not contacted yet"
+        self.incompatible: str | None = None  # why the two cannot be blended, once both answered
         self._lock = asyncio.Lock()
         self._recheck: asyncio.Future | None = None
         self.reported = ""  # the readiness problems /ready last wrote to the log
@@ -393,69 +402,110 @@ class ModelPair:
         return iter((self.gpt2, self.bdh))
 
     @property
+    def problem(self) -> str | None:
+        """What keeps the pair from serving every story (None: both servers are fine)."""
+        problems = [self.incompatible] if self.incompatible else [b.problem for b in self if b.problem]
+        return "; ".join(problems) or None
+
+    def mark(self, error: GatewayError) -> None:
+        """A request saw this failure: the server it names (else both) is re-checked first."""
+        for b in self:
+            if error.role in (None, b.role):
+                b.problem = str(error)
+
+    @property
+    def _known(self) -> list[ModelBackend]:
+        return [b for b in self if b.info is not None]
+
+    @property
     def eot_id(self) -> int:
-        return self.gpt2.info.eot_token_id
+        return self._known[0].info.eot_token_id
 
     @property
     def max_context(self) -> int:
-        return min(self.gpt2.info.max_context, self.bdh.info.max_context)
+        return min(b.info.max_context for b in self._known)
 
     async def refresh(self) -> None:
-        """Ask both servers who they are; raise ModelUnavailable/IncompatibleModels if unusable."""
+        """Ask both servers who they are. A server that does not answer keeps its `problem`
+        and the other is still usable; raises ModelUnavailable when neither answers and
+        IncompatibleModels when the two cannot be blended."""
         async with self._lock:
-            try:
-                (gi, _), (bi, _) = await asyncio.gather(self.gpt2.fetch_info(False), self.bdh.fetch_info(False))
-            except GatewayError as e:
-                self.problem = str(e)
-                raise
-            problem = compatibility_problem(gi, bi, self.gpt2.address, self.bdh.address)
-            if problem:
-                self.problem = problem
-                raise IncompatibleModels(problem)
-            if gi.tokenizer_fingerprint != self.fingerprint:
+            answers = await asyncio.gather(*(b.fetch_info(False) for b in self), return_exceptions=True)
+            for b, answer in zip(self, answers):
+                if isinstance(answer, GatewayError):
+                    b.problem = str(answer)
+                elif isinstance(answer, BaseException):
+                    raise answer
+            up = [(b, a[0]) for b, a in zip(self, answers) if not isinstance(a, BaseException)]
+            if not up:
+                raise next(a for a in answers if isinstance(a, GatewayError))
+            if len(up) == 2:
+                self.incompatible = compatibility_problem(up[0][1], up[1][1], self.gpt2.address, self.bdh.address)
+                if self.incompatible:
+                    raise IncompatibleModels(self.incompatible)
+            # The tokenizer of whichever answered (both agree when both did); a server that
+            # comes back with another one is caught by the check above once both answer.
+            first, info = up[0]
+            if info.tokenizer_fingerprint != self.fingerprint:
                 # Only fetch the (possibly multi-MB) tokenizer text when it is new to us.
-                _, text = await self.gpt2.fetch_info(True)
+                _, text = await first.fetch_info(True)
                 try:
                     self.tokenizer = Tokenizer.from_str(text)
                     # User text is always text: "<|endoftext|>" typed in a prompt is those
                     # characters, never the control token.
                     self.tokenizer.encode_special_tokens = True
                 except Exception as e:
-                    self.problem = f"gpt2 model server at {self.gpt2.address} sent an unreadable tokenizer: {e}"
-                    raise ModelUnavailable(self.problem) from None
-                self.fingerprint = gi.tokenizer_fingerprint
-            self.gpt2.info, self.bdh.info = gi, bi
-            self.problem = None
+                    first.problem = f"{first.role} model server at {first.address} sent an unreadable tokenizer: {e}"
+                    raise ModelUnavailable(first.problem, first.role) from None
+                self.fingerprint = info.tokenizer_fingerprint
+            for b, info in up:
+                b.info, b.problem = info, None
 
-    async def ensure_ready(self) -> Tokenizer:
-        """The shared tokenizer, contacting the servers first if they have not answered yet
-        (or failed since)."""
-        if self.problem is not None or self.tokenizer is None:
+    async def ensure_ready(self, roles: tuple[str, ...] = ("gpt2", "bdh")) -> Tokenizer:
+        """The shared tokenizer, once the servers `roles` names answer: contacting them first
+        if they have not answered yet (or failed since); raises the first one's problem."""
+        needed = [b for b in self if b.role in roles]
+        if self.tokenizer is None or self.incompatible or any(b.problem for b in needed):
             await self.recheck()
+        for b in needed:
+            if b.problem:
+                raise ModelUnavailable(b.problem, b.role)
         return self.tokenizer
 
     async def recheck(self) -> None:
         """`refresh`, shared: every caller that arrives while one runs waits for that one,
         so while a server hangs each request fails within connect_timeout_s, instead of
-        queueing behind the others' checks one after another."""
+        queueing behind the others' checks one after another. Its errors are read from each
+        server's `problem`, except an incompatible pair's."""
         if self._recheck is None or self._recheck.done():
             self._recheck = asyncio.ensure_future(self.refresh())
             # Read the outcome even if every waiter has left (else asyncio logs it as lost).
             self._recheck.add_done_callback(lambda f: f.cancelled() or f.exception())
         # shield: a waiter that leaves (its client disconnected) must not cancel the others' check.
-        await asyncio.shield(self._recheck)
+        try:
+            await asyncio.shield(self._recheck)
+        except IncompatibleModels:
+            raise
+        except GatewayError:
+            pass
 
     async def readiness(self) -> list[str]:
-        """What keeps the gateway from serving (empty when ready)."""
-        problems = [p for p in await asyncio.gather(*(b.serving() for b in self)) if p]
-        if problems:
-            self.problem = "; ".join(problems)
-            return problems
-        try:
-            await self.recheck()
-        except GatewayError as e:
-            return [str(e)]
-        return []
+        """What keeps the gateway from serving every story (empty when both are up)."""
+        health = await asyncio.gather(*(b.serving() for b in self))
+        for b, problem in zip(self, health):
+            if problem:
+                b.problem = problem
+        if not any(health):
+            try:
+                await self.recheck()
+            except GatewayError as e:
+                return [str(e)]
+        problem = self.problem
+        return problem.split("; ") if problem else []
+
+    def up(self) -> dict[str, bool]:
+        """Per role, whether its server can take stories now (what /ready reports)."""
+        return {b.role: b.problem is None and b.info is not None and not self.incompatible for b in self}
 
     async def aclose(self) -> None:
         await asyncio.gather(*(b.aclose() for b in self))

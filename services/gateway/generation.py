@@ -294,7 +294,7 @@ class GenerationLoop:
                 for x, role in broken.items():  # a server's fault, and this story's only
                     b = self.pair.gpt2 if role == 0 else self.pair.bdh
                     x.events.put_nowait({"type": "error", "error": ModelUnavailable(
-                        f"{b.role} model server at {b.address} sent a distribution with NaN or +inf")})
+                        f"{b.role} model server at {b.address} sent a distribution with NaN or +inf", b.role)})
                     x.close()
                 # A client may have left while the batch was sampled (on a thread): skip it.
                 stepping = [(x, t) for i, (x, t, p) in enumerate(zip(self.live, tokens, p_blend))
@@ -457,7 +457,7 @@ class GenerationLoop:
                     x.lengths[role] += 1
                 else:
                     failed.setdefault(x, errors.get(sid) or ModelUnavailable(
-                        f"{backend.role} model server at {backend.address} did not step session {sid}"))
+                        f"{backend.role} model server at {backend.address} did not step session {sid}", backend.role))
         for x, _ in stepping:
             x.waited += waited
             if x in failed:

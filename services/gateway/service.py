@@ -23,7 +23,7 @@ from plotarmour.sampling import SamplingParams
 
 from .backends import GatewayError, ModelPair, ModelUnavailable
 from .errors import ClientGone, InvalidField, TooBusy
-from .generation import GenerationLoop, GenerationParams, Registry, generate
+from .generation import GenerationLoop, GenerationParams, Registry, generate, roles_for
 from .metrics import GatewayMetrics, StepTimer
 from .settings import GatewaySettings
 
@@ -154,7 +154,7 @@ class Gateway:
     def note_failure(self, e: GatewayError) -> None:
         self.metrics.model_errors.labels(type(e).__name__).inc()
         if isinstance(e, ModelUnavailable):
-            self.pair.problem = str(e)  # the next request re-checks the servers first
+            self.pair.mark(e)  # the next request that needs that server re-checks it first
 
     async def params(self, job: Job, names: dict[str, str]) -> GenerationParams:
         """Settings-dependent checks (no server needed), then tokenize with the servers'
@@ -168,7 +168,9 @@ class Gateway:
                                                 f"{s.max_prompt_chars}")
         if len(job.stop) > s.max_stop_sequences:
             raise InvalidField(names["stop"], f"{len(job.stop)} stop sequences; at most {s.max_stop_sequences}")
-        tok = await self.pair.ensure_ready()
+        # Only the servers this story's weights need (a story at 0 or 1 goes on with one down).
+        weights = [job.logic_weight, *(w for _, w in job.steering)]
+        tok = await self.pair.ensure_ready(tuple({("gpt2", "bdh")[r] for w in weights for r in roles_for(w)}))
         ids = tok.encode(job.prompt).ids
         if job.truncate:
             ids = ids[-job.truncate:]

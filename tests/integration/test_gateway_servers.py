@@ -72,12 +72,33 @@ def events_of(r: httpx.Response):
     return ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
 
 
-def seed_without_eot(engines, tok, eot, n: int) -> int:
-    """A seed whose GPT-2-alone story runs n tokens without end-of-text (untrained
-    models emit it about once in V tokens, which would end a stream too early)."""
+def blended_reference(engines, prompt_ids: list[int], n: int, seed: int, eot: int, w: float) -> list[int]:
+    """Both models in process, blended at w and drawn with the gateway's own functions."""
+    rng, sp = sampling.make_rng(seed), sampling.SamplingParams(**NATIVE_DEFAULTS)
+    opened = {m: engines[m].open(prompt_ids) for m in ("gpt2", "bdh")}
+    sids, rows = {m: o[0] for m, o in opened.items()}, {m: o[1] for m, o in opened.items()}
+    out = []
+    try:
+        while len(out) < n:
+            lp = {m: torch.log_softmax(r.float(), dim=-1).numpy() for m, r in rows.items()}
+            out.append(sampling.sample(sampling.blend(lp["gpt2"], lp["bdh"], w), sp, rng))
+            if out[-1] == eot:
+                break
+            rows = {m: engines[m].step({sids[m]: out[-1]})[0] for m in sids}
+    finally:
+        for m, sid in sids.items():
+            engines[m].close(sid)
+    return out
+
+
+def seed_without_eot(engines, tok, eot, n: int, w: float = 0.0) -> int:
+    """A seed whose story at weight w runs n tokens without end-of-text (untrained models
+    emit it about once in V tokens, which would end a stream too early)."""
     ids = tok.encode(PROMPT).ids
     for seed in range(50):
-        if eot not in reference(engines, "gpt2", ids, n, seed, eot):
+        story = reference(engines, "gpt2", ids, n, seed, eot) if w == 0 else blended_reference(engines, ids, n, seed,
+                                                                                                 eot, w)
+        if eot not in story:
             return seed
     pytest.fail("no seed without end-of-text")
 
@@ -218,11 +239,12 @@ def test_refuses_a_server_with_another_tokenizer(tiny_pair, gpt2_server, start_m
 def test_client_disconnect_frees_both_sessions(client, engines, tiny_tokenizer, gpt2_server, bdh_server):
     from plotarmour.tokenizer import eot_id
 
-    seed = seed_without_eot(engines, tiny_tokenizer, eot_id(tiny_tokenizer), 60)
+    # At 0.5, so that both models are asked (at 0 BDH would not be).
+    seed = seed_without_eot(engines, tiny_tokenizer, eot_id(tiny_tokenizer), 60, w=0.5)
     assert open_sessions(gpt2_server) == 0 and open_sessions(bdh_server) == 0
     paused = False
     try:
-        with client.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.0, "seed": seed,
+        with client.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.5, "seed": seed,
                                                              "max_new_tokens": 200}) as r:
             events = events_of(r)
             assert next(events)[0] == "start" and next(events)[0] == "token"
@@ -244,12 +266,12 @@ def test_server_killed_mid_stream_gives_an_error_event(tiny_pair, gpt2_server, s
     from plotarmour.tokenizer import eot_id
 
     bdh = start_model_server(tiny_pair["bdh"], "bdh")
-    seed = seed_without_eot(engines, tiny_tokenizer, eot_id(tiny_tokenizer), 60)
+    seed = seed_without_eot(engines, tiny_tokenizer, eot_id(tiny_tokenizer), 60, w=0.5)
     gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
                                        step_timeout_s=60, connect_timeout_s=2))
     try:
         with httpx.Client(base_url=gw.url, timeout=60) as c:
-            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.0, "seed": seed,
+            with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.5, "seed": seed,
                                                             "max_new_tokens": 200}) as r:
                 events = events_of(r)
                 assert next(events)[0] == "start" and next(events)[0] == "token"

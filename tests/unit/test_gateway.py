@@ -223,6 +223,25 @@ def test_a_story_steered_off_an_end_catches_the_other_model_up_exactly(tiny_toke
         assert b.model.sessions_opened == 2 and closes_soon(g, b)
 
 
+def test_with_one_server_down_stories_that_need_only_the_other_go_on(tiny_tokenizer):
+    """GPT-2 stopped: a story at w = 1 is still written (the same one as before), one that
+    needs GPT-2 gets a 503 naming it, and /ready says which role is up."""
+    with fake_stack(tiny_tokenizer, connect_timeout_s=1, retry_interval_s=0.2) as (gw, g, b):
+        with httpx.Client(base_url=gw.url, timeout=20) as c:
+            body = {"prompt": PROMPT, "logic_weight": 1.0, "max_new_tokens": 12, "seed": 2}
+            before = c.post("/generate", json=body).json()
+            g.stop()
+            assert c.post("/generate", json=body).json()["tokens"] == before["tokens"]
+            r = c.post("/generate", json={**body, "logic_weight": 0.5})
+            assert r.status_code == 503 and "gpt2" in r.json()["error"]["message"], r.text
+            ready = c.get("/ready")
+            assert ready.status_code == 503 and ready.json()["models"] == {"gpt2": False, "bdh": True}
+            # Still accepted after the failure was seen, and the schedule's weights count too.
+            assert c.post("/generate", json=body).status_code == 200
+            steered = c.post("/generate", json={**body, "steering": [{"at": 3, "logic_weight": 0.5}]})
+            assert steered.status_code == 503 and "gpt2" in steered.json()["error"]["message"]
+
+
 def test_a_steering_schedule_applies_from_its_token(client):
     r = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "logic_weight": 0.25, "seed": 3,
                                        "steering": [{"at": 4, "logic_weight": 1.0}, {"at": 9, "logic_weight": 0}]})

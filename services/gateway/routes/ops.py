@@ -48,7 +48,9 @@ async def ready(request: Request, pair: PairDep, settings: SettingsDep):
     if said != pair.reported:  # in the log once per change, not once per probe
         log.warning("not ready: %s", said) if problems else log.info("ready")
         pair.reported = said
-    body = {"ready": not problems}
+    # ready keeps its meaning for probes (both servers up); each role says whether stories
+    # that need only it can be written now.
+    body = {"ready": not problems, "models": pair.up()}
     if authorized(request, settings):
         body.update({"problems": problems} if problems else {"tokenizer_fingerprint": pair.fingerprint})
     return JSONResponse(body, status_code=503 if problems else 200)
