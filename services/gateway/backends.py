@@ -46,6 +46,10 @@ class ModelUnavailable(GatewayError):
     status = 503
 
 
+class ModelFault(ModelUnavailable):
+    """A model server answered with something unusable (a NaN row, a malformed answer)."""
+
+
 class ModelRejected(GatewayError):
     """A model server refused the request itself (bad ids, context too long): the caller's fault."""
 
@@ -199,7 +203,7 @@ class BatchStream:
         b = self.backend
         n, V = len(result.sessions), b.vocab_size
         if len(result.data) != n * V * 4 or result.kind != pb.LOG_PROBS:
-            err = ModelUnavailable(f"{b.role} model server at {b.address} sent a malformed step answer "
+            err = ModelFault(f"{b.role} model server at {b.address} sent a malformed step answer "
                                    f"({len(result.data)} bytes of kind {result.kind} for {n} rows of {V})", b.role)
             self.retire(err)
             raise err

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from .backends import GatewayError, ModelBusy, ModelRejected
+from .backends import GatewayError, ModelBusy, ModelFault, ModelRejected, ModelUnavailable
 
 log = logging.getLogger("plotarmour.gateway")
 
@@ -86,11 +86,38 @@ def logprob(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0
 
 
+# The blend's roles as the page names them, and what a storyteller can do without each.
+ROLE_WORDS = {"gpt2": "the creativity model (GPT-2)", "bdh": "the logic model (BDH)"}
+WITHOUT = {"gpt2": "a story at 100% logic needs only the logic model (BDH)",
+           "bdh": "a story at 0% logic needs only the creativity model (GPT-2)"}
+
+
+def public_message(e: GatewayError) -> str:
+    """What a person is told: a model server's failure in words, naming the model and what
+    to do, never its address or gRPC text (those go to the log, here)."""
+    role = getattr(e, "role", None)
+    if role not in ROLE_WORDS:
+        return str(e)
+    log.warning("%s", e)
+    who = ROLE_WORDS[role]
+    if isinstance(e, ModelRejected):  # the server's own words about the request: no internals
+        return f"{who[0].upper()}{who[1:]} refused this request: {str(e).split(': ', 1)[-1]}"
+    if isinstance(e, ModelFault):
+        return (f"{who[0].upper()}{who[1:]} gave an unusable answer for this story (a fault in the model "
+                "server, in its log); try again, or with another seed.")
+    if isinstance(e, ModelBusy):
+        return f"{who[0].upper()}{who[1:]} is busy with other stories; try again in a moment."
+    if isinstance(e, ModelUnavailable):
+        return (f"{who[0].upper()}{who[1:]} is not answering. PlotArmour keeps trying to reach it; "
+                f"try again in a minute. Meanwhile {WITHOUT[role]}.")
+    return str(e)
+
+
 def gateway_error_body(e: GatewayError, tgi: bool = False) -> dict:
     """The body of an error raised mid-stream (an SSE event), in the route's shape."""
     if tgi:
-        return tgi_body(e.status, str(e))
-    return openai_body(e.status, str(e), getattr(e, "field", None), _code(e))
+        return tgi_body(e.status, public_message(e))
+    return openai_body(e.status, public_message(e), getattr(e, "field", None), _code(e))
 
 
 def _code(e: GatewayError) -> str | None:
@@ -155,7 +182,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError):
         headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-        return error_response(request, exc.status, str(exc), getattr(exc, "field", None), _code(exc), headers)
+        return error_response(request, exc.status, public_message(exc), getattr(exc, "field", None), _code(exc),
+                              headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):

@@ -27,7 +27,7 @@ import numpy as np
 from plotarmour import sampling
 from plotarmour.tokenizer import IncrementalDetokenizer
 
-from .backends import BatchStream, GatewayError, ModelPair, ModelUnavailable
+from .backends import BatchStream, GatewayError, ModelFault, ModelPair, ModelUnavailable
 
 log = logging.getLogger("plotarmour.gateway")
 
@@ -293,7 +293,7 @@ class GenerationLoop:
                 tokens, p_blend, tops, broken = await self._sample(self.live)
                 for x, role in broken.items():  # a server's fault, and this story's only
                     b = self.pair.gpt2 if role == 0 else self.pair.bdh
-                    x.events.put_nowait({"type": "error", "error": ModelUnavailable(
+                    x.events.put_nowait({"type": "error", "error": ModelFault(
                         f"{b.role} model server at {b.address} sent a distribution with NaN or +inf", b.role)})
                     x.close()
                 # A client may have left while the batch was sampled (on a thread): skip it.

@@ -33,12 +33,13 @@ def test_one_failure_gives_one_plain_message_with_retry_and_continue(open_page, 
     page.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
     page.wait_for_function(NOT_RUNNING, timeout=WAIT_MS)
 
-    # One message, in plain words; the gateway's own words wait under "Details".
+    # One message, in plain words naming the model; the server's own text stays in the
+    # gateway's log, never on the page (under "Details" only the status).
     message = page.text_content("#error-message")
-    assert message and "fake failure" not in message
+    assert message and "fake failure" not in message and "The logic model (BDH)" in message
     shown = page.inner_text("body")
     assert shown.count(message) == 1 and "fake failure" not in shown
-    assert "fake failure" in page.text_content("#error-detail")
+    assert "fake failure" not in page.text_content("#error-detail") and "503" in page.text_content("#error-detail")
     metas = page.eval_on_selector_all(".pane-meta", "els => els.map(e => e.textContent)")
     assert all(len(m) < 60 for m in metas), metas  # the panes only say that they stopped
     # The readiness badge was asked at once (it polls only every 10 s otherwise).

@@ -442,7 +442,9 @@ def test_errors_give_one_plain_message_with_retry(browser, start_gateway, open_p
         # 503: the slot is free now, but the GPT-2 server does not answer. Retry sends it again.
         page.click("#retry")
         page.wait_for_function("document.querySelector('#error-detail').textContent.includes('503')", timeout=WAIT_MS)
-        assert "not answering" in page.text_content("#error-message")
+        # The model named in words with what to do; nothing internal, under Details neither.
+        assert "The creativity model (GPT-2) is not answering" in page.text_content("#error-message")
+        assert "127.0.0.1" not in page.text_content("#error")
         assert page.is_enabled("#generate") and page.is_disabled("#stop")
         assert page.inner_text("body").count(page.text_content("#error-message")) == 1
     finally:

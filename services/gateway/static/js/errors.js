@@ -1,5 +1,6 @@
 // What the page says for each kind of failure: one plain sentence for a storyteller, and
-// the gateway's own words (which name the field or the server) kept for a "Details" line.
+// the gateway's own words (which name the field) kept for a "Details" line. The gateway never
+// sends a server's address or gRPC text (those are in its log).
 
 import { ApiError } from "./api.js";
 
@@ -23,6 +24,8 @@ export function explain(err) {
       return { message: `The gateway is busy writing other stories.${wait}`, detail };
     case 503:
     case 504:
+      // The gateway names the model in words and says what to do: say just that.
+      if (/model \((GPT-2|BDH)\)/.test(err.message)) return { message: err.message, detail: `HTTP ${err.status}` };
       return { message: `A model is not answering right now.${wait}`, detail };
     default:
       if (err.midStream) return { message: "The story stopped early: a model stopped answering. Your story so far is kept.", detail };
