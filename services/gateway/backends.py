@@ -46,6 +46,11 @@ class ModelUnavailable(GatewayError):
     status = 503
 
 
+class ModelGone(ModelUnavailable):
+    """A model server went away (its process died or restarted, its connection broke): a
+    story can reopen its session there once it is back (generation.py, recover_timeout_s)."""
+
+
 class ModelFault(ModelUnavailable):
     """A model server answered with something unusable (a NaN row, a malformed answer)."""
 
@@ -75,10 +80,11 @@ def _translate(role: str, address: str, err: BaseException, deadline: str = "its
             return ModelBusy(f"{where} is busy: {details}", role)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return late
-        return ModelUnavailable(f"{where} failed: {code.name} {details}".rstrip(), role)
+        kind = ModelGone if code == grpc.StatusCode.UNAVAILABLE else ModelUnavailable
+        return kind(f"{where} failed: {code.name} {details}".rstrip(), role)
     if isinstance(err, (asyncio.TimeoutError, TimeoutError)):
         return late
-    return ModelUnavailable(f"{where} failed: {err!r}", role)
+    return ModelGone(f"{where} failed: {err!r}", role)  # e.g. the server ended the stream
 
 
 def to_logprobs(dist: pb.Distribution, vocab_size: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 from plotarmour import sampling
 from plotarmour.tokenizer import IncrementalDetokenizer
 
-from .backends import BatchStream, GatewayError, ModelFault, ModelPair, ModelUnavailable
+from .backends import BatchStream, GatewayError, ModelFault, ModelGone, ModelPair, ModelUnavailable
 
 log = logging.getLogger("plotarmour.gateway")
 
@@ -55,6 +55,7 @@ class Generation:
     logic_weight: float
     tokens_done: int = 0
     schedule: list[tuple[int, float]] = field(default_factory=list)
+    waiting: set[str] = field(default_factory=set)  # servers it waits to come back ("gpt2", "bdh")
 
     def steer(self, logic_weight: float) -> None:
         """Live steering: this weight from the next token on; a schedule still pending is
@@ -442,13 +443,18 @@ class GenerationLoop:
                                        return_exceptions=True)
         waited = time.perf_counter() - t0
         failed: dict[Live, BaseException] = {}
+        gone: dict[Live, list[int]] = {}  # the roles whose server went away: reopened when back
+        recover = self.pair.settings.recover_timeout_s > 0
         for (role, stream), result in zip(calls, results):
             backend = stream.backend
             if isinstance(result, BaseException):
                 if not isinstance(result, GatewayError):
                     raise result
                 for x, _, _ in calls[(role, stream)]:
-                    failed.setdefault(x, result)
+                    if recover and isinstance(result, ModelGone):
+                        gone.setdefault(x, []).append(role)
+                    else:
+                        failed.setdefault(x, result)
                 continue
             rows, errors = result
             for x, sid, _ in calls[(role, stream)]:
@@ -463,16 +469,38 @@ class GenerationLoop:
             if x in failed:
                 x.events.put_nowait({"type": "error", "error": failed[x]})
                 x.close()
+            elif x in gone:  # its sessions there are lost: reopen them from its tokens when back
+                for role in gone[x]:
+                    x.drop(role)
+                self.reopening[x] = asyncio.ensure_future(
+                    self._reopen(x, sorted({*gone[x], *full.get(x, [])}), catch_up=True, recover=True))
             elif x in full:
                 self.reopening[x] = asyncio.ensure_future(self._reopen(x, full[x]))
-        self.live = [x for x in self.live if x not in failed and x not in full]
+        self.live = [x for x in self.live if x not in failed and x not in full and x not in gone]
 
-    async def _reopen(self, x: Live, roles: list[int], catch_up: bool = False) -> None:
+    async def _reopen(self, x: Live, roles: list[int], catch_up: bool = False, recover: bool = False) -> None:
         """Reopen x's full sessions on the story's last part (or, `catch_up`, open the
         sessions its weight now needs on the story so far), then send x back to the batch
-        (or fail it alone)."""
+        (or fail it alone). `recover`: the server went away; try again until it is back (the
+        same address may reach a restarted server or another replica), for up to
+        recover_timeout_s, meanwhile naming it in the generation's `waiting`."""
+        deadline = time.monotonic() + self.pair.settings.recover_timeout_s
+        pause = 0.1
         try:
-            results = await asyncio.gather(*(self._slide(x, role) for role in roles), return_exceptions=True)
+            while True:
+                results = await asyncio.gather(*(self._slide(x, role) for role in roles), return_exceptions=True)
+                lost = [r for r, res in zip(roles, results) if isinstance(res, ModelGone)]
+                if not (recover and lost and time.monotonic() + pause < deadline and not x.gone):
+                    break
+                for role, result in zip(roles, results):  # keep what reopened; retry the rest
+                    if not isinstance(result, BaseException):
+                        stream, sid, x.lp[role], x.lengths[role] = result
+                        x.sessions[role] = (stream, sid)
+                roles = lost
+                x.gen.waiting = {(self.pair.gpt2, self.pair.bdh)[r].role for r in lost}
+                await asyncio.sleep(pause)
+                pause = min(1.0, pause * 2)
+            x.gen.waiting = set()
             error = next((r for r in results if isinstance(r, BaseException)), None)
             for role, result in zip(roles, results):
                 if not isinstance(result, BaseException):

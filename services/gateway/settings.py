@@ -39,6 +39,10 @@ class GatewaySettings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0, description="GetInfo and health checks of the model servers")
     step_timeout_s: float = Field(10.0, gt=0, description="one decoding step, one prompt's prefill or one Score call")
     retry_interval_s: float = Field(1.0, gt=0, description="background reconnect to servers not yet ready")
+    recover_timeout_s: float = Field(
+        30.0, ge=0, description="a story whose model server goes away mid-way waits this long for it (or another "
+                                "replica) to come back, reopens its session from the story's tokens and goes on, "
+                                "the same story; 0: it ends with an error at once")
 
     max_concurrent: int = Field(16, ge=1, description="requests generating or validating at once (the page's split "
                                                       "view takes 3); beyond: 429 with Retry-After")

@@ -267,8 +267,9 @@ def test_server_killed_mid_stream_gives_an_error_event(tiny_pair, gpt2_server, s
 
     bdh = start_model_server(tiny_pair["bdh"], "bdh")
     seed = seed_without_eot(engines, tiny_tokenizer, eot_id(tiny_tokenizer), 60, w=0.5)
+    # recover_timeout_s 1: nothing restarts this server, so the story waits 1 s for it, then fails.
     gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
-                                       step_timeout_s=60, connect_timeout_s=2))
+                                       step_timeout_s=60, connect_timeout_s=2, recover_timeout_s=1))
     try:
         with httpx.Client(base_url=gw.url, timeout=60) as c:
             with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.5, "seed": seed,

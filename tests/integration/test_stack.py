@@ -238,3 +238,34 @@ def test_the_cli_finds_a_stack_started_on_a_free_port(tiny_pair, tmp_path):
     out = subprocess.run(cli, capture_output=True, text=True, timeout=60,
                          env={**clean, **env, "PLOTARMOUR_URL": "http://127.0.0.1:9"})
     assert out.returncode == 2 and "python -m plotarmour.stack" in out.stderr and "--url" in out.stderr
+
+
+def test_a_story_completes_across_a_model_server_killed_under_the_stack(tiny_pair):
+    """kill -9 of the GPT-2 server mid-story: the stack starts it again, the gateway reopens
+    the story's session from its tokens, and the story ends as an uninterrupted one does."""
+    import httpx
+
+    from plotarmour.cli import parse_sse
+
+    stack = RunningStack(tiny_pair["bdh"].parent, "--port", "0")
+    try:
+        body = {"prompt": "Once upon a time", "logic_weight": 0.5, "max_new_tokens": 60, "temperature": 0.7}
+        with httpx.Client(base_url=stack.url, timeout=120) as c:
+            seed, whole = next((s, w) for s in range(50)
+                               if (w := c.post("/generate", json={**body, "seed": s}).json())["usage"][
+                                   "completion_tokens"] == 60)
+            gpt2 = child_running(stack.proc.pid, "services.gpt2")
+            with c.stream("POST", "/generate_stream", json={**body, "seed": seed}) as r:
+                events = ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
+                assert next(events)[0] == "start"
+                got = [next(events)[1]]
+                os.kill(gpt2, signal.SIGSTOP)  # hold it mid-story, then kill it there
+                time.sleep(0.2)
+                os.kill(gpt2, signal.SIGKILL)
+                rest = list(events)
+        assert rest[-1][0] == "end", rest[-3:]
+        got += [ev for e, ev in rest if e == "token"]
+        assert [t["id"] for t in got] == [t["id"] for t in whole["tokens"]]
+        assert stack.said("gpt2 was killed by SIGKILL")
+    finally:
+        assert stack.stop() == 0

@@ -243,6 +243,38 @@ def test_with_one_server_down_stories_that_need_only_the_other_go_on(tiny_tokeni
             assert steered.status_code == 503 and "creativity model (GPT-2)" in steered.json()["error"]["message"]
 
 
+def test_a_story_outlives_its_model_server_restarting(tiny_tokenizer):
+    """GPT-2's server goes away mid-story and comes back on the same address: the story
+    waits for it (GET /generations/{id} names it), reopens its session from the story's
+    tokens and goes on, and is token for token the story an uninterrupted run writes."""
+    body = {"prompt": PROMPT, "logic_weight": 0.5, "max_new_tokens": 40, "temperature": 0.7}
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=0.02), recover_timeout_s=20,
+                    retry_interval_s=0.2) as (gw, g, b):
+        with httpx.Client(base_url=gw.url, timeout=30) as c:
+            seed, whole = next((s, w) for s in range(50)
+                               if (w := c.post("/generate", json={**body, "seed": s}).json())["usage"][
+                                   "completion_tokens"] == 40)
+            back = None
+            try:
+                with c.stream("POST", "/generate_stream", json={**body, "seed": seed}) as r:
+                    events = ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
+                    start = next(events)[1]
+                    got = [next(events)[1] for _ in range(5)]
+                    g.stop()  # the server goes away mid-story: the story says what it waits for...
+                    deadline = time.monotonic() + 10
+                    while "gpt2" not in c.get(f"/generations/{start['id']}").json()["waiting_for"]:
+                        assert time.monotonic() < deadline, "the story never said it waits for GPT-2"
+                        time.sleep(0.05)
+                    back = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1), port=g.port)
+                    rest = list(events)  # ...and comes back on the same address
+            finally:
+                if back is not None:
+                    back.stop()
+            got += [ev for e, ev in rest if e == "token"]
+            assert rest[-1][0] == "end", rest[-1]
+            assert [t["id"] for t in got] == [t["id"] for t in whole["tokens"]]
+
+
 def test_a_steering_schedule_applies_from_its_token(client):
     r = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "logic_weight": 0.25, "seed": 3,
                                        "steering": [{"at": 4, "logic_weight": 1.0}, {"at": 9, "logic_weight": 0}]})

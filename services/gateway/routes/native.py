@@ -64,4 +64,4 @@ async def generation_status(gen_id: str, gw: GatewayDep):
     stalled can say which model it is waiting for."""
     gen = _running(gw, gen_id)
     return {"id": gen.id, "logic_weight": gen.logic_weight, "tokens_done": gen.tokens_done,
-            "waiting_for": sorted(gw.loop.waiting_for)}
+            "waiting_for": sorted(gw.loop.waiting_for | gen.waiting)}
