@@ -471,7 +471,12 @@ def build_trainer(args: argparse.Namespace) -> Trainer:
         ckpt = load_checkpoint(args.init)
         if ckpt.model_type != args.model:
             raise ConfigError(f"--init {args.init} holds a {ckpt.model_type} model, not {args.model}")
-        trainer = Trainer(args.model, ckpt.model.train(), cfg, rt, ckpt.run.get("architecture", {}), ckpt.tokenizer)
+        # The architecture the checkpoint's run recorded, with the dropout its config.json
+        # holds now (a continued run may set it there: dropout changes no weight).
+        arch = dict(ckpt.run.get("architecture", {}))
+        if "dropout" in arch:
+            arch["dropout"] = ckpt.config.get("dropout", ckpt.config.get("resid_pdrop", arch["dropout"]))
+        trainer = Trainer(args.model, ckpt.model.train(), cfg, rt, arch, ckpt.tokenizer)
         trainer.initialized_from = {"checkpoint": str(args.init), "steps": ckpt.run.get("steps"),
                                     "tokens_seen": ckpt.run.get("tokens_seen"),
                                     "block_size": ckpt.run.get("train_config", {}).get("block_size")}

@@ -289,6 +289,12 @@ def test_init_continues_a_checkpoint_on_longer_windows(tmp_path, data_dir, capsy
     info = load_checkpoint(tmp_path / "longer-state").run
     assert info["initialized_from"]["block_size"] == 16 and info["train_config"]["block_size"] == 32
     assert info["architecture"] == TINY["gpt2"]
+    # Dropout set in the checkpoint's config.json (it changes no weight) is what run.json records.
+    config = json.loads((first / "best" / "config.json").read_text())
+    config.update(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    (first / "best" / "config.json").write_text(json.dumps(config))
+    assert train.main([*argv, "--force"]) == 0
+    assert load_checkpoint(tmp_path / "longer-state").run["architecture"] == {**TINY["gpt2"], "dropout": 0.1}
 
 
 def test_warns_when_the_run_ends_inside_its_warm_up(tmp_path, data_dir, capsys):
