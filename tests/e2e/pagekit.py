@@ -35,6 +35,11 @@ def open_settings(page) -> None:
     page.evaluate("document.getElementById('settings').open = true")
 
 
+# The sampling fill_settings puts in the form (plain sampling, not the page's default
+# preset): a seed found through the API for the page must be drawn with these.
+PLAIN = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
 def fill_settings(page, *, prompt=PROMPT, max_tokens=120, seed=None, temperature="1", split=True, weight=None):
     page.fill("#prompt", "")
     page.locator("#prompt").press_sequentially(prompt)  # typed, key by key
@@ -80,7 +85,7 @@ def long_story_seed(gateway, logic_weight: float, n: int, skip: int = 0) -> int:
         seed = tried[0]
         tried[0] += 1
         if api_generate(gateway, prompt=PROMPT, logic_weight=logic_weight, seed=seed,
-                        max_new_tokens=n)["finish_reason"] == "length":
+                        max_new_tokens=n, **PLAIN)["finish_reason"] == "length":
             found.append(seed)
     return found[skip]
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from pagekit import (PROMPT, WAIT_MS, fill_settings, hold_mid_story, long_story_seed, open_settings, reachable,
+from pagekit import (PLAIN, PROMPT, WAIT_MS, fill_settings, hold_mid_story, long_story_seed, open_settings, reachable,
                      set_weight, story_text, wait_done)
 
 ALL_PANES = ("#pane-blend", "#pane-gpt2", "#pane-bdh")
@@ -212,7 +212,7 @@ def test_a_line_that_starts_after_a_line_break_shows_no_indent(open_page, fake_g
     found = None
     for seed in range(400):
         tokens = httpx.post(gw.url + "/generate", timeout=30, json={
-            "prompt": prompt, "seed": seed, "max_new_tokens": 40, "logic_weight": 0.5}).json()["tokens"]
+            "prompt": prompt, "seed": seed, "max_new_tokens": 40, "logic_weight": 0.5, **PLAIN}).json()["tokens"]
         texts = [t["text"] for t in tokens if t["text"]]
         after_break = [i for i, x in enumerate(texts) if re.match(r" \S", x) and (texts[i - 1] if i else prompt).endswith("\n")]
         if after_break:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from pagekit import PROMPT, WAIT_MS, fill_settings, story_text, wait_done
+from pagekit import PLAIN, PROMPT, WAIT_MS, fill_settings, story_text, wait_done
 
 NOT_RUNNING = "[...document.querySelectorAll('.pane')].every(p => !['streaming', 'waiting'].includes(p.dataset.state))"
 
@@ -69,7 +69,7 @@ def test_a_long_story_marks_where_a_models_window_slid(open_page, fake_gateway):
     # Tiny contexts: a 60-token story fills both models' windows, which slide on.
     gw = fake_gateway(gpt2={"max_context": 32}, bdh={"max_context": 48})
     seed = next(s for s in range(50) if httpx.post(gw.url + "/generate", timeout=30, json={
-        "prompt": PROMPT, "seed": s, "max_new_tokens": 60, "logic_weight": 0.5}).json()["finish_reason"] == "length")
+        "prompt": PROMPT, "seed": s, "max_new_tokens": 60, "logic_weight": 0.5, **PLAIN}).json()["finish_reason"] == "length")
     page = open_page(gw.url + "/")
     fill_settings(page, seed=seed, max_tokens=60, split=False)
     page.click("#generate")
