@@ -1,26 +1,58 @@
 #!/usr/bin/env bash
-# Rebuild the shipped pair under checkpoints/ from TinyStories text, one CPU thread per run,
-# one run at a time. Two stages per model: tiny_cpu.json (2.4M tokens in 256-token windows),
-# then tiny_cpu_long.json continues those weights (--init) on 512-token windows, the length
-# of the stories served. It overwrites checkpoints/ (--force); for a pair of your own,
-# follow the README instead.
+# Rebuild the shipped pair under checkpoints/ from TinyStories text, one CPU thread per run.
+# Four stages per model, each continuing the last (--init), as the pair was made:
+#   1. tiny_cpu.json: 2.4M tokens of the 2 MB train part in 256-token windows;
+#   2. tiny_cpu_long.json: 800k more in 512-token windows, the length of the stories served;
+#   3. the warm start: tiny_cpu_long.json on the train part + the extra stories (3.68M
+#      tokens), lr 1e-3 -> 1e-4, GPT-2 9M tokens, BDH 2.7M (about 80 minutes each);
+#   4. on the same data again, a fresh cosine from a lower peak: GPT-2 with dropout 0.1
+#      (it has seen the data 2.4 times by then), lr 4e-4 -> 2e-5, 6M tokens; BDH (under one
+#      pass so far) without, lr 6e-4 -> 3e-5, 3.5M tokens; seed 2026.
+# --init takes the architecture from the checkpoint, dropout included, so stage 4 sets
+# GPT-2's dropout in a copy of stage 3's config.json (dropout changes no weight).
+# It overwrites checkpoints/ (--force); for a pair of your own, follow the README instead.
 # Usage: bash training/make_default_pair.sh [TINYSTORIES_DIR]   (default ../shared/data/tinystories)
 set -euo pipefail
 SRC=${1:-../shared/data/tinystories}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+R=results/default-pair
 python -m training.prepare --train "$SRC/TinyStories-train-part.txt" --val "$SRC/TinyStories-valid-part.txt" \
-    --vocab-size 4096 --out data/tinystories
+    --vocab-size 4096 --out data/tinystories-part
+python -m training.prepare --train "$SRC/TinyStories-train-part.txt" "$SRC/TinyStories-train-extra.txt" \
+    --val "$SRC/TinyStories-valid-part.txt" --tokenizer data/tinystories-part/tokenizer.json --out data/tinystories
 rm -rf checkpoints/logs  # the shipped curves are this run's only
+train() {  # model stage preset init extra-settings...
+    local model=$1 stage=$2 preset=$3 init=$4
+    shift 4
+    python -m training.train --model "$model" --config "training/configs/$preset.json" --force \
+        ${init:+--init "$init"} --set out="$R/$model-$stage" --set state_dir="results/state/default-$model-$stage" \
+        --set log_dir="checkpoints/logs/$stage" "$@"
+}
 for model in gpt2 bdh; do
-    python -m training.train --model "$model" --config training/configs/tiny_cpu.json --force \
-        --set out="results/default-pair/$model-256" --set state_dir="results/state/default-$model-256" \
-        --set log_dir=checkpoints/logs/stage1
-    python -m training.train --model "$model" --config training/configs/tiny_cpu_long.json --force \
-        --init "results/default-pair/$model-256" \
-        --set out="checkpoints/$model" --set state_dir="results/state/default-$model-512" --set log_dir=checkpoints/logs
+    train "$model" 1 tiny_cpu "" --set data=data/tinystories-part
+    train "$model" 2 tiny_cpu_long "$R/$model-1" --set data=data/tinystories-part
+    if [ "$model" = gpt2 ]; then warm=9000000; else warm=2700000; fi
+    train "$model" 3 tiny_cpu_long "$R/$model-2" --set data=data/tinystories --set max_tokens=$warm \
+        --set eval_interval=300 --set eval_windows=40 --set warmup_steps=30
+    rm -rf "$R/$model-3-init" && cp -r "$R/$model-3" "$R/$model-3-init"
+    if [ "$model" = gpt2 ]; then
+        python - "$R/gpt2-3-init/config.json" <<'EOF'
+import json, sys
+path = sys.argv[1]
+config = json.load(open(path))
+config.update(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+json.dump(config, open(path, "w"), indent=2)
+EOF
+        last=(--set max_tokens=6000000 --set lr=0.0004 --set min_lr=0.00002 --set eval_interval=300)
+    else
+        last=(--set max_tokens=3500000 --set lr=0.0006 --set min_lr=0.00003 --set eval_interval=150)
+    fi
+    train "$model" 4 tiny_cpu_long "$R/$model-3-init" --set data=data/tinystories --set warmup_steps=50 \
+        --set eval_windows=40 --set seed=2026 "${last[@]}"
+    rm -rf "checkpoints/$model" && cp -r "$R/$model-4" "checkpoints/$model"
 done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
-python -m training.evaluate checkpoints/bdh --data data/tinystories --block-size 2048   # past its window
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs --samples 3 --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
+    --logs checkpoints/logs/4 --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
