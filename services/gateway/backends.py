@@ -143,7 +143,7 @@ class BatchStream:
                         try:
                             fut.set_result(to_logprobs(resp.opened.next, b.vocab_size))
                         except ValueError as e:  # the server's fault, and this session's only
-                            fut.set_exception(ModelUnavailable(f"{b.role} model server at {b.address} sent {e}", b.role))
+                            fut.set_exception(ModelFault(f"{b.role} model server at {b.address} sent {e}", b.role))
                 elif kind == "stepped":
                     fut = self._steps.pop(resp.stepped.step, None)
                     if fut is not None and not fut.done():
@@ -210,7 +210,7 @@ class BatchStream:
         n, V = len(result.sessions), b.vocab_size
         if len(result.data) != n * V * 4 or result.kind != pb.LOG_PROBS:
             err = ModelFault(f"{b.role} model server at {b.address} sent a malformed step answer "
-                                   f"({len(result.data)} bytes of kind {result.kind} for {n} rows of {V})", b.role)
+                             f"({len(result.data)} bytes of kind {result.kind} for {n} rows of {V})", b.role)
             self.retire(err)
             raise err
         rows = np.frombuffer(result.data, dtype="<f4").reshape(n, V)
