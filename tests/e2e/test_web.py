@@ -454,6 +454,19 @@ def test_errors_give_one_plain_message_with_retry(browser, start_gateway, open_p
 # ---- output ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("width", [1440, 1366, 390])
+def test_the_slider_never_moves_while_it_is_dragged(open_page, gateway, width):
+    """From 0% to 100% the label above the slider keeps its size, so the slider stays put
+    under the pointer (a value growing a digit re-wrapped the label and moved it 19 px)."""
+    page = open_page(gateway.url + "/", width, 900 if width > 500 else 844, phone=width < 500)
+    tops = set()
+    for value in (0, 5, 9, 10, 50, 99, 100):
+        page.fill("#weight", str(value))
+        page.dispatch_event("#weight", "input")
+        tops.add(round(page.eval_on_selector("#weight", "e => e.getBoundingClientRect().top"), 1))
+    assert len(tops) == 1, tops
+
+
 def test_the_page_starts_at_its_default_preset_shown_as_selected(page):
     """The default preset (presets.js) fills the form, is marked pressed, and is what the
     native API draws with when a request names no sampling settings."""
