@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 
 
 def children_of(pid: int) -> set[int]:
@@ -72,17 +74,20 @@ def test_stack_fails_fast_on_missing_checkpoint(tmp_path):
     assert f"{tmp_path / 'bdh' / 'config.json'} not found" in out.stderr
 
 
-def test_stack_fails_fast_on_taken_port(tiny_pair):
+@pytest.mark.parametrize("flag", ["--port", "--gpt2-metrics-port"])
+def test_stack_fails_fast_on_taken_port(tiny_pair, flag):
+    """Every port the stack binds is checked up front (metrics included) and named in one line."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
+        flags = ["--port", str(port)] if flag == "--port" else ["--port", "0", flag, str(port)]
         out = subprocess.run([sys.executable, "-m", "plotarmour.stack", "--checkpoints", str(tiny_pair["bdh"].parent),
-                              "--port", str(port)], capture_output=True, text=True, timeout=60)
+                              *flags], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert f"port {port} on 127.0.0.1 is taken" in out.stderr
+    assert out.stderr.strip() == f"plotarmour stack: port {port} on 127.0.0.1 is taken (choose another with {flag})"
 
 
 # ---- supervision, ports, discovery ---------------------------------------------------------------
@@ -192,29 +197,15 @@ def test_stop_then_start_again_at_once_on_the_same_ports(tiny_pair):
     first = RunningStack(tiny_pair["bdh"].parent, *flags)
     generate(first.url)  # connections that linger in TIME_WAIT after the stop
     assert first.stop() == 0
-    t0 = time.monotonic()
     second = RunningStack(tiny_pair["bdh"].parent, *flags)  # no "port is taken" within the same second
     try:
         assert not second.said("is taken"), second.lines
         assert second.url == f"http://127.0.0.1:{port}" and generate(second.url)["usage"]["completion_tokens"] >= 1
-        print(f"restarted and ready in {time.monotonic() - t0:.1f} s")
     finally:
         assert second.stop() == 0
 
 
-def test_every_port_the_stack_binds_is_checked_and_named(tiny_pair):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        taken = s.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "plotarmour.stack", "--checkpoints", str(tiny_pair["bdh"].parent),
-                              "--port", "0", "--gpt2-metrics-port", str(taken)],
-                             capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
-    assert out.stderr.strip() == (f"plotarmour stack: port {taken} on 127.0.0.1 is taken "
-                                  f"(choose another with --gpt2-metrics-port)")
+def test_a_port_chosen_twice_is_named(tiny_pair):
     out = subprocess.run([sys.executable, "-m", "plotarmour.stack", "--checkpoints", str(tiny_pair["bdh"].parent),
                           "--bdh-port", "45123", "--gpt2-metrics-port", "45123"], capture_output=True, text=True,
                          timeout=60)
