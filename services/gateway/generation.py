@@ -5,10 +5,11 @@ token to its client, and sends one step message per model-server stream. A story
 only the models its weight needs (at w = 0 GPT-2 alone, at w = 1 BDH alone, else both):
 when its weight moves off an end, the other model's session catches up on the story so
 far in one prefill, so a steered story is exactly the one written at those weights from
-the start, and a pure-model story goes on while the other server is down. A story that
+the start, and a pure-model story goes on while the other server is down or stalled. A story that
 fills a model's context has that model's session reopened on the story's last part
-(context shift) in the same iteration. `generate`
-turns one generation's share into plain dict events (start, token..., end); the routes
+(context shift) in the same iteration. Stories wait for each other's answers to step as
+one batch, but not for a late one: a stalled server holds up only the stories that need
+it. `generate` turns one generation's share into plain dict events (start, token..., end); the routes
 turn them into JSON, SSE or OpenAI chunks.
 """
 
@@ -18,7 +19,6 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -30,6 +30,10 @@ from plotarmour.tokenizer import IncrementalDetokenizer
 from .backends import BatchStream, GatewayError, ModelFault, ModelGone, ModelPair, ModelUnavailable
 
 log = logging.getLogger("plotarmour.gateway")
+
+# Stories whose step answers are in wait for the others still in flight (one batch) only
+# while those are not late: twice their server's usual round trip, and at least this long.
+_GRACE_S = 0.05
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Generation:
     tokens_done: int = 0
     schedule: list[tuple[int, float]] = field(default_factory=list)
     waiting: set[str] = field(default_factory=set)  # servers it waits to come back ("gpt2", "bdh")
+    due: set[str] = field(default_factory=set)  # servers whose answer to its current step is due
 
     def steer(self, logic_weight: float) -> None:
         """Live steering: this weight from the next token on; a schedule still pending is
@@ -153,6 +158,12 @@ class Live:
     waited: float = 0.0  # seconds spent waiting on the model servers
     weight: float = 0.0  # the logic weight of the token being sampled
     gone: bool = False  # the client left: leave at the next step
+    # The step in flight: answers still due, when it was sent, and what it brought back.
+    pending: int = 0
+    t_sent: float = 0.0
+    failure: BaseException | None = None
+    lost_roles: list[int] = field(default_factory=list)  # servers that went away
+    full_roles: list[int] = field(default_factory=list)  # sessions that hold a whole context
 
     def close(self) -> None:
         for role in (0, 1):
@@ -173,11 +184,13 @@ class Live:
 class GenerationLoop:
     """One loop steps every live generation of a model pair together (TGI's router).
 
-    Each iteration blends and samples every live row at once, hands each token to its
+    Each iteration blends and samples every ready row at once, hands each token to its
     client, then sends ONE step message per model-server stream (both servers asked at
-    once, so a step costs the slower of the two) and waits for all answers. A new
-    generation prefills on its own (its open is answered whenever the servers finish it)
-    and joins at the next iteration; a finished, failed or abandoned one leaves then.
+    once, so a step costs the slower of the two). A row is ready again when all its answers
+    have landed; ready rows wait for the rest of the batch, but not for an answer that is
+    late, so a stalled server holds up only the stories that need it. A new generation
+    prefills on its own (its open is answered whenever the servers finish it) and joins the
+    next batch; a finished, failed or abandoned one leaves then.
     """
 
     def __init__(self, pair: ModelPair, on_join=None):
@@ -190,7 +203,9 @@ class GenerationLoop:
         self._task: asyncio.Task | None = None
         self._texts: dict[int, str] = {}  # token id → its text, for alternatives
         self._texts_of: str | None = None  # the tokenizer fingerprint _texts belongs to
-        self.waiting_for: set[str] = set()  # the servers ("gpt2", "bdh") whose step answer is still due
+        # Step messages in flight → (role, stream, its rows (story, session, token), sent at).
+        self.flight: dict[asyncio.Future, tuple[int, BatchStream, list[tuple[Live, int, int]], float]] = {}
+        self._round_trip: list[float | None] = [None, None]  # each server's usual step, seconds
 
     async def admit(self, gen: Generation, params: GenerationParams) -> Live:
         """Prefill on both servers; the generation then waits for the next iteration.
@@ -258,23 +273,24 @@ class GenerationLoop:
 
     async def stop(self) -> None:
         reopening = list(self.reopening)  # a cancelled reopening drops out of the dict
-        tasks = [t for t in (self._task, *self.reopening.values()) if t is not None]
+        tasks = [t for t in (self._task, *self.reopening.values(), *self.flight) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._fail_all(ModelUnavailable("the gateway is shutting down"), reopening)
 
     def _fail_all(self, error: BaseException, reopening: list[Live] = ()) -> None:
-        for live in {*self.live, *self.joining, *self.reopening, *reopening}:
+        in_flight = {x for _, _, rows, _ in self.flight.values() for x, _, _ in rows}
+        for live in {*self.live, *self.joining, *self.reopening, *reopening, *in_flight}:
             live.events.put_nowait({"type": "error", "error": error})
             live.close()
-        self.live, self.joining = [], []
+        self.live, self.joining, self.flight = [], [], {}
 
     # -- the loop -----------------------------------------------------------------------
     async def _run(self) -> None:
         try:
             while True:
-                self._wake.clear()
+                await self._until_ready()
                 if self.on_join:
                     now = time.perf_counter()
                     for x in self.joining:
@@ -285,9 +301,6 @@ class GenerationLoop:
                 for live in [x for x in self.live if x.gone]:
                     live.close()
                 self.live = [x for x in self.live if not x.gone]
-                if not self.live:
-                    await self._wake.wait()
-                    continue
                 self._catch_up_missing()
                 if not self.live:
                     continue
@@ -300,12 +313,46 @@ class GenerationLoop:
                 # A client may have left while the batch was sampled (on a thread): skip it.
                 stepping = [(x, t) for i, (x, t, p) in enumerate(zip(self.live, tokens, p_blend))
                             if x not in broken and not x.gone and self._emit(x, int(t), p, tops.get(i))]
-                self.live = [x for x, _ in stepping]
-                if stepping:
-                    await self._step(stepping)
+                self.live = []
+                self._send(stepping)
         except Exception as e:  # a bug: no client may hang on it; the next story starts a new loop
             log.exception("the generation loop failed")
             self._fail_all(e)
+
+    async def _until_ready(self) -> None:
+        """Wait until there is a batch to sample: stories whose step answers have all landed
+        (`self.live`) or that join. While answers are still in flight, the ready stories wait
+        for them, so that every story steps in one batch, but only while they are not late
+        (`_late`): a stalled server holds up only the stories that need it."""
+        while True:
+            self._wake.clear()
+            for task in [t for t in self.flight if t.done()]:
+                self._landed(task)
+            pending = [t for t in self.flight if not t.done()]
+            if self.live or self.joining:
+                now = time.perf_counter()
+                due = [self._late(t) - now for t in pending]
+                if not any(d > 0 for d in due):
+                    return
+                await asyncio.wait(pending, timeout=max(due), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait([waker, *pending], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waker.cancel()
+
+    def _late(self, task: asyncio.Future) -> float:
+        """When a step answer in flight is late: twice its server's usual round trip (a running
+        average), and never sooner than _GRACE_S after it was sent."""
+        role, _, _, sent = self.flight[task]
+        usual = self._round_trip[role]
+        return sent + (_GRACE_S if usual is None else max(_GRACE_S, 2 * usual))
+
+    @property
+    def waiting_for(self) -> set[str]:
+        """The servers ("gpt2", "bdh") with a step answer still due."""
+        return {stream.backend.role for task, (_, stream, _, _) in self.flight.items() if not task.done()}
 
     def _catch_up_missing(self) -> None:
         """Read each story's weight for its next token (once per step: a steer applies from
@@ -409,74 +456,77 @@ class GenerationLoop:
             out.append({"id": i, "text": self._texts[i], "p": p})
         return out
 
-    async def _step(self, stepping: list[tuple[Live, int]]) -> None:
-        """One message per stream, every stream of both servers at once; each row gets its
-        two new distributions, or its error. A row whose session is full steps its other
-        model here and leaves the batch while that session reopens (`_reopen`), so a
-        reopening's prefill never holds up the other stories."""
+    def _send(self, stepping: list[tuple[Live, int]]) -> None:
+        """One step message per stream for the rows just sampled; each row waits in flight
+        until all its answers have landed (`_landed`). A row whose session is full steps its
+        other model here and then reopens that session (`_reopen`), so a reopening's prefill
+        never holds up the other stories."""
         calls: dict[tuple[int, BatchStream], list[tuple[Live, int, int]]] = {}
-        full: dict[Live, list[int]] = {}  # the roles whose session holds a whole context
+        t_sent = time.perf_counter()
         for x, token in stepping:
             x.ids.append(token)
+            x.failure, x.lost_roles, x.full_roles, x.t_sent = None, [], [], t_sent
             for role, session in enumerate(x.sessions):
                 if session is None:  # not asked at this weight: it catches up when it is needed
                     continue
                 stream, sid = session
                 if x.lengths[role] >= self._limit(role) and self.pair.settings.context_shift:
-                    full.setdefault(x, []).append(role)
+                    x.full_roles.append(role)
                 else:
                     calls.setdefault((role, stream), []).append((x, sid, token))
-        t0 = time.perf_counter()
-
-        async def answer(stream: BatchStream, rows: list[tuple[Live, int, int]]):
-            try:
-                return await stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows])
-            finally:  # what a stalled story is waiting for is what is left in waiting_for
-                due[stream.backend.role] -= 1
-                if not due[stream.backend.role]:
-                    self.waiting_for.discard(stream.backend.role)
-
-        due = Counter(stream.backend.role for _, stream in calls)
-        self.waiting_for = set(due)
+                    x.gen.due.add(stream.backend.role)
+                    x.pending += 1
         # Each step is bounded by step_timeout_s inside the stream (a stalled stream is retired).
-        results = await asyncio.gather(*(answer(stream, rows) for (_, stream), rows in calls.items()),
-                                       return_exceptions=True)
-        waited = time.perf_counter() - t0
-        failed: dict[Live, BaseException] = {}
-        gone: dict[Live, list[int]] = {}  # the roles whose server went away: reopened when back
-        recover = self.pair.settings.recover_timeout_s > 0
-        for (role, stream), result in zip(calls, results):
-            backend = stream.backend
-            if isinstance(result, BaseException):
-                if not isinstance(result, GatewayError):
-                    raise result
-                for x, _, _ in calls[(role, stream)]:
-                    if recover and isinstance(result, ModelGone):
-                        gone.setdefault(x, []).append(role)
-                    else:
-                        failed.setdefault(x, result)
-                continue
-            rows, errors = result
-            for x, sid, _ in calls[(role, stream)]:
-                if sid in rows:
-                    x.lp[role] = rows[sid]
-                    x.lengths[role] += 1
-                else:
-                    failed.setdefault(x, errors.get(sid) or ModelUnavailable(
-                        f"{backend.role} model server at {backend.address} did not step session {sid}", backend.role))
+        for (role, stream), rows in calls.items():
+            task = asyncio.ensure_future(stream.step([sid for _, sid, _ in rows], [t for _, _, t in rows]))
+            self.flight[task] = (role, stream, rows, t_sent)
         for x, _ in stepping:
-            x.waited += waited
-            if x in failed:
-                x.events.put_nowait({"type": "error", "error": failed[x]})
-                x.close()
-            elif x in gone:  # its sessions there are lost: reopen them from its tokens when back
-                for role in gone[x]:
-                    x.drop(role)
-                self.reopening[x] = asyncio.ensure_future(
-                    self._reopen(x, sorted({*gone[x], *full.get(x, [])}), catch_up=True, recover=True))
-            elif x in full:
-                self.reopening[x] = asyncio.ensure_future(self._reopen(x, full[x]))
-        self.live = [x for x in self.live if x not in failed and x not in full and x not in gone]
+            if not x.pending:  # every session it holds is full
+                self._settle(x)
+
+    def _landed(self, task: asyncio.Future) -> None:
+        """One step message's answers: each row gets its new distribution or its error."""
+        role, stream, rows, t_sent = self.flight.pop(task)
+        backend, now = stream.backend, time.perf_counter()
+        trip, took = self._round_trip[role], now - t_sent
+        # A late answer counts as twice the usual: one stall must not make every later wait long.
+        self._round_trip[role] = took if trip is None else 0.8 * trip + 0.2 * min(took, 2 * trip)
+        result = task.exception()
+        if result is not None and not isinstance(result, GatewayError):
+            raise result  # a bug
+        recover = self.pair.settings.recover_timeout_s > 0
+        answers, errors = ({}, {}) if result is not None else task.result()
+        for x, sid, _ in rows:
+            if result is not None and recover and isinstance(result, ModelGone):
+                x.lost_roles.append(role)  # the server went away: reopened from the tokens when back
+            elif result is not None:
+                x.failure = x.failure or result
+            elif sid in answers:
+                x.lp[role] = answers[sid]
+                x.lengths[role] += 1
+            else:
+                x.failure = x.failure or errors.get(sid) or ModelUnavailable(
+                    f"{backend.role} model server at {backend.address} did not step session {sid}", backend.role)
+            x.pending -= 1
+            x.gen.due.discard(backend.role)
+            if not x.pending:
+                x.waited += now - x.t_sent
+                self._settle(x)
+
+    def _settle(self, x: Live) -> None:
+        """A row whose answers are all in: back to the batch, or failed, or reopening."""
+        if x.failure is not None:
+            x.events.put_nowait({"type": "error", "error": x.failure})
+            x.close()
+        elif x.lost_roles:  # its sessions there are lost: reopen them from its tokens when back
+            for role in x.lost_roles:
+                x.drop(role)
+            self.reopening[x] = asyncio.ensure_future(
+                self._reopen(x, sorted({*x.lost_roles, *x.full_roles}), catch_up=True, recover=True))
+        elif x.full_roles:
+            self.reopening[x] = asyncio.ensure_future(self._reopen(x, x.full_roles))
+        else:
+            self.live.append(x)
 
     async def _reopen(self, x: Live, roles: list[int], catch_up: bool = False, recover: bool = False) -> None:
         """Reopen x's full sessions on the story's last part (or, `catch_up`, open the

@@ -91,6 +91,41 @@ def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pai
         gw.stop()
 
 
+def test_a_stalled_server_holds_up_only_the_stories_that_need_it(tiny_pair, gpt2_server, start_model_server):
+    """BDH's server frozen (SIGSTOP) under a blended story: a story at w = 0 is written
+    meanwhile, token for token the one written before; the blended story waits for BDH and,
+    once BDH goes on (SIGCONT), ends as it would have."""
+    bdh = start_model_server(tiny_pair["bdh"], "bdh")
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
+                                       step_timeout_s=60, connect_timeout_s=2))
+    stopped = False
+    try:
+        with httpx.Client(base_url=gw.url, timeout=60) as c:
+            seed = long_story_seed(c)
+            whole = c.post("/generate", json=stream_request(seed)).json()
+            creative = {"prompt": PROMPT, "seed": seed, "max_new_tokens": 30, "logic_weight": 0.0}
+            before = c.post("/generate", json=creative).json()
+            with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
+                events = events_of(r)
+                gen_id = next(events)[1]["id"]
+                got = [next(events)[1]]
+                os.kill(bdh.proc.pid, signal.SIGSTOP)
+                stopped = True
+                assert wait_until(lambda: c.get(f"/generations/{gen_id}").json()["waiting_for"] == ["bdh"], 10)
+                assert c.post("/generate", json=creative).json()["tokens"] == before["tokens"]
+                assert c.get(f"/generations/{gen_id}").json()["waiting_for"] == ["bdh"]
+                os.kill(bdh.proc.pid, signal.SIGCONT)
+                stopped = False
+                rest = list(events)
+            got += [ev for e, ev in rest if e == "token"]
+            assert rest[-1][0] == "end", rest[-1]
+            assert [t["id"] for t in got] == [t["id"] for t in whole["tokens"]]
+    finally:
+        if stopped:
+            os.kill(bdh.proc.pid, signal.SIGCONT)
+        gw.stop()
+
+
 def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt2_server, start_model_server):
     bdh = start_model_server(tiny_pair["bdh"], "bdh")
     gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,

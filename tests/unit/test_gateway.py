@@ -243,6 +243,32 @@ def test_with_one_server_down_stories_that_need_only_the_other_go_on(tiny_tokeni
             assert steered.status_code == 503 and "creativity model (GPT-2)" in steered.json()["error"]["message"]
 
 
+def test_a_stalled_server_holds_up_only_the_stories_that_need_it(tiny_tokenizer):
+    """GPT-2 freezes (each step now takes 3 s) under a blended story: a story at w = 1 is
+    written meanwhile, the same one as with nothing else running, while the blended one
+    waits where it was and says for which model."""
+    body = {"prompt": PROMPT, "logic_weight": 1.0, "max_new_tokens": 20, "seed": 2, "temperature": 1.5}
+    with fake_stack(tiny_tokenizer) as (gw, g, b):
+        with httpx.Client(base_url=gw.url, timeout=30) as c:
+            before = c.post("/generate", json=body).json()
+            assert before["usage"]["completion_tokens"] == 20
+            blended = {**body, "logic_weight": 0.5, "max_new_tokens": 60}
+            with c.stream("POST", "/generate_stream", json=blended) as r:
+                events = parse_sse(r.iter_lines())
+                gen_id = json.loads(next(events)[1])["id"]
+                next(events)
+                g.model.step_delay_s = 3.0
+                deadline = time.monotonic() + 10
+                while (stalled := c.get(f"/generations/{gen_id}").json())["waiting_for"] != ["gpt2"]:
+                    assert time.monotonic() < deadline, stalled
+                    time.sleep(0.02)
+                alone = c.post("/generate", json=body).json()
+                assert alone["tokens"] == before["tokens"]
+                now = c.get(f"/generations/{gen_id}").json()
+                assert now["waiting_for"] == ["gpt2"] and now["tokens_done"] <= stalled["tokens_done"] + 1
+                g.model.step_delay_s = 0.0
+
+
 def test_a_story_outlives_its_model_server_restarting(tiny_tokenizer):
     """GPT-2's server goes away mid-story and comes back on the same address: the story
     waits for it (GET /generations/{id} names it), reopens its session from the story's
@@ -262,8 +288,8 @@ def test_a_story_outlives_its_model_server_restarting(tiny_tokenizer):
                     got = [next(events)[1] for _ in range(5)]
                     g.stop()  # the server goes away mid-story: the story says what it waits for...
                     deadline = time.monotonic() + 10
-                    while "gpt2" not in c.get(f"/generations/{start['id']}").json()["waiting_for"]:
-                        assert time.monotonic() < deadline, "the story never said it waits for GPT-2"
+                    while "gpt2" not in (where := c.get(f"/generations/{start['id']}").json()).get("waiting_for", ()):
+                        assert time.monotonic() < deadline and "error" not in where, where
                         time.sleep(0.05)
                     back = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1), port=g.port)
                     rest = list(events)  # ...and comes back on the same address

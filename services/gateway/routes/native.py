@@ -60,8 +60,8 @@ async def steer(gen_id: str, req: SteerRequest, gw: GatewayDep):
 @router.get("/generations/{gen_id}")
 async def generation_status(gen_id: str, gw: GatewayDep):
     """Where a running story is; `waiting_for` names the model servers whose answer to the
-    current step is still due (every live story steps together), so a page whose story has
+    current step is still due, or that it waits to come back, so a page whose story has
     stalled can say which model it is waiting for."""
     gen = _running(gw, gen_id)
     return {"id": gen.id, "logic_weight": gen.logic_weight, "tokens_done": gen.tokens_done,
-            "waiting_for": sorted(gw.loop.waiting_for | gen.waiting)}
+            "waiting_for": sorted(gen.due | gen.waiting)}
