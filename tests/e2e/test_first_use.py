@@ -1,7 +1,8 @@
 """What a first-time user's trial of the page found, each checked against the real gateway and
 model servers (the line-start test uses fake model servers, whose random words break lines
-often): a steered story replays from its share link, the tint and the inspector say what the
-colour is (a share of the blend, the slider's weight part of it), plain percentages and whole
+often): a steered story replays from its share link, and a stopped one as far as it went,
+history entries bring back their text and say how they differ, the legend and the inspector
+say what the colour is (the model that liked a word 3x as much), plain percentages and whole
 words in the inspector, plain blend names, a Stop that is no error, no indent at a line's
 start, the blend first for the keyboard, the phone's dock out of the way in the logic check,
 a neutral sensitivity slider with its hint beside it, and a draft score with words for its
@@ -79,19 +80,21 @@ def test_a_story_steered_mid_way_is_written_again_from_its_share_link(page, gate
     assert described in page.text_content("#history-list .history-meta")
     assert "50% logic ·" not in page.text_content("#history-list .history-meta")
 
-    # The link in a new tab: the form as it was, the steering announced; Generate sends the
-    # schedule for the blend only (the side panes stay pure) and writes the same story.
+    # The link in a new tab: the form as it was, the steering announced, and the same story
+    # written again at once with its schedule.
     other = open_page(link)
-    sent = stream_requests(other)
     assert other.input_value("#weight") == "50" and other.input_value("#seed") == str(seed)
     assert other.is_visible("#replay-note") and described in other.text_content("#replay-note")
-    assert "steering" in other.text_content("#status")
+    wait_done(other)
+    assert story_text(other) == text and text
+    assert markers(other) == [[at, "18"]]
+    # Generate with the side panes sends the schedule for the blend only (they stay pure).
+    sent = stream_requests(other)
     open_settings(other)
     other.set_checked("#split", True)
     other.click("#generate")
     wait_done(other, *ALL_PANES)
-    assert story_text(other) == text and text
-    assert markers(other) == [[at, "18"]]
+    assert story_text(other) == text
     blend = [b for b in sent if b["logic_weight"] not in (0, 1)]
     assert len(blend) == 1 and blend[0]["steering"] == [{"at": int(at), "logic_weight": 0.18}]
     assert len(sent) == 3 and all("steering" not in b for b in sent if b["logic_weight"] in (0, 1))
@@ -109,6 +112,7 @@ def test_a_story_steered_mid_way_is_written_again_from_its_share_link(page, gate
 
     # Steering during a replay: the person takes over, and the status says the replay stopped.
     third = open_page(link)
+    wait_done(third)  # its own replay, as it opened; then once more, steered by hand
     _, freeze = hold_mid_story(third, gateway, model_servers, lambda k: seed)
     try:
         set_weight(third, 80)
@@ -125,6 +129,41 @@ def test_a_story_steered_mid_way_is_written_again_from_its_share_link(page, gate
     assert parsed == [{"at": 3, "logic_weight": 0.4}, {"at": 9, "logic_weight": 0.7}]
 
 
+def test_a_story_stopped_by_hand_comes_back_as_far_as_it_went(page, gateway, model_servers, open_page):
+    """Stopped mid-way, a story's share link writes it again up to where it stopped; its
+    history entry brings back its text; two entries of one opening say how they differ."""
+    fill_settings(page, max_tokens=200, split=False, weight=50)
+    _, freeze = hold_mid_story(page, gateway, model_servers, lambda k: long_story_seed(gateway, 0.5, 200, k))
+    try:
+        page.click("#stop")
+    finally:
+        freeze.__exit__(None, None, None)
+    page.wait_for_selector("#pane-blend[data-state='stopped']", timeout=WAIT_MS)
+    text = story_text(page)
+    written = int(re.search(r"stopped after (\d+) tokens", page.text_content("#pane-blend .pane-meta")).group(1))
+    assert 0 < written < 200 and text
+    page.click("#share")
+    page.wait_for_function("document.querySelector('#output-note').textContent.includes('link')")
+    link = page.evaluate("navigator.clipboard.readText()")
+    assert parse_qs(urlsplit(link).fragment)["n"] == [str(written)], link
+    other = open_page(link)
+    wait_done(other)  # written again at once, to where it stopped
+    assert story_text(other) == text
+
+    # The same opening again, hotter: the history tells the two apart and brings back each text.
+    open_settings(page)
+    page.fill("#temperature", "1.3")
+    page.click("#generate")
+    wait_done(page)
+    page.click("#history summary")
+    metas = page.eval_on_selector_all("#history-list .history-meta", "els => els.map(e => e.textContent)")
+    assert len(metas) == 2 and "temperature 1.3" in metas[0] and "temperature 1.3" not in metas[1], metas
+    assert "up to 200 tokens" in metas[0] and f"up to {written} tokens" in metas[1], metas
+    page.click("#history-list .history-item >> nth=1")
+    assert page.text_content("#pane-blend .restored") == text
+    assert page.input_value("#max-tokens") == str(written)
+
+
 # ---- 2. and 3. the tint's words, plain percentages, whole words ---------------------------------
 
 
@@ -137,9 +176,9 @@ def share_percent(x: float) -> str:
     return f"{math.floor(x * 100 + 0.5)}%"  # JavaScript's Math.round
 
 
-def test_the_tint_is_called_a_share_of_the_blend_with_the_weight_in_it(page, gateway):
+def test_the_inspector_gives_each_models_share_and_why_a_word_is_coloured(page, gateway):
     legend = page.text_content("#legend")
-    assert "share of the blend" in legend and "weight" in legend and "chose it" not in legend
+    assert "liked at least 3× as much" in legend and "chose it" not in legend
     fill_settings(page, seed=3, max_tokens=80, split=False, weight=65)
     page.click("#generate")
     wait_done(page)
@@ -168,6 +207,13 @@ def test_the_tint_is_called_a_share_of_the_blend_with_the_weight_in_it(page, gat
         assert f"GPT-2 gave this word {p_gpt2} and BDH {p_bdh}" in box["summary"], box["summary"]
         assert (f"weighted by the slider, {lead} brought {share_percent(x)} of it and {other} {share_percent(y)}."
                 in box["summary"]), box["summary"]
+        # Then the colour's measure, the weight left out: which model liked it 3x as much.
+        ratio = t["bdh"] / t["gpt2"]
+        if max(ratio, 1 / ratio) > 3.05:
+            more = "BDH" if ratio > 1 else "GPT-2"
+            assert f"{more} liked it " in box["summary"] and f"coloured {more}'s." in box["summary"], box["summary"]
+        elif max(ratio, 1 / ratio) < 2.95:
+            assert box["summary"].endswith("Neither liked it 3× as much as the other: not coloured."), box["summary"]
         # Plain percentages everywhere: never "5.3e-4".
         assert not re.search(r"\de-?\d", box["summary"] + " ".join(box["probs"])), box
         assert all(re.fullmatch(r"< 0\.01%|\d+(\.\d+)?%", p) for p in box["probs"]), box["probs"]

@@ -24,7 +24,7 @@ from pagekit import (PROMPT, WAIT_MS, api_generate, fill_settings, frozen, hold_
 from waiting import open_sessions, wait_until
 
 ALL_PANES = ("#pane-blend", "#pane-gpt2", "#pane-bdh")
-PLAIN_BELOW = 1 / 3  # the page's plain band: |2·share − 1| under a 2:1 split
+CLEAR_LEAD = 3  # the page colours a word one model gave at least 3x the other's probability
 
 
 def record_streaming(page) -> None:
@@ -106,7 +106,8 @@ def test_story_streams_in_under_its_prompt_tinted_by_the_model_that_drove_it(pag
     assert len(heads) == 3 and all(h["text"] == PROMPT and h["first"] for h in heads)
     assert len({h["color"] for h in heads}) == 1 and {h["bg"] for h in heads} == {"rgba(0, 0, 0, 0)"}
 
-    # The tint is BDH's share of the blended probability, 0.7·p_bdh against 0.3·p_gpt2.
+    # The share (inspector) is BDH's part of the blended probability, 0.7·p_bdh against
+    # 0.3·p_gpt2; the tint is which model liked the word at least 3x as much (weight left out).
     toks = page.eval_on_selector_all("#story .tok", """els => els.map(e => ({
         cls: e.className, bdh: Number(e.dataset.pBdh), gpt2: Number(e.dataset.pGpt2), weight: e.dataset.weight,
         share: Number(e.dataset.share), bg: getComputedStyle(e.querySelector('.ink')).backgroundColor}))""")
@@ -117,9 +118,9 @@ def test_story_streams_in_under_its_prompt_tinted_by_the_model_that_drove_it(pag
         assert shown["bdh"] == pytest.approx(t["p_bdh"], rel=1e-3) and shown["gpt2"] == pytest.approx(t["p_gpt2"], rel=1e-3)
         s = share(0.7, t["p_bdh"], t["p_gpt2"])
         assert shown["share"] == pytest.approx(s, abs=1e-3)
-        lean = 2 * s - 1
-        side = ("by-bdh" if lean > PLAIN_BELOW + 0.01 else "by-gpt2" if lean < -PLAIN_BELOW - 0.01
-                else "by-both" if abs(lean) < PLAIN_BELOW - 0.01 else None)
+        lean, clear = math.log(t["p_bdh"] / t["p_gpt2"]), math.log(CLEAR_LEAD)
+        side = ("by-bdh" if lean > clear + 0.01 else "by-gpt2" if lean < -clear - 0.01
+                else "by-both" if abs(lean) < clear - 0.01 else None)
         if side:  # (at the edge of the band either is right)
             assert side in shown["cls"].split(), (shown, t)
             assert (shown["bg"] == "rgba(0, 0, 0, 0)") == (side == "by-both"), shown
@@ -505,22 +506,23 @@ def test_copy_download_share_history_examples_and_presets(page, gateway, open_pa
     page.wait_for_function("document.querySelector('#output-note').textContent.includes('link')")
     link = page.evaluate("navigator.clipboard.readText()")
     assert link == page.url and "#" in link and "s=21" in link
-    # Opening the link restores the page; Generate writes the same story again.
+    # Opening the link restores the page and writes the same story again at once, saying so.
     other = open_page(link)
     assert other.input_value("#prompt") == PROMPT and other.input_value("#weight") == "60"
     assert other.input_value("#seed") == "21" and other.input_value("#max-tokens") == "40"
-    assert not other.is_checked("#split") and "shared" in other.text_content("#status")
-    other.click("#generate")
     wait_done(other)
+    assert not other.is_checked("#split") and other.text_content("#status").startswith("The shared story, written again")
     assert story_text(other) == text
 
-    # This browser's history: the run is listed and restores its settings.
+    # This browser's history: the run is listed and restores its settings and its text.
     assert page.text_content("#history-count") == "(1)"
     page.fill("#prompt", "Something else")
     set_weight(page, 5)
     page.click("#history summary")
     page.click("#history-list .history-item >> nth=0")
     assert page.input_value("#prompt") == PROMPT and page.input_value("#weight") == "60"
+    assert page.text_content("#pane-blend .restored") == text and "Restored" in page.text_content("#status")
+    assert not page.is_disabled("#copy") and not page.is_disabled("#share")
     page.click("#generate")  # the same story again: still one entry, not two
     wait_done(page)
     assert story_text(page) == text and page.text_content("#history-count") == "(1)"

@@ -6,6 +6,7 @@
 // (to read its columns) and Esc or Tab brings it back to the word.
 
 import { formatProb, percent, visible } from "./format.js";
+import { CLEAR_LEAD, lead } from "./story.js";
 
 const $ = (id) => document.getElementById(id);
 const COLUMNS = [["blend", "Blend"], ["gpt2", "GPT-2"], ["bdh", "BDH"]];
@@ -141,9 +142,10 @@ export class Inspector {
     }));
   }
 
-  /** In the blend: each model's share of it (what the tint shows), larger first, with its two
-   *  factors, so the reader sees the slider's weight is part of it (a word BDH found likelier
-   *  can still be mostly GPT-2's). In a pure pane: who wrote it and both models' odds. */
+  /** In the blend: each model's share of it, larger first, with its two factors, so the reader
+   *  sees the slider's weight is part of it (a word BDH found likelier can still be mostly
+   *  GPT-2's), then why the word is coloured or not (which model liked it how many times more).
+   *  In a pure pane: who wrote it and both models' odds. */
   summary(pane, t) {
     const w = percent(t.logic_weight);
     if (!pane.tint || t.p_gpt2 === null || t.p_bdh === null) {
@@ -153,15 +155,24 @@ export class Inspector {
       return `Written by ${name} alone: ${name} gave this word ${formatProb(p)}`
         + (otherP === null ? `; ${other} was not asked.` : `, ${other} ${formatProb(otherP)}.`);
     }
-    // The tint's measure in words: each model's part of the blended probability, which
-    // the slider's weight scales (w·p_bdh against (1 − w)·p_gpt2).
-    const [lead, other] = t.share > 0.5 ? [["BDH", t.share], ["GPT-2", 1 - t.share]]
+    // Each model's part of the blended probability, which the slider's weight scales
+    // (w·p_bdh against (1 − w)·p_gpt2); then the tint's measure, the weight left out.
+    const [first, second] = t.share > 0.5 ? [["BDH", t.share], ["GPT-2", 1 - t.share]]
       : [["GPT-2", 1 - t.share], ["BDH", t.share]];
     return `Blend ${formatProb(t.p_blend)}, written at ${w}% logic. GPT-2 gave this word ${formatProb(t.p_gpt2)} `
-      + `and BDH ${formatProb(t.p_bdh)}; weighted by the slider, ${lead[0]} brought ${sharePercent(lead[1])} `
-      + `of it and ${other[0]} ${sharePercent(other[1])}.`
+      + `and BDH ${formatProb(t.p_bdh)}; weighted by the slider, ${first[0]} brought ${sharePercent(first[1])} `
+      + `of it and ${second[0]} ${sharePercent(second[1])}. ${this.colourWhy(t)}`
       // With "Both must agree" the blend multiplies the two, so the parts (the tint) are a guide.
       + (pane.blend === "geometric" ? " (Both must agree: the blend multiplies the two, so these parts are a guide.)" : "");
+  }
+
+  /** Why the word is coloured or plain, in the tint's own measure (story.js). */
+  colourWhy(t) {
+    const ratio = Math.exp(Math.abs(lead(t.p_bdh, t.p_gpt2)));
+    const [more, less] = t.p_bdh > t.p_gpt2 ? ["BDH", "GPT-2"] : ["GPT-2", "BDH"];
+    const times = ratio >= 10 ? Math.round(ratio).toLocaleString() : ratio.toFixed(1);
+    return ratio >= CLEAR_LEAD ? `${more} liked it ${times}× as much as ${less}: coloured ${more}'s.`
+      : `Neither liked it ${CLEAR_LEAD}× as much as the other: not coloured.`;
   }
 
   /** Under the word (above it when there is no room below), inside the window. */

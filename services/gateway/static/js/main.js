@@ -4,7 +4,7 @@
 
 import { ApiError, generateStream, info, readiness, setApiKey, steer, waitingFor } from "./api.js";
 import { explain } from "./errors.js";
-import { BLEND_LABELS, percent } from "./format.js";
+import { BLEND_LABELS, blendName, percent } from "./format.js";
 import { Inspector } from "./inspector.js";
 import { MAX_STEERING, copyText, describeWeights, download, forgetHistory, loadHistory, markdown, readShareLink, remember,
          shareLink } from "./output.js";
@@ -133,7 +133,10 @@ function status(text) {
     if (run.stalledFor) {
       text = `Waiting for ${run.stalledOn}… no new word for ${run.stalledFor} s.`;
     } else if (inEffect === null) {
-      text = "Reading the prompt into both models…";
+      text = run.shared ? "Replaying the shared story: reading its opening into the models…"
+        : "Reading the prompt into the models…";
+    } else if (run.shared && !run.replayStopped) {
+      text = `Replaying the shared story (${percent(inEffect)}% logic now). Move the slider to steer it your way.`;
     } else {
       const s = run.steering;
       const pending = s && s.weight !== inEffect ? ` Steering to ${percent(s.weight)}% from the next word…` : "";
@@ -283,9 +286,14 @@ function request(setup, prompt, logicWeight, seed, steering = []) {
 }
 
 /** The setup that writes the last story again: its start weight and steering as its tokens
- *  were drawn (live steering included), not as the form was when Generate was pressed. */
+ *  were drawn (live steering included), not as the form was when Generate was pressed, and
+ *  a story stopped by hand only as far as it went (the same seed writes the same first words). */
 function replaySetup() {
-  return last.replay ? { ...last.setup, ...last.replay } : last.setup;
+  const setup = last.replay ? { ...last.setup, ...last.replay } : { ...last.setup };
+  if (panes.blend.finishReason === "stopped" && !last.continued && !last.restored && panes.blend.tokenCount) {
+    setup.max_new_tokens = panes.blend.tokenCount;
+  }
+  return setup;
 }
 
 function setRunning(on) {
@@ -341,8 +349,9 @@ async function streamInto(pane, req, signal, onStart) {
   }
 }
 
-/** Write a story: fresh from the form (setup given: Retry), or on from where it stopped (Continue). */
-async function generate({ setup = null, continuing = false } = {}) {
+/** Write a story: fresh from the form (setup given: Retry), or on from where it stopped
+ *  (Continue); shared: the form holds a share link's story, written again as it opens. */
+async function generate({ setup = null, continuing = false, shared = false } = {}) {
   if (run) {
     // Never silently: say what the new story waits for.
     status(run.stopping ? "Still stopping the last story… try again in a moment."
@@ -364,9 +373,9 @@ async function generate({ setup = null, continuing = false } = {}) {
   const controller = new AbortController();
   const active = split ? [panes.blend, panes.gpt2, panes.bdh] : [panes.blend];
   run = { controller, id: null, panes: active, stalledFor: 0, stalledOn: "the models", failure: null, steering: null, stopping: false,
-          ended: null };
+          ended: null, shared };
   setRunning(true);
-  status(continuing ? "Reading the story so far into both models…" : "Reading the prompt into both models…");
+  status(continuing ? "Reading the story so far into the models…" : "Reading the prompt into the models…");
 
   const s = last.setup;
   // Continue: a new generation whose prompt is the prompt plus what each pane wrote, at the
@@ -398,14 +407,17 @@ async function generate({ setup = null, continuing = false } = {}) {
     }
   };
   const steering = continuing ? [] : s.steering || [];
-  run.replaying = steering.length > 0;  // a live steer ends the replay (the gateway drops the rest)
+  run.replaying = steering.length > 0 || shared;  // a live steer ends the replay (the gateway drops the rest)
   const outcome = await streamInto(panes.blend, request(s, promptOf(panes.blend), w, seed, steering), controller.signal,
                                    onStart);
   clearInterval(run.stallTimer);
   // What writes this story again: the weights its tokens were drawn at (a Continue is a new
   // generation from the story so far: the replay stays the first part's).
   if (!continuing && panes.blend.schedule) last.replay = { ...panes.blend.schedule };
-  if (outcome === "done") run.ended = `Done: ${panes.blend.tokenCount} tokens, ending at ${percent(panes.blend.lastWeight)}% logic.`;
+  if (outcome === "done") {
+    run.ended = `${shared ? "The shared story, written again" : "Done"}: ${panes.blend.tokenCount} tokens, `
+      + `ending at ${percent(panes.blend.lastWeight)}% logic.`;
+  }
   else if (outcome === "stopped") run.ended = "Stopped.";
   else run.ended = panes.blend.hasStory ? "The story stopped early." : "The story could not be written.";
   status(run.ended);
@@ -586,19 +598,57 @@ function renderHistory(items = loadHistory()) {
     b.type = "button";
     b.className = "history-item";
     const when = new Date(h.at).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
-    const snippet = (h.setup.prompt + h.text).replace(/\s+/g, " ").trim();
-    b.textContent = snippet.length > 110 ? `${snippet.slice(0, 110)}…` : snippet;
+    const differs = differences(h, items);
+    // Entries of one opening would read alike: after a short opening, their own words.
+    const snippet = (differs ? `${clip(h.setup.prompt, 40)} → ${h.text}` : h.setup.prompt + h.text).replace(/\s+/g, " ").trim();
+    b.textContent = clip(snippet, 110);
     const meta = document.createElement("span");
     meta.className = "history-meta";
-    meta.textContent = `${when} · ${describeWeights(h.setup.logic_weight, h.setup.steering, { short: true })} · seed ${h.setup.seed}`;
+    meta.textContent = [when, describeWeights(h.setup.logic_weight, h.setup.steering, { short: true }),
+                        `seed ${h.setup.seed}`, ...(differs || [])].join(" · ");
     b.append(meta);
-    b.addEventListener("click", () => {
-      applySetup(h.setup);
-      status("Settings restored from your history: press Generate to write it again.");
-    });
+    b.addEventListener("click", () => restore(h));
     li.append(b);
     return li;
   }));
+}
+
+function clip(text, n) {
+  const flat = text.replace(/\s+/g, " ").trim();
+  return flat.length > n ? `${flat.slice(0, n)}…` : flat;
+}
+
+// The settings a history line names when they tell apart entries of the same opening.
+const TELLS = [["temperature", "temperature"], ["top_p", "top-p"], ["top_k", "top-k"],
+               ["max_new_tokens", "up to", " tokens"], ["blend", "blend"]];
+
+/** How h differs from the other entries with its opening (null when none has it): the
+ *  settings, besides the weights and the seed, in which some of them differ. */
+function differences(h, items) {
+  const twins = items.filter((o) => o !== h && o.setup.prompt === h.setup.prompt);
+  if (!twins.length) return null;
+  return TELLS.filter(([key]) => twins.some((o) => o.setup[key] !== h.setup[key]))
+    .map(([key, label, unit = ""]) => (key === "blend" ? blendName(h.setup.blend).toLowerCase()
+      : key === "top_k" && !h.setup.top_k ? "no top-k" : `${label} ${h.setup[key]}${unit}`));
+}
+
+/** A history entry back on the page: its settings in the form and its text in the story pane,
+ *  as this browser kept it (Generate writes it again, word by word, with the inspector). */
+function restore(h) {
+  if (run) {
+    status("A story is still being written: press Stop (or Esc) first.");
+    return;
+  }
+  applySetup(h.setup);
+  clearError();
+  inspector.close();
+  $("panes").classList.remove("split");
+  for (const pane of [panes.gpt2, panes.bdh]) pane.clear();
+  panes.blend.restore(h);
+  last = { setup: { ...h.setup, split: false }, replay: null, continued: 0, historyAt: h.at, split: false,
+           restored: true };
+  updateOutputs();
+  status("Restored from your history. Generate writes it again, with every word's details.");
 }
 
 function saveToHistory(outcome) {
@@ -654,9 +704,13 @@ async function loadLimits() {
 function openShareLink() {
   const shared = readShareLink(location.hash);
   if (!shared) return;
+  if (run) {  // the link changed under a story being written: leave that one alone
+    applySetup(shared);
+    status("Opened a shared story: press Stop, then Generate to write it.");
+    return;
+  }
   applySetup(shared);
-  status(`Opened a shared story: press Generate to write it (the same seed${shared.steering.length
-    ? " and steering write" : " writes"} the same story).`);
+  generate({ shared: true });  // the same seed and settings (and steering) write the same story
 }
 window.addEventListener("hashchange", openShareLink);
 

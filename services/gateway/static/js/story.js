@@ -1,19 +1,27 @@
 // One story pane: the prompt in a neutral colour, then the tokens as they stream in, with a
 // marker where the weight changed and one where a model's context window slid.
 //
-// The tint is each model's share of the blended probability of the token, w·p_bdh against
-// (1−w)·p_gpt2: the slider's weight is part of it, so at 85% GPT-2 a word BDH liked more can
-// still be GPT-2's by share (the legend and the inspector say so). A token the two shares
-// split about evenly stays plain; the pure panes, and words the blend wrote at 0% or 100%,
-// are never tinted.
+// The tint marks the words one model clearly preferred: it gave the token at least CLEAR_LEAD
+// times the other model's probability. The slider's weight is left out on purpose: with it
+// (each model's share of the blend), at 85% logic nearly every word would be BDH's and the
+// colour would say nothing the slider does not. Words both models liked about as much stay
+// plain; the pure panes, and words the blend wrote at 0% or 100%, are never tinted. The
+// inspector gives the shares.
 // Every token is focusable (one tab stop per pane, arrow keys move between tokens) so the
 // token inspector opens by click, tap or keyboard.
 
 import { blendName, percent } from "./format.js";
 
-// Under this |2·share − 1| (a 2:1 split of the blended probability) neither model really
-// drove the token: it stays plain, so the colour picks out the choices one model made.
-export const PLAIN_BELOW = 1 / 3;
+// A word is coloured when one model gave it at least this many times the other's probability;
+// the colour is full at FULL_LEAD times.
+export const CLEAR_LEAD = 3;
+const FULL_LEAD = 30;
+
+/** How much more BDH liked a token than GPT-2, as a natural log (+ BDH, − GPT-2). */
+export function lead(pBdh, pGpt2) {
+  if (!(pBdh > 0) && !(pGpt2 > 0)) return 0;
+  return Math.log(Math.max(pBdh, 1e-30) / Math.max(pGpt2, 1e-30));
+}
 const ROLE_NAMES = { gpt2: "GPT-2", bdh: "BDH" };
 
 /** BDH's share of the blended probability of a token drawn at weight w (0.5 when both are 0). */
@@ -123,13 +131,15 @@ export class StoryPane {
     this.hasStory = true;
     const span = document.createElement("span");
     const share = bdhShare(ev.logic_weight, ev.p_bdh, ev.p_gpt2);
-    const lean = 2 * share - 1;
+    const lean = lead(ev.p_bdh, ev.p_gpt2);
+    const clear = Math.log(CLEAR_LEAD);
     // At 0% or 100% one model wrote the word alone: colour would tell nothing, so none.
     const tinted = this.tint && ev.logic_weight > 0 && ev.logic_weight < 1;
     span.className = "tok " + (!tinted ? "by-none"
-      : lean >= PLAIN_BELOW ? "by-bdh" : lean <= -PLAIN_BELOW ? "by-gpt2" : "by-both");
-    // Strength past the plain band: 0 at a 2:1 split, 1 when one model gave all of it.
-    if (tinted) span.style.setProperty("--a", Math.max(0, (Math.abs(lean) - PLAIN_BELOW) / (1 - PLAIN_BELOW)).toFixed(3));
+      : lean >= clear ? "by-bdh" : lean <= -clear ? "by-gpt2" : "by-both");
+    // Strength past the plain band: 0 at CLEAR_LEAD times the other's probability, 1 at FULL_LEAD.
+    const strength = (Math.abs(lean) - clear) / (Math.log(FULL_LEAD) - clear);
+    if (tinted) span.style.setProperty("--a", Math.min(1, Math.max(0, strength)).toFixed(3));
     // Most tokens start with their space: tint only the word, so the text does not read as
     // gapped blocks. The span's textContent is still exactly the token's text.
     const [, space, word] = /^(\s*)([\s\S]*)$/.exec(ev.text);
@@ -235,6 +245,26 @@ export class StoryPane {
     const ws = this.weights.map(([, w]) => percent(w));
     const label = ws.length === 1 ? `${ws[0]}%` : ws.length === 2 ? `${ws[0]} → ${ws[1]}%` : `${ws[0]} → … → ${ws[ws.length - 1]}%`;
     this.badgeEl.textContent = `${label} logic`;
+  }
+
+  /** A story this browser kept (a history entry): its text, plain (no word details were
+   *  kept), with how it ended. */
+  restore(entry) {
+    this.begin(entry.setup.prompt, "");
+    const body = document.createElement("span");
+    body.className = "restored";
+    body.textContent = entry.text;
+    this.textEl.append(body);
+    this.pieces = [entry.text];
+    this.tokenCount = entry.tokens || 0;
+    this.hasStory = Boolean(entry.text);
+    this.weights = entry.weights || [];
+    this.lastWeight = this.weights.length ? this.weights[this.weights.length - 1][1] : null;
+    this.renderBadge();
+    this.settle("done");
+    this.finishReason = entry.finish || null;
+    this.seed = entry.setup.seed;
+    this.metaEl.textContent = `from your history · ${this.tokenCount} tokens · seed ${this.seed}`;
   }
 
   // ---- endings ------------------------------------------------------------------------------------
