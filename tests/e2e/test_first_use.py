@@ -140,7 +140,7 @@ def test_a_story_stopped_by_hand_comes_back_as_far_as_it_went(page, gateway, mod
         freeze.__exit__(None, None, None)
     page.wait_for_selector("#pane-blend[data-state='stopped']", timeout=WAIT_MS)
     text = story_text(page)
-    written = int(re.search(r"stopped after (\d+) tokens", page.text_content("#pane-blend .pane-meta")).group(1))
+    written = int(re.search(r"stopped after (\d+) word pieces", page.text_content("#pane-blend .pane-meta")).group(1))
     assert 0 < written < 200 and text
     page.click("#share")
     page.wait_for_function("document.querySelector('#output-note').textContent.includes('link')")
@@ -158,7 +158,7 @@ def test_a_story_stopped_by_hand_comes_back_as_far_as_it_went(page, gateway, mod
     page.click("#history summary")
     metas = page.eval_on_selector_all("#history-list .history-meta", "els => els.map(e => e.textContent)")
     assert len(metas) == 2 and "temperature 1.3" in metas[0] and "temperature 1.3" not in metas[1], metas
-    assert "up to 200 tokens" in metas[0] and f"up to {written} tokens" in metas[1], metas
+    assert "up to 200 word pieces" in metas[0] and f"up to {written} word pieces" in metas[1], metas
     page.click("#history-list .history-item >> nth=1")
     assert page.text_content("#pane-blend .restored") == text
     assert page.input_value("#max-tokens") == str(written)
@@ -368,7 +368,7 @@ def test_the_draft_score_says_what_its_number_means(page, gateway):
     verdict = page.text_content("#v-verdict")
     score = re.search(r"Draft score: (\d+\.\d\d)", verdict)
     assert score, verdict
-    assert f"{score.group(1)} bits of surprise per word" in verdict
+    assert f"{score.group(1)}: how much the context makes the draft's words unexpected" in verdict
     assert "Compare drafts for the same context: higher fits it less" in verdict
 
 
@@ -377,5 +377,5 @@ def test_numbers_and_tokens_are_written_for_a_storyteller(page):
     end-of-text token named in words wherever a token is shown (inspector, logic check)."""
     got = page.evaluate("""import('/static/js/format.js').then(f => [
         f.formatProb(0.00053), f.formatProb(0.000001), f.formatProb(0.412),
-        f.visible('<|endoftext|>'), f.visible(' garden'), f.visible('\\n')])""")
-    assert got == ["0.05%", "< 0.01%", "41.2%", "(the end)", "garden", "↵"]
+        f.visible('<|endoftext|>'), f.visible(' garden'), f.visible('\\n'), f.visible(''), f.visible('.\\nThe')])""")
+    assert got == ["0.05%", "< 0.01%", "41.2%", "(the end)", "garden", "(line break)", "(nothing)", ". / The"]

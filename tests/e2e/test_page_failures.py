@@ -74,7 +74,7 @@ def test_a_long_story_marks_where_a_models_window_slid(open_page, fake_gateway):
     fill_settings(page, seed=seed, max_tokens=60, split=False)
     page.click("#generate")
     wait_done(page)
-    assert "60 tokens" in page.text_content("#pane-blend .pane-meta")  # the story went on past the windows
+    assert "60 word pieces" in page.text_content("#pane-blend .pane-meta")  # the story went on past the windows
     marks = page.eval_on_selector_all("#story .shift-mark", "els => els.map(e => [e.dataset.roles, e.getAttribute('aria-label')])")
     assert marks and {"gpt2", "bdh"} <= {r for roles, _ in marks for r in roles.split()}
     assert all("forgot the start" in label for _, label in marks)

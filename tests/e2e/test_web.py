@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import threading
 from pathlib import Path
@@ -48,9 +49,10 @@ def record_requests(page, path: str) -> list[dict]:
 def visible(text: str) -> str:
     """The page's visible() for a token's text (format.js)."""
     if text == "":
-        return "∅"
-    shown = text.replace("\n", "↵").replace("\t", "⇥")
-    return shown.replace(" ", "␣") if shown.strip() == "" else shown.strip()
+        return "(nothing)"
+    if text.strip() == "":
+        return "(line break)" if "\n" in text else "(tab)" if "\t" in text else "(space)"
+    return re.sub(r"\s*\n\s*", " / ", text.strip())
 
 
 def js_round(x: float) -> int:
@@ -396,7 +398,7 @@ def test_continue_writes_on_from_the_story_so_far(page, gateway):
     page.click("#generate")
     wait_done(page)
     first = story_text(page)
-    assert page.is_enabled("#continue") and "length limit" in page.text_content("#pane-blend .pane-meta")
+    assert page.is_enabled("#continue") and "reached the length you set" in page.text_content("#pane-blend .pane-meta")
     page.click("#continue")
     wait_done(page)
     # A new generation: the prompt plus the text so far, the same settings, a seed derived from the story's.
@@ -409,7 +411,7 @@ def test_continue_writes_on_from_the_story_so_far(page, gateway):
     assert story_text(page) == first + more and more
     # Still one story: one prompt at its head, and the strip spans both parts.
     assert len(page.query_selector_all("#story .prompt-head")) == 1
-    assert page.text_content("#pane-blend .pane-meta").startswith(f"{48} tokens")
+    assert page.text_content("#pane-blend .pane-meta").startswith(f"{48} word pieces")
 
 
 def test_errors_give_one_plain_message_with_retry(browser, start_gateway, open_page):

@@ -17,7 +17,7 @@ export function explain(err) {
     case 401:
       return { message: "This gateway needs an API key: enter it under More settings, then try again.", detail };
     case 413:
-      return { message: "That is too much text for the gateway at once. Try a shorter prompt.", detail };
+      return { message: "That is too much text for the gateway at once. Try a shorter start of the story.", detail };
     case 422:
       return { message: `Please check ${err.field ? fieldName(err.field) : "the settings"}: ${err.message}`, detail };
     case 429:
@@ -33,7 +33,7 @@ export function explain(err) {
   }
 }
 
-const NAMES = { prompt: "the start of the story", max_new_tokens: "Max tokens", temperature: "Temperature",
+const NAMES = { prompt: "the start of the story", max_new_tokens: "Length (word pieces)", temperature: "Temperature",
                 top_k: "Top-k", top_p: "Top-p", seed: "Seed", blend: "Blend", logic_weight: "the mix",
                 draft: "the draft", context: "the context", sensitivity: "Sensitivity" };
 

@@ -13,13 +13,14 @@ export function formatProb(p) {
   return `${(p * 100).toFixed(p >= 0.1 ? 1 : 2)}%`;
 }
 
-/** A token's text as a reader can see it: its spaces and line breaks shown, never empty. */
+/** A token's text as a reader can see it: a piece that is only spacing is named in words,
+ *  never shown empty. */
 export function visible(text) {
-  if (text === "") return "∅";
+  if (text === "") return "(nothing)";
   // the end-of-text token (as a single token it can be nothing else): words for a storyteller
   if (text === "<|endoftext|>") return "(the end)";
-  const shown = text.replace(/\n/g, "↵").replace(/\t/g, "⇥");
-  return shown.trim() === "" ? shown.replace(/ /g, "␣") : shown.trim();
+  if (text.trim() === "") return text.includes("\n") ? "(line break)" : text.includes("\t") ? "(tab)" : "(space)";
+  return text.trim().replace(/\s*\n\s*/g, " / ");  // a line break inside a piece: a slash, as in verse
 }
 
 /** The blends in a storyteller's words, by the gateway's registry names (the values sent);

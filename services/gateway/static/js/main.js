@@ -134,7 +134,7 @@ function status(text) {
       text = `Waiting for ${run.stalledOn}… no new word for ${run.stalledFor} s.`;
     } else if (inEffect === null) {
       text = run.shared ? "Replaying the shared story: reading its opening into the models…"
-        : "Reading the prompt into the models…";
+        : "Reading the start of the story into the models…";
     } else if (run.shared && !run.replayStopped) {
       text = `Replaying the shared story (${percent(inEffect)}% logic now). Move the slider to steer it your way.`;
     } else {
@@ -344,7 +344,7 @@ async function streamInto(pane, req, signal, onStart) {
       checkReadiness();  // the badge learns of a dead model at once, not at its next poll
       if (e.status === 401) showApiKey();
     }
-    pane.fail(`stopped early${pane.tokenCount ? ` after ${pane.tokenCount} tokens` : ""}`);
+    pane.fail(`stopped early${pane.tokenCount ? ` after ${pane.tokenCount} word pieces` : ""}`);
     return e;
   }
 }
@@ -375,7 +375,7 @@ async function generate({ setup = null, continuing = false, shared = false } = {
   run = { controller, id: null, panes: active, stalledFor: 0, stalledOn: "the models", failure: null, steering: null, stopping: false,
           ended: null, shared };
   setRunning(true);
-  status(continuing ? "Reading the story so far into the models…" : "Reading the prompt into the models…");
+  status(continuing ? "Reading the story so far into the models…" : "Reading the start of the story into the models…");
 
   const s = last.setup;
   // Continue: a new generation whose prompt is the prompt plus what each pane wrote, at the
@@ -415,7 +415,7 @@ async function generate({ setup = null, continuing = false, shared = false } = {
   // generation from the story so far: the replay stays the first part's).
   if (!continuing && panes.blend.schedule) last.replay = { ...panes.blend.schedule };
   if (outcome === "done") {
-    run.ended = `${shared ? "The shared story, written again" : "Done"}: ${panes.blend.tokenCount} tokens, `
+    run.ended = `${shared ? "The shared story, written again" : "Done"}: ${panes.blend.tokenCount} word pieces, `
       + `ending at ${percent(panes.blend.lastWeight)}% logic.`;
   }
   else if (outcome === "stopped") run.ended = "Stopped.";
@@ -580,7 +580,7 @@ $("share").addEventListener("click", async () => {
   const steered = setup.steering && setup.steering.length;
   // The gateway replays at most MAX_STEERING changes of weight: say so rather than differ silently.
   const cut = steered > MAX_STEERING ? ` It replays the first ${MAX_STEERING} moves of the slider only.` : "";
-  note((ok ? `Copied a link: it opens this page with the same prompt, settings, seed${steered ? " and steering" : ""}.`
+  note((ok ? `Copied a link: it writes this story again, with the same start, settings, seed${steered ? " and steering" : ""}.`
     : "The link is in the address bar: copy it from there.") + cut);
 });
 
@@ -620,7 +620,7 @@ function clip(text, n) {
 
 // The settings a history line names when they tell apart entries of the same opening.
 const TELLS = [["temperature", "temperature"], ["top_p", "top-p"], ["top_k", "top-k"],
-               ["max_new_tokens", "up to", " tokens"], ["blend", "blend"]];
+               ["max_new_tokens", "up to", " word pieces"], ["blend", "blend"]];
 
 /** How h differs from the other entries with its opening (null when none has it): the
  *  settings, besides the weights and the seed, in which some of them differ. */

@@ -264,25 +264,24 @@ export class StoryPane {
     this.settle("done");
     this.finishReason = entry.finish || null;
     this.seed = entry.setup.seed;
-    this.metaEl.textContent = `from your history · ${this.tokenCount} tokens · seed ${this.seed}`;
+    this.metaEl.textContent = `from your history · ${this.tokenCount} word pieces · seed ${this.seed}`;
   }
 
   // ---- endings ------------------------------------------------------------------------------------
   end(ev) {
     this.settle("done");
     this.root.classList.add("is-done");
-    const speed = ev.timings && ev.timings.tokens_per_s ? ` · ${Math.round(ev.timings.tokens_per_s)} tok/s` : "";
-    const reason = { eos_token: "end of text", length: "length limit", stop_sequence: "stop sequence" }[ev.finish_reason]
-      || ev.finish_reason;
+    const reason = { eos_token: "the story ended itself", length: "reached the length you set",
+                     stop_sequence: "reached a stop sequence" }[ev.finish_reason] || ev.finish_reason;
     this.finishReason = ev.finish_reason;
-    this.metaEl.textContent = `${this.tokenCount} tokens · ${reason}${speed} · seed ${this.seed}`;
+    this.metaEl.textContent = `${this.tokenCount} word pieces · ${reason} · seed ${this.seed}`;
   }
 
   stopped() {
     this.settle("stopped");
     this.root.classList.add("is-stopped");
     this.finishReason = "stopped";
-    this.metaEl.textContent = `stopped after ${this.tokenCount} tokens`;
+    this.metaEl.textContent = `stopped after ${this.tokenCount} word pieces`;
   }
 
   /** Never started (the blend it waits for failed or was stopped first). */

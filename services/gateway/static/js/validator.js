@@ -88,8 +88,8 @@ function wordTitle(w) {
 /** The draft score in plain words: it is in bits per word (each word's drop under the context
  *  mixed with its surprisal, averaged), with no fixed scale, so say what it compares with. */
 export function scoreWords(score) {
-  return `Draft score: ${score.toFixed(2)} bits of surprise per word, given the context. `
-    + "Compare drafts for the same context: higher fits it less.";
+  return `Draft score: ${score.toFixed(2)}: how much the context makes the draft's words unexpected `
+    + "(0: not at all). Compare drafts for the same context: higher fits it less.";
 }
 
 function renderReasons(list, contradictions) {
