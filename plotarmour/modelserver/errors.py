@@ -13,6 +13,11 @@ class SessionGone(RuntimeError):
     """The session was closed (by its owner, or by the idle timeout) before this step."""
 
 
+class NoFirstMessage(TimeoutError):
+    """A stream opened and sent nothing within first_message_timeout_s: closed, so that
+    silent streams cannot pile up (open sessions have idle_timeout_s for the same reason)."""
+
+
 class SchedulerDown(RuntimeError):
     """The scheduling loop has stopped (shutdown or a fault): nothing more will run."""
 

@@ -137,6 +137,9 @@ class Scheduler:
         # What the worker runs now: out of _rows and _work, yet its waiters must hear
         # of it if the loop dies or stops mid-iteration.
         self._inflight: tuple[dict, _Work | None] = ({}, None)
+        # The gauges are read when /metrics is scraped, so they tell the truth between events.
+        self.metrics.open_sessions.set_function(lambda: self._admitted)
+        self.metrics.queued.set_function(self._queued)
         # Measured costs (moving averages, seconds) that size a chunk beside running stories.
         self._step_s: float | None = None  # one decode step
         self._token_s: float | None = None  # one prompt token of a chunk
@@ -170,7 +173,6 @@ class Scheduler:
         if self._admitted >= self.max_sessions:
             raise Overloaded(f"{self._admitted} sessions are open, the limit is {self.max_sessions}; retry later")
         self._admitted += 1
-        self._gauge()
         work = self._submit("prefill", ids)
         try:
             sid, row = await work.future
@@ -178,7 +180,6 @@ class Scheduler:
             # Cancelled or failed: the loop drops the work and frees its engine session,
             # or, when the prefill had just finished, the session it opened.
             self._admitted -= 1
-            self._gauge()
             fut = work.future
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._closing.append(fut.result()[0])
@@ -232,7 +233,6 @@ class Scheduler:
             entry[1].set_exception(SessionGone("the session was closed while its step waited"))
         self._sessions.discard(session)
         self._admitted -= 1
-        self._gauge()
         self._closing.append(session.id)
         self._wake.set()
 
@@ -528,6 +528,7 @@ class Scheduler:
                 w.future.set_exception(err)
         self._work.clear()
 
-    def _gauge(self) -> None:
-        self.metrics.open_sessions.set(self._admitted)
-        self.metrics.queued.set(len(self._work))
+    def _queued(self) -> int:
+        """Prefills, steps and scores waiting or running now."""
+        rows, work = self._inflight
+        return len(self._rows) + len(self._work) + len(rows) + (work is not None)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
@@ -48,6 +48,22 @@ _GRPC_OPTIONS = [
 ]
 
 
+
+# gRPC reflection's v1 service is v1alpha's under a new name, message for message, but the
+# grpcio-reflection package serves only v1alpha; grpcurl and Postman ask v1 first.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(server: grpc.aio.Server, services: list[str]) -> None:
+    """Server reflection under both names, v1 and v1alpha, listing `services` and itself."""
+    servicer = reflection.aio.ReflectionServicer([*services, REFLECTION_V1, reflection.SERVICE_NAME])
+    handler = {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}
+    for name in (REFLECTION_V1, reflection.SERVICE_NAME):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handler),))
+
 class ModelServer:
     def __init__(self, settings: ModelServerSettings, *, checkpoint=None):
         """Build and bind; `checkpoint` (a loaded plotarmour.checkpoint.Checkpoint) skips
@@ -56,14 +72,13 @@ class ModelServer:
         self._checkpoint = checkpoint
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
-        self.servicer = LanguageModelServicer(metrics=self.metrics)
+        self.servicer = LanguageModelServicer(metrics=self.metrics,
+                                              first_message_timeout_s=settings.first_message_timeout_s)
         self.scheduler = None
         self.grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         pb_grpc.add_LanguageModelServicer_to_server(self.servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.grpc)
+        enable_reflection(self.grpc, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         address = f"{settings.host}:{settings.port}"
         try:
             self.port = self.grpc.add_insecure_port(address)

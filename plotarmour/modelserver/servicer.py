@@ -18,7 +18,8 @@ import numpy as np
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
-from .errors import FingerprintMismatch, InvalidArgument, Overloaded, SchedulerDown, SessionGone, WorkFailed
+from .errors import (FingerprintMismatch, InvalidArgument, NoFirstMessage, Overloaded, SchedulerDown, SessionGone,
+                     WorkFailed)
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # the scheduler imports torch; the servicer itself stays torch-free
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class LanguageModelServicer(pb_grpc.LanguageModelServicer):
-    def __init__(self, *, metrics: Metrics):
+    def __init__(self, *, metrics: Metrics, first_message_timeout_s: float = 0.0):
         self.metrics = metrics
+        self.first_message_timeout_s = first_message_timeout_s
         self.scheduler = None  # set by attach() once the model has loaded
         self.info: pb.ModelInfo | None = None
         self.tokenizer_json = ""
@@ -53,7 +55,7 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
         session = None
         try:
             async with self._errors(context, "Decode"):
-                async for request in requests:
+                async for request in first_within(requests, self.first_message_timeout_s):
                     given = request.WhichOneof("input")
                     if session is None:
                         if given != "prompt":
@@ -77,7 +79,7 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
     async def Batch(self, requests, context):
         await self._require_open(context, "Batch")
         stream = BatchStream(self)
-        reader = stream.start(requests)
+        reader = stream.start(first_within(requests, self.first_message_timeout_s))
         try:
             async with self._errors(context, "Batch"):
                 while (response := await stream.next_response()) is not None:
@@ -131,8 +133,25 @@ _STATUS = {
     SessionGone: grpc.StatusCode.ABORTED,
     SchedulerDown: grpc.StatusCode.UNAVAILABLE,
     FingerprintMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    NoFirstMessage: grpc.StatusCode.DEADLINE_EXCEEDED,
     WorkFailed: grpc.StatusCode.INTERNAL,
 }
+
+
+async def first_within(requests, seconds: float):
+    """The client's requests, or NoFirstMessage when the first one takes over `seconds` (0:
+    wait for ever)."""
+    it = aiter(requests)
+    try:
+        async with asyncio.timeout(seconds or None):
+            first = await anext(it)
+    except StopAsyncIteration:
+        return
+    except TimeoutError:
+        raise NoFirstMessage(f"the stream sent nothing within first_message_timeout_s = {seconds:g} s") from None
+    yield first
+    async for request in it:
+        yield request
 
 
 def status_of(e: BaseException) -> grpc.StatusCode | None:

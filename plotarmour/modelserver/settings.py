@@ -53,6 +53,8 @@ class ModelServerSettings(BaseSettings):
                                                   "RESOURCE_EXHAUSTED (steps are never refused)")
     idle_timeout_s: float = Field(300.0, ge=0, description="free a session nobody has stepped for this long "
                                                            "(0: never)")
+    first_message_timeout_s: float = Field(10.0, ge=0, description="close a Decode or Batch stream that sends "
+                                                                   "nothing for this long after it opens (0: never)")
     batch_wait_ms: float = Field(
         0.0, ge=0, description="when fewer sessions wait for a step than are open, wait up to this long "
                                "for the others to join the batch (for per-session Decode clients)")

@@ -38,6 +38,13 @@ class NotFound(InvalidField):
     status = 404
 
 
+class UnknownModel(NotFound):
+    """A `model` this gateway does not serve (vLLM and TGI answer 404 model_not_found too)."""
+
+    def __init__(self, asked: str, served: str):
+        super().__init__("model", f"the model {asked!r} does not exist; this gateway serves {served!r}")
+
+
 class TooBusy(GatewayError):
     status = 429
 
@@ -121,6 +128,8 @@ def gateway_error_body(e: GatewayError, tgi: bool = False) -> dict:
 
 
 def _code(e: GatewayError) -> str | None:
+    if isinstance(e, UnknownModel):
+        return "model_not_found"
     if isinstance(e, ModelBusy | TooBusy):
         return "busy"
     if isinstance(e, ModelRejected):

@@ -45,13 +45,19 @@ def header(scope, name: bytes) -> bytes | None:
     return None
 
 
-class _BodyTooLarge(Exception):
+class _Refused(Exception):
     pass
+
+
+# Python's json.loads reads UTF-16 and UTF-32 bytes as well (it sniffs the first four bytes
+# for their BOMs or zero bytes); the API is UTF-8 only, like every JSON API it imitates.
+_NOT_UTF8 = (b"\xff\xfe", b"\xfe\xff")
 
 
 class BodySizeLimit:
     """413 for a body over `max_bytes`: at once when Content-Length says so, else as soon
-    as the bytes received (chunked uploads) pass the limit. The app never parses it."""
+    as the bytes received (chunked uploads) pass the limit; 400 for a body in UTF-16 or
+    UTF-32 (a zero byte or their byte-order mark at its start). The app never parses either."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -64,22 +70,26 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await send_error(scope, send, 413, too_large)
 
-        seen, tripped, started = 0, False, False
+        seen, refused, started = 0, None, False
 
         async def counting_receive():
-            nonlocal seen, tripped
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                if not seen and chunk and (b"\x00" in chunk[:4] or chunk.startswith(_NOT_UTF8)):
+                    refused = (400, "request body is not valid UTF-8 (it looks like UTF-16 or UTF-32)")
+                seen += len(chunk)
                 if seen > self.max_bytes:
-                    tripped = True
-                    raise _BodyTooLarge
+                    refused = (413, too_large)
+                if refused:
+                    raise _Refused
             return message
 
         async def guarded_send(message):
             nonlocal started
-            if tripped:
-                return  # whatever the app makes of the cut-off body, the answer is 413
+            if refused:
+                return  # whatever the app makes of the cut-off body, the answer is ours
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -87,11 +97,11 @@ class BodySizeLimit:
         try:
             await self.app(scope, counting_receive, guarded_send)
         except Exception:
-            # FastAPI may wrap our exception in its own; once tripped, any of them is ours.
-            if not tripped:
+            # FastAPI may wrap our exception in its own; once refused, any of them is ours.
+            if not refused:
                 raise
-        if tripped and not started:
-            await send_error(scope, send, 413, too_large)
+        if refused and not started:
+            await send_error(scope, send, *refused)
 
 
 def key_matches(scope, expected: bytes) -> bool:

@@ -11,7 +11,7 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from plotarmour.modelserver.launch import ServerStartError
 from plotarmour.modelserver.server import create_server
@@ -64,14 +64,19 @@ def test_not_serving_until_loaded_then_serving(tiny_pair):
     assert info.model_type == "bdh"
 
 
-def test_reflection_lists_and_describes_the_services(bdh_server):
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_and_describes_the_services(bdh_server, version):
+    """Both reflection services answer (grpcurl and Postman ask v1 first; its messages are
+    v1alpha's, field for field, so v1alpha's classes speak it on v1's method path)."""
     with grpc.insecure_channel(bdh_server.address) as ch:
-        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = ch.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
         requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
                     reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE)]
-        listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+        listed, described = list(call(iter(requests), timeout=10))
     names = {s.name for s in listed.list_services_response.service}
-    assert {SERVICE, "grpc.health.v1.Health"} <= names
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= names
     assert described.file_descriptor_response.file_descriptor_proto  # what grpcurl uses to call it
 
 
@@ -190,3 +195,30 @@ def test_a_bad_checkpoint_stops_the_server_with_a_message(start_model_server, tm
     with pytest.raises(ServerStartError, match="exited with status 1") as err:
         start_model_server(tmp_path / "empty", service="bdh")
     assert "config.json: missing file" in str(err.value)
+
+
+def test_a_stream_that_sends_nothing_is_closed(tiny_pair, start_model_server):
+    """Decode and Batch streams that open and stay silent end with DEADLINE_EXCEEDED after
+    first_message_timeout_s (they would otherwise pile up for ever); a stream that speaks
+    in time is served as before, however long it then stays quiet."""
+    server = start_model_server(tiny_pair["gpt2"], first_message_timeout_s=0.5)
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            stub = pb_grpc.LanguageModelStub(ch)
+            ended = []
+            for call in (stub.Decode(), stub.Batch()):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await asyncio.wait_for(call.read(), 10)
+                ended.append((err.value.code(), err.value.details()))
+            talking = await open_session(ch)
+            await asyncio.sleep(1.0)  # past the deadline, after its first message
+            await talking.write(pb.DecodeRequest(token=4))
+            answer = await talking.read()
+            await talking.done_writing()
+            return ended, answer
+
+    ended, answer = asyncio.run(scenario())
+    for code, details in ended:
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "first_message_timeout_s = 0.5 s" in details
+    assert answer.position > 0

@@ -523,3 +523,44 @@ def test_a_failing_chunk_fails_only_its_own_call(bdh_engine):
     stepped, open_after = run(bdh_engine, body, chunk_size=8)
     assert stepped.shape == (bdh_engine.vocab_size,)
     assert open_after == 1
+
+
+def test_the_gauges_tell_the_truth_between_events(bdh_engine):
+    """Read while work is queued, and again once it is done with nothing else happening: the
+    gauges follow (they were set only on admission and close, so one stayed at the work
+    queued when the last session opened)."""
+    metrics = Metrics()
+
+    async def body(s: Scheduler):
+        scores = [asyncio.ensure_future(s.score_expected(list(range(1, 200)))) for _ in range(3)]
+        await asyncio.sleep(0)  # the scores are queued before the session opens
+        queued = gauge(metrics, "plotarmour_queued_work")
+        session, _ = await s.open([1, 2, 3])
+        await asyncio.gather(*scores)
+        return queued, session
+
+    async def main():
+        s = Scheduler(bdh_engine, metrics)
+        s.start()
+        try:
+            queued, session = await asyncio.wait_for(body(s), HANG)
+            text = metrics_text(metrics)
+            session.close()
+            return queued, text, metrics_text(metrics)
+        finally:
+            await s.stop()
+
+    queued, with_session, after_close = asyncio.run(main())
+    assert queued >= 3
+    assert "plotarmour_queued_work 0.0" in with_session and "plotarmour_open_sessions 1.0" in with_session
+    assert "plotarmour_open_sessions 0.0" in after_close
+
+
+def gauge(metrics: Metrics, name: str) -> float:
+    return next(s.value for m in metrics.registry.collect() for s in m.samples if s.name == name)
+
+
+def metrics_text(metrics: Metrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()

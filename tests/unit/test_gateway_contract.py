@@ -62,7 +62,10 @@ BODIES = {"/generate": {"prompt": PROMPT, "max_new_tokens": 2},
     (b'{"prompt": "Tom",', "not valid JSON"),
     (b'{"prompt": "\xff\xfe"}', "UTF-8"),
     (b"[" * 100_000 + b"]" * 100_000, "nested"),
-], ids=["malformed", "invalid-utf8", "deep-nesting"])
+    ('{"prompt": "Tom"}'.encode("utf-16"), "not valid UTF-8"),  # with its byte-order mark
+    ('{"prompt": "Tom"}'.encode("utf-16-le"), "not valid UTF-8"),
+    ('{"prompt": "Tom"}'.encode("utf-32-be"), "not valid UTF-8"),
+], ids=["malformed", "invalid-utf8", "deep-nesting", "utf-16", "utf-16-le", "utf-32-be"])
 def test_unreadable_bodies_are_400_in_the_routes_shape(client, path, raw, what):
     r = client.post(path, content=raw, headers=JSON)
     message = check_shape(r, path, 400)
@@ -348,3 +351,16 @@ def test_a_chunked_body_just_over_the_limit_is_413_not_a_hang(tiny_tokenizer, fa
             assert r.status_code == 413 and "1000 bytes" in openai_error(r)["message"]
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_an_unknown_model_is_404_model_not_found(client, path):
+    """vLLM's and TGI's answer: the gateway serves one model name and says which."""
+    r = client.post(path, json={**BODIES[path], "model": "gpt-4"}, headers=JSON)
+    message = check_shape(r, path, 404)
+    body = openai_error(r)
+    assert body["code"] == "model_not_found" and body["param"] == "model", body
+    assert "'gpt-4' does not exist" in message and "'plotarmour'" in message
+    for named in ({"model": "plotarmour"}, {}):
+        ok = client.post(path, json={**BODIES[path], **named}, headers=JSON)
+        assert ok.status_code == 200 and ok.json()["model"] == "plotarmour", ok.text

@@ -2,7 +2,8 @@
 
 The openai package, LangChain's `OpenAI` and `ChatOpenAI`, and anything else written for
 OpenAI work unchanged; `logic_weight`, `blend` and `top_k` go in the body (the openai
-client's `extra_body`). Any `model` name is accepted and reported back.
+client's `extra_body`). `model` may be left out or name this gateway's `model_name`
+("plotarmour"); any other is a 404 `model_not_found`, as vLLM and TGI answer.
 
 Log-probabilities are those of the blend the token was drawn from (before temperature
 and the top-k/top-p cuts), and the alternatives are the blend's likeliest tokens. Each
@@ -24,7 +25,7 @@ from tokenizers import Tokenizer
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import InvalidField, gateway_error_body, logprob, openai_body
+from ..errors import InvalidField, UnknownModel, gateway_error_body, logprob, openai_body
 from ..schemas import ChatCompletionRequest, CompletionRequest, OpenAIBase, chat_prompt
 from ..service import GatewayDep, Job, SettingsDep, unless_disconnected
 from ..streaming import data_line, event_stream
@@ -109,9 +110,16 @@ def completion_logprobs(tok: Tokenizer, tokens: list[dict], k: int, offset: int)
     return out
 
 
+def served_model(asked: str | None, settings) -> str:
+    """The model a request names: this gateway's (or none named), else 404."""
+    if asked and asked != settings.model_name:
+        raise UnknownModel(asked, settings.model_name)
+    return settings.model_name
+
+
 @router.post("/completions")
 async def completions(req: CompletionRequest, gw: GatewayDep, settings: SettingsDep, request: Request):
-    model, created, n, k = req.model or settings.model_name, int(time.time()), req.n, req.logprobs or 0
+    model, created, n, k = served_model(req.model, settings), int(time.time()), req.n, req.logprobs or 0
     prompts = req.prompts
     names = {"prompt": "prompt", "max_new_tokens": "max_tokens", "stop": "stop"}
     todo = jobs(req, prompts, req.max_tokens, k, settings.max_choices)
@@ -188,7 +196,7 @@ def chat_logprobs(tok: Tokenizer, tokens: list[dict], k: int) -> dict:
 
 @router.post("/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, settings: SettingsDep, request: Request):
-    model, created, n = req.model or settings.model_name, int(time.time()), req.n
+    model, created, n = served_model(req.model, settings), int(time.time()), req.n
     k = (req.top_logprobs or 0) if req.logprobs else 0
     max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     names = {"prompt": "messages", "max_new_tokens": max_field, "stop": "stop"}
