@@ -115,18 +115,15 @@ class DecodeEngine(ABC):
 
     def check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
         """Validate a prompt before any work is done; returns it as a list of ints."""
-        ids = self._check_ids(prompt_ids, what="prompt")
-        if len(ids) > self.max_context:
-            raise InvalidInput(f"prompt has {len(ids)} tokens; the context limit is {self.max_context}")
-        return ids
+        self._check_length(prompt_ids, what="prompt")
+        return self._check_ids(prompt_ids, what="prompt")
 
     def check_score(self, ids: Sequence[int]) -> list[int]:
         """Validate a sequence to score before any work is done."""
+        self._check_length(ids, what="sequence")
         ids = self._check_ids(ids, what="sequence")
         if len(ids) < 2:
             raise InvalidInput("scoring needs at least 2 tokens (a context token and one to score)")
-        if len(ids) > self.max_context:
-            raise InvalidInput(f"sequence has {len(ids)} tokens; the context limit is {self.max_context}")
         return ids
 
     def begin(self) -> int:
@@ -205,6 +202,12 @@ class DecodeEngine(ABC):
             return self._sessions[session]
         except KeyError:
             raise UnknownSession(f"session {session} is not open") from None
+
+    def _check_length(self, ids: Sequence[int], *, what: str) -> None:
+        # Before any copy: a request of millions of ids is refused without turning them into
+        # Python ints, whose memory the allocator would keep after the refusal.
+        if len(ids) > self.max_context:
+            raise InvalidInput(f"{what} has {len(ids)} tokens; the context limit is {self.max_context}")
 
     def _check_ids(self, ids: Sequence[int], *, what: str) -> list[int]:
         ids = [int(i) for i in ids]

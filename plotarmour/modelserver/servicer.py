@@ -61,7 +61,7 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
                         if given != "prompt":
                             raise InvalidArgument(
                                 f"the first DecodeRequest of a stream must carry `prompt`, got {given or 'nothing'}")
-                        session, row = await self.scheduler.open(list(request.prompt.token_ids))
+                        session, row = await self.scheduler.open(request.prompt.token_ids)
                     else:
                         if given != "token":
                             raise InvalidArgument(
@@ -93,7 +93,7 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         await self._require_loaded(context, "Score")
         async with self._errors(context, "Score"):
-            r = await self.scheduler.score_expected(list(request.token_ids), top_k=request.top_k,
+            r = await self.scheduler.score_expected(request.token_ids, top_k=request.top_k,
                                                     entropy=request.entropy)
             return pb.ScoreResponse(
                 log_probs=r.log_probs.tobytes(),
@@ -243,7 +243,7 @@ class BatchStream:
         self.sessions[sid] = None
         self.prefilling[sid] = asyncio.current_task()
         try:
-            session, row = await self.scheduler.open(list(req.prompt_ids))
+            session, row = await self.scheduler.open(req.prompt_ids)
         except Exception as e:
             if self.sessions.get(sid, 0) is None:  # still ours (not closed, not reopened)
                 del self.sessions[sid]
