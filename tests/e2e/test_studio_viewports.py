@@ -93,4 +93,5 @@ def test_studio_points_at_each_viewport(open_page, fake_gateway, artifacts, name
     message = page.text_content("#error-message")
     assert message.startswith("The creativity model (GPT-2) is not answering"), message
     assert "127.0.0.1" not in page.inner_text("body") and "StatusCode" not in page.inner_text("body")
+    assert page.text_content("#pane-blend .pane-meta") == "could not start"  # not "stopped early"
     shot("gpt2-down")

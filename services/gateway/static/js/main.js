@@ -344,7 +344,8 @@ async function streamInto(pane, req, signal, onStart) {
       checkReadiness();  // the badge learns of a dead model at once, not at its next poll
       if (e.status === 401) showApiKey();
     }
-    pane.fail(`stopped early${pane.tokenCount ? ` after ${pane.tokenCount} word pieces` : ""}`);
+    // A story that never started did not stop early: say which it was.
+    pane.fail(!started ? "could not start" : `stopped early${pane.tokenCount ? ` after ${pane.tokenCount} word pieces` : ""}`);
     return e;
   }
 }
