@@ -22,6 +22,8 @@ if [ "${1:-}" = "--dev" ]; then
         command -v chromium >/dev/null || missing+=(chromium)
         command -v docker-compose >/dev/null || missing+=(docker-compose)
         command -v npm >/dev/null || missing+=(npm)  # (brings nodejs) for axe-core, below
+        # nginx: the load balancer in front of two gateway replicas in tests/integration/test_gateway_peers.py
+        command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
         if [ ${#missing[@]} -gt 0 ]; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
         fi

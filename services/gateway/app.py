@@ -68,6 +68,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             retry.cancel()
             await gw.loop.stop()
             await gw.pair.aclose()
+            await gw.peers.aclose()
 
     # /docs from Swagger UI's files in a Python package (FastAPI's own /docs loads them from a
     # CDN, blank offline); ReDoc has no such package, so /redoc is off.

@@ -88,11 +88,13 @@ def roles_for(weight: float) -> tuple[int, ...]:
 class Registry:
     """Running generations by id, so `POST /generations/{id}` can steer them."""
 
-    def __init__(self):
+    def __init__(self, owner: str = ""):
         self._running: dict[str, Generation] = {}
+        self._suffix = f"-{owner}" if owner else ""  # the replica that runs them (replicas.py)
 
     def start(self, logic_weight: float, schedule: list[tuple[int, float]] | None = None) -> Generation:
-        gen = Generation(id="gen-" + secrets.token_hex(8), logic_weight=logic_weight, schedule=list(schedule or []))
+        gen = Generation(id="gen-" + secrets.token_hex(8) + self._suffix, logic_weight=logic_weight,
+                         schedule=list(schedule or []))
         self._running[gen.id] = gen
         return gen
 

@@ -24,6 +24,7 @@ from plotarmour.sampling import SamplingParams
 from .backends import GatewayError, ModelPair, ModelUnavailable
 from .errors import ClientGone, InvalidField, TooBusy
 from .generation import GenerationLoop, GenerationParams, Registry, generate, roles_for
+from .replicas import Peers, owner_part
 from .metrics import GatewayMetrics, StepTimer
 from .settings import GatewaySettings
 
@@ -147,7 +148,9 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics):
         self.settings, self.metrics = settings, metrics
         self.limiter = Limiter(settings.max_concurrent, metrics)
-        self.registry = Registry()
+        self.peers = Peers(settings)
+        # With peers, each story's id names this replica, so the others can forward to it.
+        self.registry = Registry(owner_part(settings.advertise_address) if self.peers.enabled else "")
         self.pair = ModelPair(settings)
         self.loop = GenerationLoop(self.pair, on_join=metrics.queue_wait.observe)
 

@@ -59,6 +59,13 @@ class GatewaySettings(BaseSettings):
     max_choices: int = Field(16, ge=1, description="most stories one request may ask for (OpenAI's prompts × n); "
                                                     "they run together under one of max_concurrent's places")
 
+    # Several replicas behind one load balancer (services/gateway/replicas.py).
+    peers: str = Field("", description="the gateway replicas' host:port, comma-separated, or dns:NAME:PORT (every "
+                                       "address NAME resolves to); steering and status of a story another replica "
+                                       "runs are forwarded to it. Empty: one process, nothing forwarded")
+    advertise_address: str = Field("", description="host:port where the other replicas reach this one (with "
+                                                   "peers: each story's id names it)")
+
     # Name reported as the model by /v1/completions.
     model_name: str = Field("plotarmour", description="model name that /v1/models, /v1 answers and TGI's "
                                                       "/info report")

@@ -176,3 +176,9 @@ def test_kubernetes_manifests_render_and_validate(tmp_path, overlay):
         assert deployments[name]["spec"]["template"]["spec"]["containers"][0]["image"] == compose[name]["image"]
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     assert services["bdh"]["spec"]["clusterIP"] == "None"  # headless: the gateway balances per replica
+    # Gateway replicas find each other through a headless Service; each names itself by pod IP.
+    assert services["gateway-peers"]["spec"]["clusterIP"] == "None"
+    env = {e["name"]: e for e in deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PLOTARMOUR_GATEWAY_PEERS"]["value"].startswith("dns:gateway-peers.")
+    assert env["PLOTARMOUR_GATEWAY_ADVERTISE_ADDRESS"]["value"] == "$(POD_IP):8000"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"

@@ -51,17 +51,21 @@ def _running(gw, gen_id: str):
 
 
 @router.post("/generations/{gen_id}")
-async def steer(gen_id: str, req: SteerRequest, gw: GatewayDep):
+async def steer(gen_id: str, req: SteerRequest, gw: GatewayDep, request: Request):
+    if gw.registry.get(gen_id) is None and (there := await gw.peers.elsewhere(gen_id, request)) is not None:
+        return there  # another replica runs it (replicas.py)
     gen = _running(gw, gen_id)
     gen.steer(req.logic_weight)
     return {"id": gen.id, "logic_weight": gen.logic_weight, "applies_from_token": gen.tokens_done}
 
 
 @router.get("/generations/{gen_id}")
-async def generation_status(gen_id: str, gw: GatewayDep):
+async def generation_status(gen_id: str, gw: GatewayDep, request: Request):
     """Where a running story is; `waiting_for` names the model servers whose answer to the
     current step is still due, or that it waits to come back, so a page whose story has
     stalled can say which model it is waiting for."""
+    if gw.registry.get(gen_id) is None and (there := await gw.peers.elsewhere(gen_id, request)) is not None:
+        return there
     gen = _running(gw, gen_id)
     return {"id": gen.id, "logic_weight": gen.logic_weight, "tokens_done": gen.tokens_done,
             "waiting_for": sorted(gen.due | gen.waiting)}
