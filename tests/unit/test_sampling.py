@@ -154,6 +154,22 @@ def test_candidate_filters_equal_full_sorts(sp):
 def test_ties_at_the_cut_go_to_the_lower_ids():
     p = np.array([0.1, 0.2, 0.2, 0.2, 0.3])
     assert S.top_k_mask(p, 2).tolist() == [False, True, False, False, True]
+    assert S.top_p_mask(np.full(4, 0.25), 0.5).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("sp", [S.SamplingParams(temperature=0.8, top_p=0.95), S.SamplingParams(top_p=0.999),
+                                S.SamplingParams(temperature=2.0, top_p=0.3)])
+def test_the_nucleus_of_heavy_tailed_rows_equals_a_full_sort(sp):
+    """Zipf-like rows over GPT-2's vocabulary (a nucleus of thousands of tokens), float32 as
+    the servers send them, some with long runs of equal values: the bucketed nucleus keeps
+    exactly what a full stable sort keeps."""
+    rng = np.random.default_rng(3)
+    for exponent in (0.9, 1.1, 1.5):
+        rank = rng.permutation(50257) + 1
+        logits = -exponent * np.log(rank) + 0.3 * rng.standard_normal(50257)
+        logits[rng.choice(50257, 5000, replace=False)] = logits.min()  # a tail of ties
+        p = S.probs(logits).astype(np.float32)
+        assert np.array_equal(S.filtered(p, sp) > 0, _naive_keep(p, sp))
 
 
 def test_a_row_samples_the_same_alone_and_in_any_batch():
