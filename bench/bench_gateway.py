@@ -237,7 +237,7 @@ def concurrency(root: Path, pair: dict[str, Path], prompt: str, levels: list[int
             procs.append(g)
             b, ba = start_server(root, "bdh", pair["bdh"], threads, Path(tmp))
             procs.append(b)
-            gw, url = start_gateway(ga, ba, root=root, max_concurrent=max(levels))
+            gw, url = start_gateway(ga, ba, root=root, max_concurrent=max(2, *levels))  # (the warm-up runs 2)
             procs.append(gw)
             asyncio.run(concurrent_stories(url, prompt, 2, 8))  # warm-up
             return {k: asyncio.run(concurrent_stories(url, prompt, k, n))[0] for k in levels}

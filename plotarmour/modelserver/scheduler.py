@@ -143,7 +143,7 @@ class Scheduler:
         # Measured costs (moving averages, seconds) that size a chunk beside running stories.
         self._step_s: float | None = None  # one decode step
         self._token_s: float | None = None  # one prompt token of a chunk
-        self._last_step = 0.0  # monotonic time of the last decode step
+        self._stories = False  # whether a story is being written (read by the worker for this iteration)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.failure: BaseException | None = None  # what killed the loop
@@ -271,6 +271,7 @@ class Scheduler:
                 rows = self._take_rows()
                 work = self._take_work()
                 closing, self._closing = self._closing, []
+                self._stories = bool(rows) or self._stepped_lately()
                 self._inflight = (rows, work)
                 result = await loop.run_in_executor(self._worker, self._iterate, loop, closing, rows, work)
                 self._inflight = ({}, None)
@@ -351,20 +352,27 @@ class Scheduler:
             out = None, {s: self._step_one(s.id, token) for s, (token, _) in rows.items()}
         took = time.perf_counter() - t0
         self._step_s = took if self._step_s is None else 0.8 * self._step_s + 0.2 * took
-        self._last_step = time.monotonic()
         self.metrics.step_latency.observe(took)
         self.metrics.batch_size.observe(len(rows))
         self.metrics.steps.inc(len(rows))
         return out
 
+    def _stepped_lately(self) -> bool:
+        """Whether an open session was stepped (or opened) within the last second: between
+        its steps no row of it waits, yet a long chunk would delay the next one. A story
+        that has ended does not count (its session is closed): a prompt that arrives just
+        after it is prefilled whole, not in step-sized chunks."""
+        cutoff = time.monotonic() - 1.0
+        return any(s.last_active > cutoff for s in self._sessions)
+
     def _chunk_budget(self) -> int:
         """Tokens for this iteration's chunk (vLLM's per-iteration token budget).
 
-        While stories are being stepped (one was in the last second), a chunk may cost
-        about 1.5 decode steps, so a running story's gap between tokens stays within
-        about 2.5 times its usual; with no story running, the full chunk_size goes at once.
+        While stories are being written (`_stepped_lately`), a chunk may cost about 1.5
+        decode steps, so a running story's gap between tokens stays within about 2.5 times
+        its usual; with no story running, the full chunk_size goes at once.
         """
-        if self._step_s is None or time.monotonic() - self._last_step > 1.0:
+        if self._step_s is None or not self._stories:
             return self.chunk_size
         if self._token_s is None:  # no chunk measured yet: start small
             return min(self.chunk_size, _MIN_CHUNK)

@@ -491,7 +491,7 @@ def test_after_stop_calls_fail_at_once(bdh_engine):
 def test_chunks_beside_running_stories_cost_about_a_step_and_a_half(engine):
     s = Scheduler(engine, Metrics(), chunk_size=256)
     assert s._chunk_budget() == 256  # nothing measured, nobody stepping: the whole chunk
-    s._step_s, s._last_step = 0.005, time.monotonic()
+    s._step_s, s._stories = 0.005, True
     assert s._chunk_budget() == 8  # stories running, chunk cost unknown: start small
     s._token_s = 0.0001  # 50 tokens cost one step
     assert s._chunk_budget() == 75
@@ -499,8 +499,32 @@ def test_chunks_beside_running_stories_cost_about_a_step_and_a_half(engine):
     assert s._chunk_budget() == 8
     s._token_s = 1e-6
     assert s._chunk_budget() == 256  # never above chunk_size
-    s._last_step -= 2.0  # no story stepped for a while: full chunks again
+    s._stories = False  # no story being written: full chunks again
     assert s._chunk_budget() == 256
+
+
+def test_a_prompt_just_after_a_story_ended_is_prefilled_whole(bdh_engine):
+    """Chunks are cut to step size only while a story is being written: one that has ended
+    (its session closed) no longer counts, however recently it stepped, so the next prompt
+    runs in one chunk (it ran in step-sized pieces for a second, slowing time to first token)."""
+    spy = Spy(bdh_engine)
+
+    async def body(s: Scheduler):
+        story, _ = await s.open([1, 2, 3])
+        for t in range(5):
+            await story.step(t)
+        story.close()
+        feeds = spy.feeds
+        await s.open(list(range(1, 65)))
+        during_story = spy.feeds - feeds
+        other, _ = await s.open([4, 5])
+        await other.step(1)
+        feeds = spy.feeds
+        await s.open(list(range(1, 65)))  # beside a story that is being written: in pieces
+        return during_story, spy.feeds - feeds
+
+    alone, beside = run(bdh_engine, body, chunk_size=256)
+    assert alone == 1 and beside > 1
 
 
 def test_a_failing_chunk_fails_only_its_own_call(bdh_engine):
