@@ -89,6 +89,26 @@ class Scored:
 
 
 @dataclass(eq=False)
+class _Block:
+    """One step call's rows, answered together: their log-probs land in one (n, V) array
+    as the engine steps them (no per-row futures, no stacking for the reply)."""
+
+    future: asyncio.Future  # set once every row has its answer
+    rows: np.ndarray  # (n, V) float32, in the caller's order
+    pending: int = 0
+    errors: dict[int, Exception] = field(default_factory=dict)  # row index → what closed it
+
+    def fail(self, index: int, error: Exception) -> None:
+        self.errors[index] = error
+        self.done_one()
+
+    def done_one(self, n: int = 1) -> None:
+        self.pending -= n
+        if not self.pending and not self.future.done():
+            self.future.set_result(None)
+
+
+@dataclass(eq=False)
 class _Work:
     """A prompt to prefill or a sequence to score, run chunk by chunk on the worker."""
 
@@ -128,7 +148,7 @@ class Scheduler:
         self.vocab_size = engine.vocab_size
         self.max_context = engine.max_context
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        self._rows: dict[Session, tuple[int, asyncio.Future]] = {}  # waiting decode rows: session → (token, result)
+        self._rows: dict[Session, tuple[int, _Block, int]] = {}  # waiting decode rows: session → (token, its block, row)
         self._work: deque[_Work] = deque()  # prefill and score, taking turns
         self._sessions: set[Session] = set()
         self._admitted = 0  # sessions open or being prefilled: what max_sessions bounds
@@ -144,6 +164,7 @@ class Scheduler:
         self._step_s: float | None = None  # one decode step
         self._token_s: float | None = None  # one prompt token of a chunk
         self._stories = False  # whether a story is being written (read by the worker for this iteration)
+        self.last_step_s = 0.0  # the engine's time for the latest decode step (what a step's caller waited on)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.failure: BaseException | None = None  # what killed the loop
@@ -190,38 +211,40 @@ class Scheduler:
         return session, row
 
     async def step(self, sessions: list[Session], tokens: list[int]) -> list[np.ndarray | Exception]:
+        """`step_block`, as one log-probs row (V,) or error per session."""
+        rows, errors = await self.step_block(sessions, tokens)
+        return [errors.get(i, rows[i]) for i in range(len(sessions))]
+
+    async def step_block(self, sessions: list[Session],
+                         tokens: list[int]) -> tuple[np.ndarray, dict[int, Exception]]:
         """Feed one token to each session; all of them join the next batch together.
 
-        Returns, per session, its log-probs (V,) or the error that closed it. Never
-        refused for load: a running story always gets its step.
+        Returns their log-probs as one float32 array (n, V) in the sessions' order, and,
+        by index, the error that closed a session instead (its row is then meaningless).
+        Never refused for load: a running story always gets its step.
         """
         self._check_up()
-        loop = asyncio.get_running_loop()
-        results: list[np.ndarray | Exception | asyncio.Future] = []
-        for s, token in zip(sessions, tokens):
+        block = _Block(asyncio.get_running_loop().create_future(),
+                       np.empty((len(sessions), self.vocab_size), dtype="<f4"))
+        now = time.monotonic()
+        for i, (s, token) in enumerate(zip(sessions, tokens)):
             problem = self._step_problem(s, token)
             if problem is not None:
-                results.append(problem)
+                block.errors[i] = problem
                 continue
-            fut = loop.create_future()
-            self._rows[s] = (token, fut)
-            s.last_active = time.monotonic()
-            results.append(fut)
-        self._wake.set()
-        try:
-            for i, r in enumerate(results):
-                if isinstance(r, asyncio.Future):
-                    try:
-                        results[i] = await r
-                    except Exception as e:  # this row failed; the others stand
-                        results[i] = e
-        except asyncio.CancelledError:
-            for s in sessions:  # the caller left: its rows need not run
-                entry = self._rows.pop(s, None)
-                if entry is not None:
-                    entry[1].cancel()
-            raise
-        return results
+            self._rows[s] = (token, block, i)
+            s.last_active = now
+            block.pending += 1
+        if block.pending:
+            self._wake.set()
+            try:
+                await block.future
+            except asyncio.CancelledError:
+                for s in sessions:  # the caller left: its rows need not run
+                    if s in self._rows and self._rows[s][1] is block:
+                        del self._rows[s]
+                raise
+        return block.rows, block.errors
 
     def close(self, session: Session) -> None:
         """Free a session. Never blocks: the loop frees it at its next iteration."""
@@ -229,8 +252,8 @@ class Scheduler:
             return
         session.closed = True
         entry = self._rows.pop(session, None)
-        if entry is not None and not entry[1].done():
-            entry[1].set_exception(SessionGone("the session was closed while its step waited"))
+        if entry is not None:
+            entry[1].fail(entry[2], SessionGone("the session was closed while its step waited"))
         self._sessions.discard(session)
         self._admitted -= 1
         self._closing.append(session.id)
@@ -287,12 +310,12 @@ class Scheduler:
             if self.on_fatal is not None:
                 self.on_fatal(e)
 
-    def _take_rows(self) -> dict[Session, tuple[int, asyncio.Future]]:
+    def _take_rows(self) -> dict[Session, tuple[int, _Block, int]]:
         rows = {}
         for s in list(self._rows)[: self.max_batch_size]:
-            token, fut = self._rows.pop(s)
-            if not fut.done():  # a caller that left is skipped
-                rows[s] = (token, fut)
+            entry = self._rows.pop(s)
+            if not entry[1].future.done():  # a caller that left is skipped
+                rows[s] = entry
         return rows
 
     def _take_work(self) -> _Work | None:
@@ -343,14 +366,14 @@ class Scheduler:
 
     def _step_rows(self, rows: dict) -> tuple[np.ndarray | None, dict | None]:
         t0 = time.perf_counter()
-        tokens = {s.id: token for s, (token, _) in rows.items()}
+        tokens = {s.id: token for s, (token, _, _) in rows.items()}
         try:
             out = log_probs(self.engine.step(tokens)), None
         except InvalidInput:
             # Pre-checks make this unreachable for caller mistakes we know of; should one
             # slip through, step the rows one by one so only its own session fails.
-            out = None, {s: self._step_one(s.id, token) for s, (token, _) in rows.items()}
-        took = time.perf_counter() - t0
+            out = None, {s: self._step_one(s.id, token) for s, (token, _, _) in rows.items()}
+        took = self.last_step_s = time.perf_counter() - t0
         self._step_s = took if self._step_s is None else 0.8 * self._step_s + 0.2 * took
         self.metrics.step_latency.observe(took)
         self.metrics.batch_size.observe(len(rows))
@@ -444,18 +467,27 @@ class Scheduler:
     # -- back on the event loop --------------------------------------------------------------
     def _deliver_rows(self, rows: dict, stepped) -> None:
         batch, singles = stepped
-        for i, (s, (_, fut)) in enumerate(rows.items()):
-            value = batch[i] if batch is not None else singles[s]
+        into: dict[_Block, tuple[list[int], list[int]]] = {}  # block → (its rows, the batch's rows)
+        for j, (s, (_, block, i)) in enumerate(rows.items()):
+            value = batch[j] if batch is not None else singles[s]
             if not isinstance(value, Exception):
                 # The engine has advanced, whether or not its caller still waits:
                 # keep the session's position in step with the engine's.
                 s.position += 1
-            if fut.done():
+            if block.future.done():
                 continue
             if isinstance(value, Exception):
-                fut.set_exception(value)
+                block.fail(i, value)
+            elif batch is None:
+                block.rows[i] = value
+                block.done_one()
             else:
-                fut.set_result(value)
+                dst, src = into.setdefault(block, ([], []))
+                dst.append(i)
+                src.append(j)
+        for block, (dst, src) in into.items():  # one copy per caller, not one per row
+            block.rows[dst] = batch[src]
+            block.done_one(len(dst))
 
     def _deliver_work(self, work: _Work | None, result) -> None:
         if work is None:
@@ -527,9 +559,9 @@ class Scheduler:
     def _fail_all(self, err: Exception) -> None:
         rows, work = self._inflight
         self._inflight = ({}, None)
-        for _, fut in [*self._rows.values(), *rows.values()]:
-            if not fut.done():
-                fut.set_exception(err)
+        for _, block, i in [*self._rows.values(), *rows.values()]:
+            if not block.future.done():
+                block.fail(i, err)  # every row of a caller answers: this one with the failure
         self._rows.clear()
         for w in [*self._work, *([work] if work is not None else [])]:
             if not w.future.done():

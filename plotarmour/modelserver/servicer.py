@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import grpc
-import numpy as np
 
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
@@ -261,6 +261,7 @@ class BatchStream:
             session=sid, next=pb.Distribution(data=row.tobytes(), kind=pb.LOG_PROBS), position=session.position)))
 
     async def _step(self, req: pb.StepSessions) -> None:
+        t0 = time.perf_counter()
         errors, ids, sessions, tokens = [], [], [], []
         for sid, token in zip(req.sessions, req.tokens):
             session = self.sessions.get(sid)
@@ -272,23 +273,26 @@ class BatchStream:
             sessions.append(session)
             tokens.append(token)
         try:
-            results = await self.scheduler.step(sessions, tokens) if sessions else []
+            block, failed = await self.scheduler.step_block(sessions, tokens) if sessions else (None, {})
         except SchedulerDown as e:  # as the rows in flight when it died: an error per session
-            results = [e] * len(sessions)
-        rows, stepped = [], []
-        for sid, session, result in zip(ids, sessions, results):
-            if isinstance(result, Exception):
-                if status_of(result) is None:
-                    raise result
-                errors.append(self._error_proto(sid, result))
+            block, failed = None, dict.fromkeys(range(len(sessions)), e)
+        stepped, kept = [], []
+        for i, (sid, session) in enumerate(zip(ids, sessions)):
+            if i in failed:
+                if status_of(failed[i]) is None:
+                    raise failed[i]
+                errors.append(self._error_proto(sid, failed[i]))
                 self.sessions.pop(sid, None)
                 session.close()
             else:
-                rows.append(result)
                 stepped.append(sid)
-        data = np.stack(rows).tobytes() if rows else b""
+                kept.append(i)
+        # The scheduler's block is already the reply's layout: one copy into bytes.
+        data = (block if len(kept) == len(sessions) else block[kept]).tobytes() if kept else b""
         self.out.put_nowait(pb.BatchResponse(stepped=pb.StepResult(
             step=req.step, sessions=stepped, data=data, kind=pb.LOG_PROBS, errors=errors)))
+        if kept:  # (the send itself is grpc's, after this)
+            self.metrics.overhead.observe(max(0.0, time.perf_counter() - t0 - self.scheduler.last_step_s))
 
     # -- helpers -----------------------------------------------------------------------
     def _spawn(self, coro) -> None:

@@ -241,3 +241,28 @@ def test_huge_requests_are_refused_by_their_length_first(tiny_pair, start_model_
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Decode(iter([pb.DecodeRequest(prompt=pb.Prompt(token_ids=huge))]), timeout=60))
         assert "prompt has 3000000 tokens; the context limit is" in err.value.details()
+
+
+def metric_value(server, name: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_the_servers_own_cost_per_step_is_exported(bdh_server):
+    """Each Batch step message observes its time in the server less the engine's step:
+    plotarmour_step_overhead_seconds, what the gateway's steps cost beyond the model."""
+    before = metric_value(bdh_server, "plotarmour_step_overhead_seconds_count")
+
+    async def steps():
+        async with grpc.aio.insecure_channel(bdh_server.address) as ch:
+            call = pb_grpc.LanguageModelStub(ch).Batch()
+            await call.write(pb.BatchRequest(open=pb.OpenSession(session=1, prompt_ids=[1, 2, 3])))
+            await call.read()
+            for step in (1, 2, 3):
+                await call.write(pb.BatchRequest(step=pb.StepSessions(step=step, sessions=[1], tokens=[4])))
+                assert (await call.read()).stepped.sessions == [1]
+            await call.done_writing()
+
+    asyncio.run(steps())
+    assert metric_value(bdh_server, "plotarmour_step_overhead_seconds_count") - before == 3
+    assert 0 < metric_value(bdh_server, "plotarmour_step_overhead_seconds_sum") < 3 * 1.0
