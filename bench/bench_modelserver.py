@@ -12,6 +12,9 @@ alone at the same batch size, and the 16 : 1 ratio of each.
 
 Then the stall (BDH): a running story's inter-token gaps while an 8,000-token Score runs
 beside it; its largest gap as a multiple of its median gap alone and during the Score.
+With --long-prompts (BDH): 1, 2 and 3 prompts of 8,000 tokens opened at once, each with a
+10 s deadline (the gateway's step_timeout_s): seconds to each one's first answer, or how
+it was refused.
 
     python bench/bench_modelserver.py [--checkpoints checkpoints] [--threads 1] [--models bdh gpt2]
 
@@ -185,6 +188,28 @@ async def stall(address: str, steps_alone: int) -> dict:
             "max_during": max(during), "steps_during": len(during), "score_s": score_s}
 
 
+async def long_prompts(address: str, n: int, tokens: int = STALL_SCORE_TOKENS, deadline: float = 10.0) -> list[str]:
+    """n Decode streams open a `tokens`-long prompt each at once, each with the gateway's
+    deadline → per prompt, seconds to its first answer, or how it was refused or failed."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = pb_grpc.LanguageModelStub(ch)
+
+        async def one(i: int) -> str:
+            t0 = time.perf_counter()
+            call = stub.Decode(timeout=deadline)
+            try:
+                await call.write(pb.DecodeRequest(prompt=pb.Prompt(token_ids=[1 + (7 * j + i) % 4000
+                                                                              for j in range(tokens)])))
+                await call.read()
+                return f"{time.perf_counter() - t0:.1f} s"
+            except grpc.aio.AioRpcError as e:
+                return f"{e.code().name} after {time.perf_counter() - t0:.1f} s"
+            finally:
+                call.cancel()
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
 def batch_counts(metrics_url: str) -> tuple[float, float]:
     """(rows, batches) the server has stepped so far, from its batch-size histogram."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
@@ -213,6 +238,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=320, help="tokens per measurement (split over the sessions)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of every measurement")
     ap.add_argument("--no-stall", action="store_true", help="skip the stall measurement")
+    ap.add_argument("--long-prompts", action="store_true", help="also 1, 2 and 3 long prompts at once (BDH)")
     ap.add_argument("--stall-chunks", type=int, nargs="*", default=[32],
                     help="also measure the stall on a server with these prefill_chunk settings (the "
                          "trade-off: smaller chunks, shorter stalls, slower long prompts); new code only")
@@ -257,6 +283,7 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
                     rows_batches[mode, n][0] += rows
                     rows_batches[mode, n][1] += batches
         stalled = asyncio.run(stall(srv.address, 60)) if model == "bdh" and not args.no_stall else None
+        crowd = {n: asyncio.run(long_prompts(srv.address, n)) for n in (1, 2, 3)} if model == "bdh" and args.long_prompts else {}
     stalls = [("default settings", stalled)] if stalled else []
     if stalled and HAS_BATCH:
         for chunk in args.stall_chunks:
@@ -278,6 +305,9 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
         print(f"  {n:>8}  {cells[0]:>14}" + "".join(f"  {c:>36}" for c in cells[1:]))
     print(f"  {'16 : 1':>8}  {rate['engine', 16] / rate['engine', 1]:13.2f}x"
           + "".join(f"  {rate[m, 16] / rate[m, 1]:35.2f}x" for m in modes[1:]))
+    for n, outcomes in crowd.items():
+        print(f"  {n} x {STALL_SCORE_TOKENS:,}-token prompts at once, 10 s deadline: first answer after "
+              + ", ".join(outcomes))
     for label, s in stalls:
         print(f"  stall, {label}: one story (Decode stream) beside a {STALL_SCORE_TOKENS:,}-token Score ({s['score_s']:.1f} s, "
               f"{s['steps_during']} steps meanwhile): largest gap {s['max_during'] * 1e3:.0f} ms = "

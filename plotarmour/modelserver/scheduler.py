@@ -9,8 +9,13 @@ hands each iteration to ONE worker thread. An iteration is
 
 so a long prompt or Score delays a running story by one chunk at most (vLLM's chunked
 prefill); the rows are answered as soon as they are stepped, before the chunk runs.
-Chunk work takes turns, round robin, so a short prompt is not queued behind a
-20,000-token Score. Work whose caller has gone is dropped at the next chunk boundary.
+Prompts are prefilled first come, first served, each to its end before the next (two
+long prompts at once finish one after the other, rather than both at twice the time),
+and ahead of Score work, so a story's prompt is not queued behind a 20,000-token Score;
+Score calls take turns among themselves. A prompt whose prefill would not end within its
+caller's deadline (its place in line at the measured cost per token) is refused at once
+(Overloaded) instead of failing when the deadline passes. Work whose caller has gone is
+dropped at the next chunk boundary.
 
 Limits: a running session's steps are never refused; only new sessions
 (`max_sessions`) and Score calls (`max_scores`) meet a bound. Sessions nobody steps for
@@ -187,12 +192,14 @@ class Scheduler:
         return self._admitted
 
     # -- the operations (event loop side) ----------------------------------------------
-    async def open(self, prompt: list[int]) -> tuple[Session, np.ndarray]:
-        """Prefill a prompt; returns the session and the log-probs (V,) after it."""
+    async def open(self, prompt: list[int], max_wait_s: float | None = None) -> tuple[Session, np.ndarray]:
+        """Prefill a prompt; returns the session and the log-probs (V,) after it.
+        max_wait_s: the caller's deadline; a prefill that would end later is refused now."""
         self._check_up()
         ids = self._checked(self.engine.check_prompt, prompt)
         if self._admitted >= self.max_sessions:
             raise Overloaded(f"{self._admitted} sessions are open, the limit is {self.max_sessions}; retry later")
+        self._check_wait(len(ids), max_wait_s)
         self._admitted += 1
         work = self._submit("prefill", ids)
         try:
@@ -263,7 +270,8 @@ class Scheduler:
         """log p(ids[t] | ids[:t]) for t ≥ 1, float32 (T-1,), computed chunk by chunk."""
         return (await self.score_expected(ids)).log_probs
 
-    async def score_expected(self, ids: list[int], *, top_k: int = 0, entropy: bool = False) -> Scored:
+    async def score_expected(self, ids: list[int], *, top_k: int = 0, entropy: bool = False,
+                             max_wait_s: float | None = None) -> Scored:
         """Like `score`, plus each position's top_k likeliest tokens and its entropy when asked."""
         self._check_up()
         ids = self._checked(self.engine.check_score, ids)
@@ -272,6 +280,7 @@ class Scheduler:
         top_k = min(top_k, self.vocab_size)
         if self._scores >= self.max_scores:
             raise Overloaded(f"{self._scores} Score calls are running, the limit is {self.max_scores}; retry later")
+        self._check_wait(len(ids), max_wait_s, score=True)
         self._scores += 1
         try:
             work = self._submit("score", ids)
@@ -319,12 +328,31 @@ class Scheduler:
         return rows
 
     def _take_work(self) -> _Work | None:
+        """The next chunk's work: the oldest prompt (first come, first served), else the Score
+        whose turn it is."""
         while self._work:
-            work = self._work.popleft()
+            work = next((w for w in self._work if w.kind == "prefill"), self._work[0])
+            self._work.remove(work)
             if not work.future.done():
                 return work
             self._drop(work)  # its caller has gone: stop at this chunk boundary
         return None
+
+    def _check_wait(self, tokens: int, max_wait_s: float | None, score: bool = False) -> None:
+        """Overloaded when work of `tokens` would not end within max_wait_s: the prompts ahead
+        of it in line (and, for a Score, the Scores too), then its own tokens, at the
+        measured cost per token; beside running stories each chunk also waits a step."""
+        if not max_wait_s or self._token_s is None:  # no deadline, or nothing measured yet
+            return
+        running = self._inflight[1]
+        line = [*self._work, *([running] if running is not None else [])]
+        ahead = sum(w.end - w.done for w in line if (score or w.kind == "prefill") and not w.future.done())
+        per_token = self._token_s * (1 + 1 / _CHUNK_STEPS if self._stories else 1)
+        eta = (ahead + tokens) * per_token
+        if eta > max_wait_s:
+            what = "Score" if score else "prompt"
+            raise Overloaded(f"this {what} would be done in about {eta:.1f} s ({ahead} tokens of other work "
+                             f"ahead of its {tokens}), past its deadline of {max_wait_s:.1f} s; retry later")
 
     def _drop(self, work: _Work) -> None:
         if work.sid is not None:
@@ -492,9 +520,11 @@ class Scheduler:
     def _deliver_work(self, work: _Work | None, result) -> None:
         if work is None:
             return
-        if result is None:  # more chunks to go: back in line
+        if result is None:  # more chunks to go: a prompt keeps its place, a Score goes to the back
             if work.future.done():
                 self._drop(work)
+            elif work.kind == "prefill":
+                self._work.appendleft(work)
             else:
                 self._work.append(work)
             return

@@ -61,7 +61,7 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
                         if given != "prompt":
                             raise InvalidArgument(
                                 f"the first DecodeRequest of a stream must carry `prompt`, got {given or 'nothing'}")
-                        session, row = await self.scheduler.open(request.prompt.token_ids)
+                        session, row = await self.scheduler.open(request.prompt.token_ids, context.time_remaining())
                     else:
                         if given != "token":
                             raise InvalidArgument(
@@ -94,6 +94,7 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
         await self._require_loaded(context, "Score")
         async with self._errors(context, "Score"):
             r = await self.scheduler.score_expected(request.token_ids, top_k=request.top_k,
+                                                    max_wait_s=context.time_remaining(),
                                                     entropy=request.entropy)
             return pb.ScoreResponse(
                 log_probs=r.log_probs.tobytes(),
@@ -243,7 +244,7 @@ class BatchStream:
         self.sessions[sid] = None
         self.prefilling[sid] = asyncio.current_task()
         try:
-            session, row = await self.scheduler.open(req.prompt_ids)
+            session, row = await self.scheduler.open(req.prompt_ids, req.max_wait_ms / 1000 or None)
         except Exception as e:
             if self.sessions.get(sid, 0) is None:  # still ours (not closed, not reopened)
                 del self.sessions[sid]

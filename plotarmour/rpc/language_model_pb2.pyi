@@ -103,14 +103,16 @@ class ScoreResponse(_message.Message):
     def __init__(self, log_probs: _Optional[bytes] = ..., top_ids: _Optional[bytes] = ..., top_log_probs: _Optional[bytes] = ..., entropies: _Optional[bytes] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session", "prompt_ids", "tokenizer_fingerprint")
+    __slots__ = ("session", "prompt_ids", "tokenizer_fingerprint", "max_wait_ms")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     session: int
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     tokenizer_fingerprint: str
-    def __init__(self, session: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ...) -> None: ...
+    max_wait_ms: int
+    def __init__(self, session: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ..., max_wait_ms: _Optional[int] = ...) -> None: ...
 
 class StepSessions(_message.Message):
     __slots__ = ("step", "sessions", "tokens")

@@ -5,7 +5,7 @@ import warnings
 
 from plotarmour.rpc import language_model_pb2 as plotarmour_dot_v1_dot_language__model__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -184,8 +184,11 @@ class BatchStream:
         self._opens[session] = fut
         self.sessions.add(session)
         self.opened += 1
+        # The server refuses at once a prefill that would not end within the deadline we hold
+        # it to (a 429 for the caller), rather than working on it until the deadline passes.
         self._outbox.put_nowait(pb.BatchRequest(open=pb.OpenSession(
-            session=session, prompt_ids=prompt_ids, tokenizer_fingerprint=fingerprint)))
+            session=session, prompt_ids=prompt_ids, tokenizer_fingerprint=fingerprint,
+            max_wait_ms=int(self.backend.settings.step_timeout_s * 1000))))
         try:
             return await self._answer(fut, "the prompt")
         except BaseException:

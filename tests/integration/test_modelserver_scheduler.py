@@ -588,3 +588,32 @@ def metrics_text(metrics: Metrics) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(metrics.registry).decode()
+
+
+def test_prompts_go_first_come_first_served_and_a_late_one_is_refused_at_once(bdh_engine):
+    """Two long prompts at once: the first is prefilled to its end before the second starts
+    (taking turns, both ended at about twice the time, and both missed a deadline one alone
+    would meet). A prompt whose place in line would end past its deadline is refused at
+    once, saying so, instead of failing when the deadline passes."""
+    feed, fed = bdh_engine.feed, []
+
+    def slow_feed(session, ids, want="last"):  # about 1 ms a token: a cost the line is measured in
+        fed.append(session)
+        time.sleep(0.001 * len(ids))
+        return feed(session, ids, want)
+
+    bdh_engine.feed = slow_feed
+
+    async def body(s: Scheduler):
+        await s.open([1, 2, 3])  # measures the cost per token
+        first = asyncio.ensure_future(s.open(list(range(1, 101))))
+        second = asyncio.ensure_future(s.open(list(range(1, 101))))
+        await asyncio.sleep(0)  # both in line
+        with pytest.raises(Overloaded, match=r"would be done in about .* past its deadline of 0.1 s"):
+            await s.open(list(range(1, 101)), max_wait_s=0.1)
+        roomy, _ = await s.open([4, 5], max_wait_s=30)  # within its deadline: taken
+        return await asyncio.gather(first, second), roomy
+
+    ((a, _), (b, _)), _ = run(bdh_engine, body, chunk_size=16)
+    chunks = [sid for sid in fed if sid in (a.id, b.id)]
+    assert chunks == [a.id] * 7 + [b.id] * 7, chunks  # 100 tokens in chunks of 16, one prompt after the other
