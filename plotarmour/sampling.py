@@ -191,6 +191,8 @@ def _nucleus(q: np.ndarray, need: float, logq: np.ndarray | None = None) -> tupl
     """The smallest most-probable set of q (V,) whose mass reaches `need` (at least one
     token; among equal values the lower ids first), as (ids ascending, float64 values).
     logq: log q up to a constant, when the caller has it."""
+    if not np.isfinite(need):
+        raise ValueError("the distribution holds NaN or infinite values")
     if logq is None:
         with np.errstate(divide="ignore"):
             logq = np.log(q)

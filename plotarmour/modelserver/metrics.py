@@ -30,7 +30,8 @@ class Metrics:
                                       registry=r, buckets=_LATENCY_BUCKETS)
         self.overhead = Histogram(
             "plotarmour_step_overhead_seconds", "One Batch step message, from its arrival to its answer queued for "
-            "sending, less the engine's step it waited for: the server's own cost", registry=r,
+            "sending, less the engine steps its rows took part in: the server's own cost, waiting behind a "
+            "prefill chunk included", registry=r,
             buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05))
         self.prefill_latency = Histogram("plotarmour_prefill_latency_seconds", "One prompt prefill, worker side",
                                          registry=r, buckets=_LATENCY_BUCKETS)

@@ -102,6 +102,7 @@ class _Block:
     rows: np.ndarray  # (n, V) float32, in the caller's order
     pending: int = 0
     errors: dict[int, Exception] = field(default_factory=dict)  # row index → what closed it
+    engine_s: float = 0.0  # the engine's steps its rows took part in (what the server's own cost excludes)
 
     def fail(self, index: int, error: Exception) -> None:
         self.errors[index] = error
@@ -219,15 +220,16 @@ class Scheduler:
 
     async def step(self, sessions: list[Session], tokens: list[int]) -> list[np.ndarray | Exception]:
         """`step_block`, as one log-probs row (V,) or error per session."""
-        rows, errors = await self.step_block(sessions, tokens)
+        rows, errors, _ = await self.step_block(sessions, tokens)
         return [errors.get(i, rows[i]) for i in range(len(sessions))]
 
     async def step_block(self, sessions: list[Session],
-                         tokens: list[int]) -> tuple[np.ndarray, dict[int, Exception]]:
+                         tokens: list[int]) -> tuple[np.ndarray, dict[int, Exception], float]:
         """Feed one token to each session; all of them join the next batch together.
 
-        Returns their log-probs as one float32 array (n, V) in the sessions' order, and,
-        by index, the error that closed a session instead (its row is then meaningless).
+        Returns their log-probs as one float32 array (n, V) in the sessions' order; by index,
+        the error that closed a session instead (its row is then meaningless); and the
+        seconds of engine steps its rows took part in.
         Never refused for load: a running story always gets its step.
         """
         self._check_up()
@@ -251,7 +253,7 @@ class Scheduler:
                     if s in self._rows and self._rows[s][1] is block:
                         del self._rows[s]
                 raise
-        return block.rows, block.errors
+        return block.rows, block.errors, block.engine_s
 
     def close(self, session: Session) -> None:
         """Free a session. Never blocks: the loop frees it at its next iteration."""
@@ -389,7 +391,8 @@ class Scheduler:
             # Answer the steps before the chunk runs: their callers get their rows (and
             # can send their next step) one chunk sooner. Callbacks run in order, so
             # these rows are delivered before this iteration's end is seen.
-            loop.call_soon_threadsafe(self._deliver_rows, rows, self._step_rows(rows))
+            stepped = self._step_rows(rows)
+            loop.call_soon_threadsafe(self._deliver_rows, rows, stepped, self.last_step_s)
         return self._run_chunk(work) if work is not None else None
 
     def _step_rows(self, rows: dict) -> tuple[np.ndarray | None, dict | None]:
@@ -493,8 +496,10 @@ class Scheduler:
             e.entropies[a:b] = ent.numpy()
 
     # -- back on the event loop --------------------------------------------------------------
-    def _deliver_rows(self, rows: dict, stepped) -> None:
+    def _deliver_rows(self, rows: dict, stepped, took: float) -> None:
         batch, singles = stepped
+        for block in {block for _, block, _ in rows.values()}:
+            block.engine_s += took
         into: dict[_Block, tuple[list[int], list[int]]] = {}  # block → (its rows, the batch's rows)
         for j, (s, (_, block, i)) in enumerate(rows.items()):
             value = batch[j] if batch is not None else singles[s]

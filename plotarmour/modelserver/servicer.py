@@ -274,9 +274,10 @@ class BatchStream:
             sessions.append(session)
             tokens.append(token)
         try:
-            block, failed = await self.scheduler.step_block(sessions, tokens) if sessions else (None, {})
+            block, failed, engine_s = await self.scheduler.step_block(sessions, tokens) if sessions \
+                else (None, {}, 0.0)
         except SchedulerDown as e:  # as the rows in flight when it died: an error per session
-            block, failed = None, dict.fromkeys(range(len(sessions)), e)
+            block, failed, engine_s = None, dict.fromkeys(range(len(sessions)), e), 0.0
         stepped, kept = [], []
         for i, (sid, session) in enumerate(zip(ids, sessions)):
             if i in failed:
@@ -293,7 +294,7 @@ class BatchStream:
         self.out.put_nowait(pb.BatchResponse(stepped=pb.StepResult(
             step=req.step, sessions=stepped, data=data, kind=pb.LOG_PROBS, errors=errors)))
         if kept:  # (the send itself is grpc's, after this)
-            self.metrics.overhead.observe(max(0.0, time.perf_counter() - t0 - self.scheduler.last_step_s))
+            self.metrics.overhead.observe(max(0.0, time.perf_counter() - t0 - engine_s))
 
     # -- helpers -----------------------------------------------------------------------
     def _spawn(self, coro) -> None:

@@ -127,6 +127,9 @@ class BatchStream:
         self._step_ids = itertools.count(1)
         self.failure: GatewayError | None = None
         self._reader = asyncio.ensure_future(self._read())
+        # A first message at once (closing nothing): the server ends a stream that stays silent
+        # for first_message_timeout_s, and a spare stream may wait a while for its first story.
+        self._outbox.put_nowait(pb.BatchRequest(close=pb.CloseSessions()))
 
     async def _requests(self):
         while (req := await self._outbox.get()) is not None:

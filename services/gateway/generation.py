@@ -283,6 +283,8 @@ class GenerationLoop:
 
     def _fail_all(self, error: BaseException, reopening: list[Live] = ()) -> None:
         in_flight = {x for _, _, rows, _ in self.flight.values() for x, _, _ in rows}
+        for task in self.flight:
+            task.cancel()
         for live in {*self.live, *self.joining, *self.reopening, *reopening, *in_flight}:
             live.events.put_nowait({"type": "error", "error": error})
             live.close()
@@ -315,8 +317,8 @@ class GenerationLoop:
                 # A client may have left while the batch was sampled (on a thread): skip it.
                 stepping = [(x, t) for i, (x, t, p) in enumerate(zip(self.live, tokens, p_blend))
                             if x not in broken and not x.gone and self._emit(x, int(t), p, tops.get(i))]
+                self._send(stepping)  # (the rows are in flight now)
                 self.live = []
-                self._send(stepping)
         except Exception as e:  # a bug: no client may hang on it; the next story starts a new loop
             log.exception("the generation loop failed")
             self._fail_all(e)
@@ -488,14 +490,16 @@ class GenerationLoop:
 
     def _landed(self, task: asyncio.Future) -> None:
         """One step message's answers: each row gets its new distribution or its error."""
-        role, stream, rows, t_sent = self.flight.pop(task)
+        role, stream, rows, t_sent = self.flight[task]
+        result = ModelUnavailable("the step was cancelled", stream.backend.role) if task.cancelled() \
+            else task.exception()
+        if result is not None and not isinstance(result, GatewayError):
+            raise result  # a bug: _fail_all fails its rows (still in flight) with it
+        del self.flight[task]
         backend, now = stream.backend, time.perf_counter()
         trip, took = self._round_trip[role], now - t_sent
         # A late answer counts as twice the usual: one stall must not make every later wait long.
         self._round_trip[role] = took if trip is None else 0.8 * trip + 0.2 * min(took, 2 * trip)
-        result = task.exception()
-        if result is not None and not isinstance(result, GatewayError):
-            raise result  # a bug
         recover = self.pair.settings.recover_timeout_s > 0
         answers, errors = ({}, {}) if result is not None else task.result()
         for x, sid, _ in rows:

@@ -29,7 +29,7 @@ import time
 
 import httpx
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from .errors import error_response
 from .settings import GatewaySettings
@@ -42,6 +42,17 @@ _DNS_TTL_S = 5.0  # a resolved dns: entry is reused this long (replicas come and
 
 def owner_part(address: str) -> str:
     return address.encode().hex()
+
+
+def host_port(host: str, port: str | int) -> str:
+    """host:port as a URL takes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def normal(address: str) -> str:
+    """An address as host_port writes it ("fd00::1:8000", as $(POD_IP):8000 gives it, → "[fd00::1]:8000")."""
+    host, _, port = address.rpartition(":")
+    return address if address.startswith("[") or not host else host_port(host, port)
 
 
 def owner_of(gen_id: str) -> str | None:
@@ -59,9 +70,9 @@ class Peers:
     """The other replicas this one may forward to, and the forwarding itself."""
 
     def __init__(self, settings: GatewaySettings):
-        self.me = settings.advertise_address
+        self.me = normal(settings.advertise_address) if settings.advertise_address else ""
         entries = [e.strip() for e in settings.peers.split(",") if e.strip()]
-        self.static = {e for e in entries if not e.startswith("dns:")}
+        self.static = {normal(e) for e in entries if not e.startswith("dns:")}
         self.names = [e[len("dns:"):].rpartition(":") for e in entries if e.startswith("dns:")]
         self._resolved: tuple[float, set[str]] = (0.0, set())
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
@@ -70,12 +81,13 @@ class Peers:
     def enabled(self) -> bool:
         return bool(self.me and (self.static or self.names))
 
-    async def known(self) -> set[str]:
-        """Every peer address: the listed ones and what the dns: names resolve to now."""
+    async def known(self, fresh: bool = False) -> set[str]:
+        """Every peer address: the listed ones and what the dns: names resolve to now
+        (re-resolved after _DNS_TTL_S, or at once when `fresh`)."""
         if not self.names:
             return self.static
         at, found = self._resolved
-        if time.monotonic() - at > _DNS_TTL_S:
+        if fresh or time.monotonic() - at > _DNS_TTL_S:
             loop, found = asyncio.get_running_loop(), set()
             for host, _, port in self.names:
                 try:
@@ -83,7 +95,7 @@ class Peers:
                 except (OSError, ValueError) as e:
                     log.warning("peers: cannot resolve %s: %s", host, e)
                     continue
-                found |= {f"{info[4][0]}:{port}" for info in infos}
+                found |= {host_port(info[4][0], port) for info in infos}
             self._resolved = (time.monotonic(), found)
         return self.static | found
 
@@ -93,7 +105,7 @@ class Peers:
         owner = owner_of(gen_id) if self.enabled else None
         if owner is None or owner == self.me or request.headers.get(FORWARDED):
             return None
-        if owner not in await self.known():
+        if owner not in await self.known() and owner not in await self.known(fresh=True):  # a new replica?
             log.warning("not forwarding %s: %s is not among the peers", gen_id, owner)
             return None
         headers = {FORWARDED: "1", "content-type": request.headers.get("content-type", "application/json")}
@@ -102,12 +114,12 @@ class Peers:
         try:
             r = await self._client.request(request.method, f"http://{owner}{request.url.path}",
                                            content=await request.body(), headers=headers)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
             log.warning("the replica running %s (%s) cannot be reached: %r", gen_id, owner, e)
             return error_response(request, 503, f"the gateway replica running generation {gen_id!r} cannot be "
                                                 "reached; a story ends with its replica")
-        return JSONResponse(r.json(), status_code=r.status_code) if r.headers.get(
-            "content-type", "").startswith("application/json") else Response(r.content, r.status_code)
+        # The owner's answer as it gave it (status, body and its type).
+        return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
 
     async def aclose(self) -> None:
         await self._client.aclose()

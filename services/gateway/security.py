@@ -70,15 +70,17 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await send_error(scope, send, 413, too_large)
 
-        seen, refused, started = 0, None, False
+        seen, refused, started, head = 0, None, False, b""
 
         async def counting_receive():
-            nonlocal seen, refused
+            nonlocal seen, refused, head
             message = await receive()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
-                if not seen and chunk and (b"\x00" in chunk[:4] or chunk.startswith(_NOT_UTF8)):
-                    refused = (400, "request body is not valid UTF-8 (it looks like UTF-16 or UTF-32)")
+                if len(head) < 4:  # the first four bytes, however the body is cut into chunks
+                    head += chunk[: 4 - len(head)]
+                    if b"\x00" in head or head.startswith(_NOT_UTF8):
+                        refused = (400, "request body is not valid UTF-8 (it looks like UTF-16 or UTF-32)")
                 seen += len(chunk)
                 if seen > self.max_bytes:
                     refused = (413, too_large)

@@ -150,7 +150,7 @@ class Gateway:
         self.limiter = Limiter(settings.max_concurrent, metrics)
         self.peers = Peers(settings)
         # With peers, each story's id names this replica, so the others can forward to it.
-        self.registry = Registry(owner_part(settings.advertise_address) if self.peers.enabled else "")
+        self.registry = Registry(owner_part(self.peers.me) if self.peers.enabled else "")
         self.pair = ModelPair(settings)
         self.loop = GenerationLoop(self.pair, on_join=metrics.queue_wait.observe)
 

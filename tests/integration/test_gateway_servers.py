@@ -293,3 +293,23 @@ def test_server_killed_mid_stream_gives_an_error_event(tiny_pair, gpt2_server, s
         assert wait_until(lambda: open_sessions(gpt2_server) == 0)
     finally:
         gw.stop()
+
+
+def test_spare_streams_are_not_closed_as_silent(tiny_pair, gpt2_server, start_model_server):
+    """The gateway opens streams_per_server Batch streams at once and speaks on each at
+    once (a close of nothing), so a server's first_message_timeout_s does not end the
+    spare ones while they wait for their first story."""
+    bdh = start_model_server(tiny_pair["bdh"], "bdh", first_message_timeout_s=0.5)
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
+                                       streams_per_server=3))
+    try:
+        with httpx.Client(base_url=gw.url, timeout=60) as c:
+            body = {"prompt": "Once upon a time", "max_new_tokens": 4, "logic_weight": 1.0}
+            assert c.post("/generate", json=body).status_code == 200
+            time.sleep(1.5)  # three times the server's first-message deadline
+            for seed in range(3):  # least loaded first: every stream gets a story
+                assert c.post("/generate", json={**body, "seed": seed}).status_code == 200
+        text = httpx.get(f"http://127.0.0.1:{bdh.metrics_port}/metrics", timeout=5).text
+        assert 'code="DEADLINE_EXCEEDED"' not in text, [line for line in text.splitlines() if "rpc_errors" in line]
+    finally:
+        gw.stop()

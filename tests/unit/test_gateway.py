@@ -781,3 +781,20 @@ def test_docs_work_offline(client):
         r = client.get(asset)
         assert r.status_code == 200 and len(r.content) > 10_000, asset
     assert client.get("/openapi.json").json()["info"]["title"] == "PlotArmour gateway"
+
+
+def test_a_utf16_body_cut_into_chunks_is_still_refused(tiny_tokenizer):
+    """Over a real connection, in chunks that arrive apart: the first four bytes decide,
+    however the body is cut (a first chunk of one byte passed the check, and json.loads
+    sniffs the whole body)."""
+    body = '{"prompt": "Tom", "max_new_tokens": 2}'.encode("utf-16-le")
+
+    def chunks():
+        for part in (body[:1], body[1:3], body[3:]):
+            yield part
+            time.sleep(0.05)
+
+    with fake_stack(tiny_tokenizer) as (gw, g, b):
+        r = httpx.post(gw.url + "/generate", content=chunks(), headers={"Content-Type": "application/json"},
+                       timeout=20)
+        assert r.status_code == 400 and "not valid UTF-8" in r.text, r.text

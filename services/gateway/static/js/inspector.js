@@ -168,10 +168,11 @@ export class Inspector {
 
   /** Why the word is coloured or plain, in the tint's own measure (story.js). */
   colourWhy(t) {
-    const ratio = Math.exp(Math.abs(lead(t.p_bdh, t.p_gpt2)));
-    const [more, less] = t.p_bdh > t.p_gpt2 ? ["BDH", "GPT-2"] : ["GPT-2", "BDH"];
-    const times = ratio >= 10 ? Math.round(ratio).toLocaleString() : ratio.toFixed(1);
-    return ratio >= CLEAR_LEAD ? `${more} liked it ${times}× as much as ${less}: coloured ${more}'s.`
+    const l = lead(t.p_bdh, t.p_gpt2);  // the same measure, and test, as the colour's
+    const ratio = Math.exp(Math.abs(l));
+    const [more, less] = l > 0 ? ["BDH", "GPT-2"] : ["GPT-2", "BDH"];
+    const times = ratio > 1000 ? "over 1,000" : ratio >= 10 ? Math.round(ratio).toLocaleString() : ratio.toFixed(1);
+    return Math.abs(l) >= Math.log(CLEAR_LEAD) ? `${more} liked it ${times}× as much as ${less}: coloured ${more}'s.`
       : `Neither liked it ${CLEAR_LEAD}× as much as the other: not coloured.`;
   }
 
