@@ -3,7 +3,8 @@
 model clearly led and never at 0% or 100%, a switch that turns it off, a share link that
 writes its story again at once, a history entry that brings back its text, a slider that
 stays under the pointer, and one model down leaving the other's stories working with a
-plain message for the rest. Fake model servers (tests/fake_servers.py) behind the real
+plain message for the rest; entries of one opening telling how they differ and the logic
+check's verdict agreeing with its heatmap. Fake model servers (tests/fake_servers.py) behind the real
 gateway, so a server can be stopped on cue."""
 
 from __future__ import annotations
@@ -83,8 +84,29 @@ def test_studio_points_at_each_viewport(open_page, fake_gateway, artifacts, name
     assert page.text_content("#pane-blend .restored") == text
     shot("history")
 
+    # Two entries of one opening say how they differ.
+    page.fill("#prompt", "Once upon a time, Lily found")
+    page.fill("#temperature", "1.3")
+    generate(page)
+    metas = page.eval_on_selector_all("#history-list .history-meta", "els => els.map(e => e.textContent)")
+    assert "temperature 1.3" in metas[0] and "temperature 1.3" not in metas[1], metas
+
+    # The logic check: its verdict agrees with its heatmap (a hot word is never a green all-clear).
+    page.click("#validate")
+    page.wait_for_selector("#v-result:not([hidden])", timeout=WAIT_MS)
+    hot = page.eval_on_selector_all("#v-draft-view [data-heat]", "els => els.map(e => Number(e.dataset.heat))")
+    verdict, kind = page.text_content("#v-verdict"), page.get_attribute("#v-verdict", "class")
+    if max(hot, default=0) >= 0.5:
+        assert "ok" not in kind.split() and not verdict.startswith("Nothing stands out"), (verdict, hot)
+    else:
+        assert verdict.startswith("Nothing stands out"), (verdict, hot)
+    page.locator("#v-result").scroll_into_view_if_needed()
+    shot("logic-check")
+
     # GPT-2 down: a story at 100% logic is still written; one that needs GPT-2 says so in words.
     stack.gpt2.stop()
+    page.fill("#temperature", "1")
+    page.click("#history-list .history-item >> nth=1")  # the first story's settings again
     generate(page)
     assert story_text(page) == text
     set_weight(page, 50)

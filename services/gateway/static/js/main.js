@@ -650,6 +650,8 @@ function restore(h) {
            restored: true };
   updateOutputs();
   status("Restored from your history. Generate writes it again, with every word's details.");
+  // In one column the story is below the history: bring it up, where the text now is.
+  if (oneColumn.matches) $("story-section").scrollIntoView({ behavior: motion(), block: "start" });
 }
 
 function saveToHistory(outcome) {
