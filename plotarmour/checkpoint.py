@@ -1,4 +1,4 @@
-"""Checkpoint directories (DESIGN.md §3): JSON and safetensors only, never a pickle.
+"""Checkpoint directories (docs/ARCHITECTURE.md §3): JSON and safetensors only, never a pickle.
 
     config.json        architecture; "model_type": "bdh" | "gpt2"
     model.safetensors  weights

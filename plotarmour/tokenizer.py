@@ -1,4 +1,4 @@
-"""The one vocabulary shared by both models of a pair (DESIGN.md section 2).
+"""The one vocabulary shared by both models of a pair (docs/ARCHITECTURE.md §2).
 
 Byte-level BPE built with the Hugging Face `tokenizers` library and stored as a
 `tokenizer.json`. This module must stay light (no torch): the gateway imports it

@@ -1,5 +1,5 @@
 """BDH against GPT-2: perplexity on the same tokens, sample stories side by side, and
-training curves, written as a Markdown report with a PNG beside it (DESIGN.md §8.3).
+training curves, written as a Markdown report with a PNG beside it (docs/ARCHITECTURE.md §8).
 
     python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 \
         --data data/tinystories --logs checkpoints/logs --samples 3 --out results/compare.md --device cuda

@@ -1,4 +1,4 @@
-"""Perplexity of a checkpoint on a token file or a text file (DESIGN.md §8.3).
+"""Perplexity of a checkpoint on a token file or a text file (docs/ARCHITECTURE.md §8).
 
     python -m training.evaluate checkpoints/bdh --data data/tinystories       # its val.bin
     python -m training.evaluate checkpoints/gpt2 --tokens data/tinystories/val.bin

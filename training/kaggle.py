@@ -1,4 +1,4 @@
-"""Pack what the Kaggle notebook needs into one zip (DESIGN.md §8.4).
+"""Pack what the Kaggle notebook needs into one zip (docs/ARCHITECTURE.md §8).
 
     python -m training.kaggle --out results/plotarmour-kaggle.zip
 

@@ -1,4 +1,4 @@
-"""Text files -> tokenizer.json + flat token files that numpy.memmap opens (DESIGN.md §8.1).
+"""Text files -> tokenizer.json + flat token files that numpy.memmap opens (docs/ARCHITECTURE.md §8).
 
     python -m training.prepare --train a.txt b.txt.gz --val v.txt --out data/tinystories
 

@@ -1,4 +1,4 @@
-"""Train a BDH or a GPT-2 on prepared token files (DESIGN.md §8.2), nanoGPT-style.
+"""Train a BDH or a GPT-2 on prepared token files (docs/ARCHITECTURE.md §8), nanoGPT-style.
 
     python -m training.train --model bdh --config training/configs/tiny_cpu.json
     python -m training.train --resume results/state/bdh          # continue exactly

@@ -1,4 +1,4 @@
-"""BDH ("Baby Dragon Hatchling"), written from the math in DESIGN.md §4.
+"""BDH ("Baby Dragon Hatchling"), written from the math in docs/ARCHITECTURE.md §4.
 
 One set of weights is shared by all layers, so depth adds compute, not parameters.
 Attention has no softmax, which makes it linear: for every layer and head a state

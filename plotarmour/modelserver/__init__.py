@@ -1,4 +1,4 @@
-"""The gRPC model server both services share (DESIGN.md §6).
+"""The gRPC model server both services share (docs/ARCHITECTURE.md §6).
 
     settings.py  ModelServerSettings: env vars + flags → one typed object
     scheduler.py owns the decode engine: one loop, each iteration every waiting decode

@@ -1,4 +1,4 @@
-"""BDH: the exact math of DESIGN.md §4, its decode state, and the reference's numbers."""
+"""BDH: the exact math of docs/ARCHITECTURE.md §4, its decode state, and the reference's numbers."""
 
 import copy
 import json

@@ -1,4 +1,4 @@
-"""Checkpoints and data are loaded through safetensors and JSON only (DESIGN.md §3):
+"""Checkpoints and data are loaded through safetensors and JSON only (docs/ARCHITECTURE.md §3):
 unpickling a file can run any code in it. This scans the project's own code for the
 ways Python and torch unpickle, so a new one cannot slip in unnoticed."""
 
