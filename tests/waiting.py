@@ -21,6 +21,6 @@ def wait_until(cond, timeout: float = 10.0) -> bool:
 
 
 def open_sessions(server) -> int:
-    """Decode streams a model server has open now, as its GetInfo reports."""
+    """Sessions a model server has open now (Batch and Decode), as its GetInfo reports."""
     with grpc.insecure_channel(server.address) as ch:
         return pb_grpc.LanguageModelStub(ch).GetInfo(pb.InfoRequest(), timeout=5).open_sessions

@@ -20,7 +20,7 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = register_process_collectors(CollectorRegistry())
         self.model = Info("plotarmour_model", "The model this server serves", registry=r)
-        self.open_sessions = Gauge("plotarmour_open_sessions", "Decode streams open now", registry=r)
+        self.open_sessions = Gauge("plotarmour_open_sessions", "Sessions open now (Batch-stream sessions and Decode streams)", registry=r)
         self.queued = Gauge("plotarmour_queued_work", "Prefills, steps and scores waiting or running", registry=r)
         self.steps = Counter("plotarmour_decode_steps", "Tokens stepped (one per session per batch)", registry=r)
         self.prompt_tokens = Counter("plotarmour_prompt_tokens", "Prompt tokens prefilled", registry=r)
