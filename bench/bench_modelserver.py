@@ -239,6 +239,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of every measurement")
     ap.add_argument("--no-stall", action="store_true", help="skip the stall measurement")
     ap.add_argument("--long-prompts", action="store_true", help="also 1, 2 and 3 long prompts at once (BDH)")
+    ap.add_argument("--stall-only", action="store_true", help="skip the throughput table")
     ap.add_argument("--stall-chunks", type=int, nargs="*", default=[32],
                     help="also measure the stall on a server with these prefill_chunk settings (the "
                          "trade-off: smaller chunks, shorter stalls, slower long prompts); new code only")
@@ -271,7 +272,7 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
         info = pb_grpc.LanguageModelStub(grpc.insecure_channel(srv.address)).GetInfo(pb.InfoRequest())
         asyncio.run(decode_streams_rate(srv.address, 4, 5))  # warm-up
         step_local = local.step_ms(50)
-        for _ in range(args.rounds):
+        for _ in range(0 if args.stall_only else args.rounds):
             for n in CONCURRENCY:
                 # Within the context (GPT-2's learned positions end at n_positions).
                 steps = max(6, min(args.steps // n, info.max_context - len(PROMPT) - 8))
@@ -290,7 +291,7 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
             with spawn_model_server(model, ckpt, workdir=tmp, **settings, prefill_chunk=chunk) as srv:
                 stalls.append((f"prefill_chunk {chunk}", asyncio.run(stall(srv.address, 60))))
 
-    rate = {k: statistics.median(v) for k, v in rates.items()}
+    rate = {k: statistics.median(v) if v else float("nan") for k, v in rates.items()}
     print(f"{model}: {info.num_parameters / 1e6:.2f}M parameters, vocabulary {info.vocab_size}; "
           f"one step in-process {step_local:.2f} ms")
     names = {"engine": "engine alone", "batch": "Batch stream", "decode": "Decode streams"}

@@ -168,7 +168,9 @@ class Scheduler:
         self.metrics.queued.set_function(self._queued)
         # Measured costs (moving averages, seconds) that size a chunk beside running stories.
         self._step_s: float | None = None  # one decode step
-        self._token_s: float | None = None  # one prompt token of a chunk
+        # One token of a chunk, per kind of work: a Score's chunk also computes every
+        # position's logits and log-softmax, which a prompt's skips.
+        self._token_s: dict[str, float] = {}
         self._stories = False  # whether a story is being written (read by the worker for this iteration)
         self.last_step_s = 0.0  # the engine's time for the latest decode step (what a step's caller waited on)
         self._wake = asyncio.Event()
@@ -344,12 +346,13 @@ class Scheduler:
         """Overloaded when work of `tokens` would not end within max_wait_s: the prompts ahead
         of it in line (and, for a Score, the Scores too), then its own tokens, at the
         measured cost per token; beside running stories each chunk also waits a step."""
-        if not max_wait_s or self._token_s is None:  # no deadline, or nothing measured yet
+        token_s = self._token_s.get("score" if score else "prefill") or self._token_s.get("prefill")
+        if not max_wait_s or token_s is None:  # no deadline, or nothing measured yet
             return
         running = self._inflight[1]
         line = [*self._work, *([running] if running is not None else [])]
         ahead = sum(w.end - w.done for w in line if (score or w.kind == "prefill") and not w.future.done())
-        per_token = self._token_s * (1 + 1 / _CHUNK_STEPS if self._stories else 1)
+        per_token = token_s * (1 + 1 / _CHUNK_STEPS if self._stories else 1)
         eta = (ahead + tokens) * per_token
         if eta > max_wait_s:
             what = "Score" if score else "prompt"
@@ -419,7 +422,7 @@ class Scheduler:
         cutoff = time.monotonic() - 1.0
         return any(s.last_active > cutoff for s in self._sessions)
 
-    def _chunk_budget(self) -> int:
+    def _chunk_budget(self, kind: str = "prefill") -> int:
         """Tokens for this iteration's chunk (vLLM's per-iteration token budget).
 
         While stories are being written (`_stepped_lately`), a chunk may cost about 1.5
@@ -428,9 +431,10 @@ class Scheduler:
         """
         if self._step_s is None or not self._stories:
             return self.chunk_size
-        if self._token_s is None:  # no chunk measured yet: start small
+        token_s = self._token_s.get(kind)
+        if token_s is None:  # no chunk of this kind measured yet: start small
             return min(self.chunk_size, _MIN_CHUNK)
-        return min(self.chunk_size, max(_MIN_CHUNK, int(_CHUNK_STEPS * self._step_s / self._token_s)))
+        return min(self.chunk_size, max(_MIN_CHUNK, int(_CHUNK_STEPS * self._step_s / token_s)))
 
     def _step_one(self, sid: int, token: int) -> np.ndarray | Exception:
         try:
@@ -444,7 +448,7 @@ class Scheduler:
             if work.sid is None:
                 work.sid = self.engine.begin()
             a = work.done
-            b = min(a + self._chunk_budget(), work.end)
+            b = min(a + self._chunk_budget(work.kind), work.end)
             last = b == work.end
             t0 = time.perf_counter()
             if work.kind == "prefill":
@@ -458,7 +462,8 @@ class Scheduler:
                     self._expected_chunk(work, logits, a, b)
             work.done = b
             per_token = (time.perf_counter() - t0) / (b - a)
-            self._token_s = per_token if self._token_s is None else 0.8 * self._token_s + 0.2 * per_token
+            known = self._token_s.get(work.kind)
+            self._token_s[work.kind] = per_token if known is None else 0.8 * known + 0.2 * per_token
             self.metrics.prompt_tokens.inc(b - a)
             if not last:
                 return None

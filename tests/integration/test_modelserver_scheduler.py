@@ -493,12 +493,13 @@ def test_chunks_beside_running_stories_cost_about_a_step_and_a_half(engine):
     assert s._chunk_budget() == 256  # nothing measured, nobody stepping: the whole chunk
     s._step_s, s._stories = 0.005, True
     assert s._chunk_budget() == 8  # stories running, chunk cost unknown: start small
-    s._token_s = 0.0001  # 50 tokens cost one step
+    s._token_s["prefill"] = 0.0001  # 50 tokens cost one step
     assert s._chunk_budget() == 75
-    s._token_s = 0.002  # 2.5 tokens cost one step: never below the floor
+    s._token_s["prefill"] = 0.002  # 2.5 tokens cost one step: never below the floor
     assert s._chunk_budget() == 8
-    s._token_s = 1e-6
+    s._token_s["prefill"] = 1e-6
     assert s._chunk_budget() == 256  # never above chunk_size
+    assert s._chunk_budget("score") == 8  # a Score's chunks are measured on their own
     s._stories = False  # no story being written: full chunks again
     assert s._chunk_budget() == 256
 
