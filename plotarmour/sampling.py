@@ -237,7 +237,7 @@ def _kept(p: np.ndarray, sp: SamplingParams, top_k_ids: np.ndarray | None) -> tu
     with np.errstate(divide="ignore", over="ignore"):
         logq = np.log(p)
         if tempered:
-            logq = (logq - logq.max()) / sp.temperature
+            logq = _scaled(logq - logq.max(), sp.temperature)
     q = np.exp(logq) if tempered else p
     return _nucleus(q, sp.top_p * q.sum(dtype=np.float64), logq)
 
@@ -246,7 +246,15 @@ def _tempered(vals: np.ndarray, temperature: float) -> np.ndarray:
     """vals^(1/T) up to a constant, in vals' own precision (float32 for whole rows)."""
     with np.errstate(divide="ignore", over="ignore"):
         logv = np.log(vals)
-        return np.exp((logv - logv.max()) / temperature)
+        return np.exp(_scaled(logv - logv.max(), temperature))
+
+
+def _scaled(shifted: np.ndarray, temperature: float) -> np.ndarray:
+    """Log-probabilities shifted so the best is 0, divided by T. A temperature below the
+    row's precision (1e-87 is 0 in float32) would make the best 0/0: they stay at 0, the
+    rest go to -inf (greedy, as the limit is)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(shifted == 0, shifted, shifted / temperature)
 
 
 def _top_k_candidates(p: np.ndarray, params: Sequence[SamplingParams]) -> list[np.ndarray | None]:

@@ -185,3 +185,12 @@ def test_a_row_samples_the_same_alone_and_in_any_batch():
         alone = S.blend(g[i], b[i], weights[i], modes[i])
         assert np.array_equal(alone, p[i])
         assert S.sample(alone, params[i], S.make_rng(i)) == together[i]
+
+
+def test_a_temperature_below_float32s_range_is_greedy_not_nan():
+    """5e-87 is 0 in float32, the servers' rows' precision: every filter path still draws
+    the likeliest token (it was 0/0 = NaN for it)."""
+    p = S.probs(np.random.default_rng(0).standard_normal(320)).astype(np.float32)
+    for sp in (S.SamplingParams(temperature=5e-87), S.SamplingParams(temperature=5e-87, top_p=0.65),
+               S.SamplingParams(temperature=5e-87, top_k=5, top_p=0.5)):
+        assert S.sample(p, sp, np.random.default_rng(1)) == int(np.argmax(p)), sp
