@@ -515,6 +515,11 @@ def test_copy_download_share_history_examples_and_presets(page, gateway, open_pa
     wait_done(other)
     assert not other.is_checked("#split") and other.text_content("#status").startswith("The shared story, written again")
     assert story_text(other) == text
+    # The author's own tab, reloaded with the link in its address: the settings, no new run.
+    page.reload()
+    page.wait_for_selector("html[data-ready]")
+    assert "link you shared" in page.text_content("#status") and page.input_value("#seed") == "21"
+    assert page.get_attribute("#pane-blend", "data-state") not in ("waiting", "streaming")
 
     # This browser's history: the run is listed and restores its settings and its text.
     assert page.text_content("#history-count") == "(1)"

@@ -577,6 +577,8 @@ $("share").addEventListener("click", async () => {
   const setup = replaySetup();
   const link = shareLink(setup);
   history.replaceState(null, "", link);
+  // This tab now holds the link in its address: reloading it should not write the story again.
+  try { sessionStorage.setItem("plotarmour.sharedHere", link); } catch { /* blocked: it replays */ }
   const ok = await copyText(link);
   const steered = setup.steering && setup.steering.length;
   // The gateway replays at most MAX_STEERING changes of weight: say so rather than differ silently.
@@ -710,6 +712,13 @@ function openShareLink() {
   if (run) {  // the link changed under a story being written: leave that one alone
     applySetup(shared);
     status("Opened a shared story: press Stop, then Generate to write it.");
+    return;
+  }
+  let mine = null;
+  try { mine = sessionStorage.getItem("plotarmour.sharedHere"); } catch { /* blocked */ }
+  if (mine === location.href) {  // the author's own tab, reloaded: the settings, not a new run
+    applySetup(shared);
+    status("This is the link you shared: press Generate to write the story again.");
     return;
   }
   applySetup(shared);
