@@ -83,11 +83,12 @@ class Peers:
 
     async def known(self, fresh: bool = False) -> set[str]:
         """Every peer address: the listed ones and what the dns: names resolve to now
-        (re-resolved after _DNS_TTL_S, or at once when `fresh`)."""
+        (re-resolved after _DNS_TTL_S; `fresh`: after a second, so ids naming unknown
+        replicas cannot make every request a DNS lookup)."""
         if not self.names:
             return self.static
         at, found = self._resolved
-        if fresh or time.monotonic() - at > _DNS_TTL_S:
+        if time.monotonic() - at > (1.0 if fresh else _DNS_TTL_S):
             loop, found = asyncio.get_running_loop(), set()
             for host, _, port in self.names:
                 try:
