@@ -4,6 +4,7 @@ gateway's per-step deadline has to fire. Nothing may hang and no session may lea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,22 @@ PROMPT = "Once upon a time, Lily found"
 LONG = 200  # tokens: long enough that the generation is still running when the fault hits
 
 
+
+
+@contextlib.contextmanager
+def gateway_over_own_bdh(tiny_pair, gpt2_server, start_model_server, **settings):
+    """A BDH server of the test's own (so it may be frozen with SIGSTOP) and a gateway over
+    it and the session's GPT-2 server → (bdh, gateway); on the way out BDH is let go on
+    (SIGCONT, harmless if it was not stopped) and the gateway stopped."""
+    bdh = start_model_server(tiny_pair["bdh"], "bdh")
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
+                                       **settings))
+    try:
+        yield bdh, gw
+    finally:
+        if bdh.proc.poll() is None:
+            os.kill(bdh.proc.pid, signal.SIGCONT)
+        gw.stop()
 
 
 def events_of(r: httpx.Response):
@@ -95,43 +112,30 @@ def test_a_stalled_server_holds_up_only_the_stories_that_need_it(tiny_pair, gpt2
     """BDH's server frozen (SIGSTOP) under a blended story: a story at w = 0 is written
     meanwhile, token for token the one written before; the blended story waits for BDH and,
     once BDH goes on (SIGCONT), ends as it would have."""
-    bdh = start_model_server(tiny_pair["bdh"], "bdh")
-    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
-                                       step_timeout_s=60, connect_timeout_s=2))
-    stopped = False
-    try:
-        with httpx.Client(base_url=gw.url, timeout=60) as c:
-            seed = long_story_seed(c)
-            whole = c.post("/generate", json=stream_request(seed)).json()
-            creative = {"prompt": PROMPT, "seed": seed, "max_new_tokens": 30, "logic_weight": 0.0}
-            before = c.post("/generate", json=creative).json()
-            with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
-                events = events_of(r)
-                gen_id = next(events)[1]["id"]
-                got = [next(events)[1]]
-                os.kill(bdh.proc.pid, signal.SIGSTOP)
-                stopped = True
-                assert wait_until(lambda: c.get(f"/generations/{gen_id}").json()["waiting_for"] == ["bdh"], 10)
-                assert c.post("/generate", json=creative).json()["tokens"] == before["tokens"]
-                assert c.get(f"/generations/{gen_id}").json()["waiting_for"] == ["bdh"]
-                os.kill(bdh.proc.pid, signal.SIGCONT)
-                stopped = False
-                rest = list(events)
-            got += [ev for e, ev in rest if e == "token"]
-            assert rest[-1][0] == "end", rest[-1]
-            assert [t["id"] for t in got] == [t["id"] for t in whole["tokens"]]
-    finally:
-        if stopped:
+    with gateway_over_own_bdh(tiny_pair, gpt2_server, start_model_server, step_timeout_s=60,
+                              connect_timeout_s=2) as (bdh, gw), httpx.Client(base_url=gw.url, timeout=60) as c:
+        seed = long_story_seed(c)
+        whole = c.post("/generate", json=stream_request(seed)).json()
+        creative = {"prompt": PROMPT, "seed": seed, "max_new_tokens": 30, "logic_weight": 0.0}
+        before = c.post("/generate", json=creative).json()
+        with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
+            events = events_of(r)
+            gen_id = next(events)[1]["id"]
+            got = [next(events)[1]]
+            os.kill(bdh.proc.pid, signal.SIGSTOP)
+            assert wait_until(lambda: c.get(f"/generations/{gen_id}").json()["waiting_for"] == ["bdh"], 10)
+            assert c.post("/generate", json=creative).json()["tokens"] == before["tokens"]
+            assert c.get(f"/generations/{gen_id}").json()["waiting_for"] == ["bdh"]
             os.kill(bdh.proc.pid, signal.SIGCONT)
-        gw.stop()
+            rest = list(events)
+        got += [ev for e, ev in rest if e == "token"]
+        assert rest[-1][0] == "end", rest[-1]
+        assert [t["id"] for t in got] == [t["id"] for t in whole["tokens"]]
 
 
 def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt2_server, start_model_server):
-    bdh = start_model_server(tiny_pair["bdh"], "bdh")
-    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
-                                       step_timeout_s=1.0, connect_timeout_s=1.0))
-    stopped = False
-    try:
+    with gateway_over_own_bdh(tiny_pair, gpt2_server, start_model_server, step_timeout_s=1.0,
+                              connect_timeout_s=1.0) as (bdh, gw):
         with httpx.Client(base_url=gw.url, timeout=60) as c:
             seed = long_story_seed(c)
 
@@ -140,7 +144,6 @@ def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt
                 events = events_of(r)
                 assert next(events)[0] == "start" and next(events)[0] == "token"
                 os.kill(bdh.proc.pid, signal.SIGSTOP)
-                stopped = True
                 t0 = time.monotonic()
                 rest = list(events)
                 waited = time.monotonic() - t0
@@ -158,13 +161,9 @@ def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt
             assert r.json()["error"]["message"] == err["error"]["message"]
 
             os.kill(bdh.proc.pid, signal.SIGCONT)
-            stopped = False
             assert wait_until(lambda: c.get("/ready").status_code == 200, 10)
             r = c.post("/generate", json={"prompt": PROMPT, "seed": seed, "max_new_tokens": 8})
             assert r.status_code == 200, r.text
         assert wait_until(lambda: open_sessions(gpt2_server) == 0 and open_sessions(bdh) == 0, 5), \
             f"sessions left open: gpt2 {open_sessions(gpt2_server)}, bdh {open_sessions(bdh)}"
-    finally:
-        if stopped:
-            os.kill(bdh.proc.pid, signal.SIGCONT)
-        gw.stop()
+

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from plotarmour.cli import parse_sse
+from plotarmour.stack import free_port
 from services.gateway.replicas import owner_of, owner_part
 from services.gateway.settings import GatewaySettings
 from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
@@ -49,24 +50,18 @@ http {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Replicas:
     def __init__(self, tokenizer, tmp: Path):
         # Slow enough steps that a 150-token story is still running while it is steered.
         self.models = [FakeServer(FakeLanguageModel(tokenizer, model_type=kind, salt=salt, step_delay_s=0.02))
                        for kind, salt in (("gpt2", 1), ("bdh", 2))]
-        self.ports = [free_port(), free_port()]
+        self.ports = [free_port("127.0.0.1"), free_port("127.0.0.1")]
         self.addresses = [f"127.0.0.1:{p}" for p in self.ports]
         self.gateways = [GatewayThread(GatewaySettings(
             gpt2_address=self.models[0].address, bdh_address=self.models[1].address, port=port,
             peers=",".join(self.addresses), advertise_address=address))
             for port, address in zip(self.ports, self.addresses)]
-        port = free_port()
+        port = free_port("127.0.0.1")
         self.tmp = tmp
         (tmp / "nginx.conf").write_text(CONF.format(d=tmp, a=self.ports[0], b=self.ports[1], port=port))
         self.nginx = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
