@@ -37,15 +37,23 @@ log = logging.getLogger("plotarmour.modelserver")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LanguageModel"].full_name  # "plotarmour.v1.LanguageModel"
 _MB = 1 << 20
-_GRPC_OPTIONS = [
-    # A gpt2-sized tokenizer.json is ~2 MB and a 50k-token distribution 200 kB.
-    ("grpc.max_send_message_length", 64 * _MB),
-    ("grpc.max_receive_message_length", 16 * _MB),
-    # Notice clients that vanish without closing their stream, so their sessions are freed.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-]
+
+
+def grpc_options(settings: ModelServerSettings) -> list[tuple[str, int]]:
+    """The server's channel options. A request may carry at most the context cap's token ids
+    (5 bytes each as varints) and a little more: anything larger is refused by gRPC before it
+    is parsed, so a hostile 5M-id Score costs no memory (parsed and then refused, each left
+    ~20 MB in the allocator)."""
+    cap = settings.max_context or settings.default_max_context
+    return [
+        # A gpt2-sized tokenizer.json is ~2 MB and a 50k-token distribution 200 kB.
+        ("grpc.max_send_message_length", 64 * _MB),
+        ("grpc.max_receive_message_length", 5 * cap + _MB),
+        # Notice clients that vanish without closing their stream, so their sessions are freed.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
 
 
 
@@ -75,7 +83,7 @@ class ModelServer:
         self.servicer = LanguageModelServicer(metrics=self.metrics,
                                               first_message_timeout_s=settings.first_message_timeout_s)
         self.scheduler = None
-        self.grpc = grpc.aio.server(options=_GRPC_OPTIONS)
+        self.grpc = grpc.aio.server(options=grpc_options(settings))
         pb_grpc.add_LanguageModelServicer_to_server(self.servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         enable_reflection(self.grpc, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])

@@ -43,8 +43,10 @@ class ModelServerSettings(BaseSettings):
                                                    "sessions together); beyond: RESOURCE_EXHAUSTED")
     max_context: int | None = Field(None, ge=1, description="tokens per session, prompt included (default: "
                                                             "the model's limit, capped at default_max_context)")
-    default_max_context: int = Field(1 << 20, ge=1, description="cap on a model's own context limit when "
-                                                                 "max_context is not given")
+    # BDH's state has no length limit, so a cap is a serving choice: it bounds what one
+    # request may cost, and the bytes a request may carry (server.grpc_options).
+    default_max_context: int = Field(8192, ge=1, description="cap on the model's own context limit when "
+                                                              "max_context is not given (BDH has none)")
     max_batch_size: int = Field(64, ge=1, description="decode rows stepped in one forward pass")
     prefill_chunk: int = Field(256, ge=1, description="most prompt or Score tokens run per scheduler iteration; "
                                                       "beside running stories a chunk is cut to cost about 1.5 "

@@ -6,7 +6,6 @@
 
 from pathlib import Path
 
-from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from plotarmour.modelserver.settings import CheckpointDir, MetricsPort, ModelServerSettings, Port
@@ -20,7 +19,3 @@ class Settings(ModelServerSettings):
     checkpoint: CheckpointDir = Path("checkpoints/bdh")
     port: Port = 50051
     metrics_port: MetricsPort = 9101
-    # BDH's state has no length limit, so its cap is a serving choice: it bounds what one
-    # request may cost.
-    default_max_context: int = Field(8192, ge=1, description="context cap when max_context is not given (BDH's "
-                                                             "state has no length limit; this bounds one request)")

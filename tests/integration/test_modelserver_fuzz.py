@@ -107,7 +107,8 @@ def test_random_token_ids_get_an_answer_or_invalid_argument(server, channel):
 
 def test_oversized_and_over_context_messages(server, channel):
     expected = reference(channel)
-    # Over the server's 16 MB receive limit: refused by gRPC itself before any work.
+    # Over the server's receive limit (5 bytes an id of its context cap, plus 1 MB): refused
+    # by gRPC itself before any work.
     huge = [UINT32_MAX] * (4 << 20)  # 5 bytes a varint: ~20 MB
     code, _ = decode_all(channel, [pb.DecodeRequest(prompt=pb.Prompt(token_ids=huge))])
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -124,6 +125,27 @@ def test_oversized_and_over_context_messages(server, channel):
         with pytest.raises(grpc.RpcError) as e:
             pb_grpc.LanguageModelStub(channel).Score(pb.ScoreRequest(token_ids=long), timeout=30)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert_healthy(server, channel, expected)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads a process's memory from /proc")
+def test_huge_requests_are_refused_unread_and_cost_no_memory(server, channel):
+    """3-5M token ids in one Score: under 16 MB, but far over what the context cap allows.
+    gRPC refuses them before they are parsed, so a run of them leaves the server's memory
+    where it was (parsed and then refused, each left ~20 MB behind: 15 took BDH 478 -> 781 MB)."""
+    expected = reference(channel)
+    score = pb_grpc.LanguageModelStub(channel).Score
+    before = rss_mb(server.proc.pid)
+    for n in (3_000_000, 5_000_000) * 4:
+        with pytest.raises(grpc.RpcError) as e:
+            score(pb.ScoreRequest(token_ids=[5] * n), timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in e.value.details()
+    assert rss_mb(server.proc.pid) - before < 40, "refused requests kept memory"
     assert_healthy(server, channel, expected)
 
 
