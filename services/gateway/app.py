@@ -18,7 +18,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 
 from . import errors
-from .backends import GatewayError, IncompatibleModels
+from .errors import GatewayError, IncompatibleModels
 from .metrics import GatewayMetrics, MetricsMiddleware
 from .routes import ROUTERS
 from .routes.ops import STATIC, VERSION
@@ -75,7 +75,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="PlotArmour gateway", version=VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     install_guards(app, settings)  # body size cap, API key, CORS
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the guards' 401/413 too
-    errors.install(app)
+    errors.install(app, ROUTERS)
     for router in ROUTERS:
         app.include_router(router)
     app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
+from .errors import GatewayError, IncompatibleModels, ModelBusy, ModelFault, ModelGone, ModelRejected, ModelUnavailable
 from .settings import GatewaySettings
 
 # A 50k-token distribution is 200 kB and a tokenizer.json a few MB: lift grpc's 4 MB cap.
@@ -27,44 +28,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
-
-
-class GatewayError(Exception):
-    """Base of the errors the routes turn into HTTP statuses; `role` names the model server
-    ("gpt2", "bdh") a failure came from, where one did."""
-
-    status = 500
-
-    def __init__(self, message: str = "", role: str | None = None):
-        super().__init__(message)
-        self.role = role
-
-
-class ModelUnavailable(GatewayError):
-    """A model server is unreachable, too slow, not serving, or incompatible with its partner."""
-
-    status = 503
-
-
-class ModelGone(ModelUnavailable):
-    """A model server went away (its process died or restarted, its connection broke): a
-    story can reopen its session there once it is back (generation.py, recover_timeout_s)."""
-
-
-class ModelFault(ModelUnavailable):
-    """A model server answered with something unusable (a NaN row, a malformed answer)."""
-
-
-class ModelRejected(GatewayError):
-    """A model server refused the request itself (bad ids, context too long): the caller's fault."""
-
-    status = 422
-
-
-class ModelBusy(GatewayError):
-    """A model server is at its session limit."""
-
-    status = 429
 
 
 def _translate(role: str, address: str, err: BaseException, deadline: str = "its deadline") -> GatewayError:
@@ -391,10 +354,6 @@ def compatibility_problem(gpt2: ServerInfo, bdh: ServerInfo, gpt2_addr: str, bdh
     if not problems:
         return None
     return "cannot blend these model servers: " + "; ".join(problems)
-
-
-class IncompatibleModels(ModelUnavailable):
-    """The two servers do not share one tokenizer; blending them would be meaningless."""
 
 
 class ModelPair:

@@ -1,11 +1,14 @@
-"""One error body for every status and route.
+"""Every error the gateway answers with: the exceptions, one status table, the two body
+shapes, and the handlers that write them.
 
-Native and `/v1` routes answer in OpenAI's shape, `{"error": {message, type, param, code}}`,
-so the openai package reports our messages as they are; TGI's route (`POST /`) answers
-in TGI's, `{"error", "error_type"}`, which its clients turn into their own exceptions.
-`param` is always a field name of the route that was called, never a character offset.
+Each router declares the shape its clients expect by its route class (`OpenAIErrors`,
+`TgiErrors`), the way a model server's servicer declares `_STATUS`: native and `/v1`
+routes answer in OpenAI's shape, `{"error": {message, type, param, code}}`, so the openai
+package reports our messages as they are; TGI's route (`POST /`) answers in TGI's,
+`{"error", "error_type"}`, which its clients turn into their own exceptions. `param` is
+always a field name of the route that was called, never a character offset.
 
-    install(app)   # once, in create_app
+    install(app, ROUTERS)   # once, in create_app
 """
 
 from __future__ import annotations
@@ -13,21 +16,34 @@ from __future__ import annotations
 import logging
 import math
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
-from .backends import GatewayError, ModelBusy, ModelFault, ModelRejected, ModelUnavailable
+from plotarmour.roles import ROLES
 
 log = logging.getLogger("plotarmour.gateway")
+
+
+class GatewayError(Exception):
+    """Base of the errors the routes turn into HTTP statuses (`STATUS`); `role` names the
+    model server ("gpt2", "bdh") a failure came from, where one did."""
+
+    def __init__(self, message: str = "", role: str | None = None):
+        super().__init__(message)
+        self.role = role
+
+    @property
+    def status(self) -> int:
+        return next(STATUS[c] for c in type(self).__mro__ if c in STATUS)
 
 
 class InvalidField(GatewayError):
     """A request that breaks a rule the schema cannot express (a configured limit, an
     unsupported combination); `field` is named as the route's client spells it."""
-
-    status = 422
 
     def __init__(self, field: str | None, message: str):
         super().__init__(f"{field}: {message}" if field else message)
@@ -35,7 +51,7 @@ class InvalidField(GatewayError):
 
 
 class NotFound(InvalidField):
-    status = 404
+    pass
 
 
 class UnknownModel(NotFound):
@@ -46,7 +62,7 @@ class UnknownModel(NotFound):
 
 
 class TooBusy(GatewayError):
-    status = 429
+    """The gateway is at its limit of concurrent requests."""
 
 
 class InternalError(GatewayError):
@@ -56,7 +72,50 @@ class InternalError(GatewayError):
 class ClientGone(GatewayError):
     """The client closed the connection before the answer was ready (nobody reads this)."""
 
-    status = 499
+
+class ModelUnavailable(GatewayError):
+    """A model server is unreachable, too slow, not serving, or incompatible with its partner."""
+
+
+class ModelGone(ModelUnavailable):
+    """A model server went away (its process died or restarted, its connection broke): a
+    story can reopen its session there once it is back (scheduler.py, recover_timeout_s)."""
+
+
+class ModelFault(ModelUnavailable):
+    """A model server answered with something unusable (a NaN row, a malformed answer)."""
+
+
+class IncompatibleModels(ModelUnavailable):
+    """The two servers do not share one tokenizer; blending them would be meaningless."""
+
+
+class ModelRejected(GatewayError):
+    """A model server refused the request itself (bad ids, context too long): the caller's fault."""
+
+
+class ModelBusy(GatewayError):
+    """A model server is at its session limit."""
+
+
+# The one table from error to HTTP status; an error takes its nearest listed ancestor's.
+STATUS: dict[type[GatewayError], int] = {
+    GatewayError: 500,
+    InvalidField: 422, NotFound: 404, ModelRejected: 422,
+    TooBusy: 429, ModelBusy: 429,
+    ClientGone: 499,
+    ModelUnavailable: 503,
+}
+# OpenAI's `code` where a client acts on it; other errors carry their class name, and a
+# field's error none (its `param` says what is wrong).
+_CODE = {UnknownModel: "model_not_found", ModelBusy: "busy", TooBusy: "busy",
+         ModelRejected: "rejected_by_model_server"}
+
+
+def _code(e: GatewayError) -> str | None:
+    if type(e) in _CODE:
+        return _CODE[type(e)]
+    return None if isinstance(e, InvalidField) else type(e).__name__
 
 
 # OpenAI's `type` for each status (its clients map statuses to exceptions themselves).
@@ -77,14 +136,34 @@ def tgi_body(status: int, message: str) -> dict:
     return {"error": message, "error_type": _TGI_TYPE.get(status, "generation")}
 
 
-def is_tgi(scope) -> bool:
-    # TGI clients post to the server's root; GET / is the page.
-    return scope["path"] == "/" and scope["method"] == "POST"
+class OpenAIErrors(APIRoute):
+    """Routes whose errors are OpenAI-shaped: `APIRouter(route_class=OpenAIErrors)`."""
+
+    error_format = "openai"
+
+
+class TgiErrors(APIRoute):
+    """Routes whose errors are TGI-shaped: `APIRouter(route_class=TgiErrors)`."""
+
+    error_format = "tgi"
+
+
+def error_format(scope) -> str:
+    """The error shape the called route declares. The middleware runs before routing, so
+    the route is looked up as the router will, among the routes `install` was given; a
+    request no route takes (404, 405) answers in OpenAI's shape."""
+    routes = scope["app"].state.error_routes if "app" in scope else ()
+    route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
+    return getattr(route, "error_format", "openai")
+
+
+def error_body(fmt: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return tgi_body(status, message) if fmt == "tgi" else openai_body(status, message, param, code)
 
 
 def error_response(request: Request, status: int, message: str, param: str | None = None,
                    code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = tgi_body(status, message) if is_tgi(request.scope) else openai_body(status, message, param, code)
+    body = error_body(error_format(request.scope), status, message, param, code)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -93,20 +172,14 @@ def logprob(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0
 
 
-# The blend's roles as the page names them, and what a storyteller can do without each.
-ROLE_WORDS = {"gpt2": "the creativity model (GPT-2)", "bdh": "the logic model (BDH)"}
-WITHOUT = {"gpt2": "a story at 100% logic needs only the logic model (BDH)",
-           "bdh": "a story at 0% logic needs only the creativity model (GPT-2)"}
-
-
 def public_message(e: GatewayError) -> str:
     """What a person is told: a model server's failure in words, naming the model and what
     to do, never its address or gRPC text (those go to the log, here)."""
-    role = getattr(e, "role", None)
-    if role not in ROLE_WORDS:
+    role = ROLES.get(getattr(e, "role", None))
+    if role is None:
         return str(e)
     log.warning("%s", e)
-    who = ROLE_WORDS[role]
+    who = role.words
     if isinstance(e, ModelRejected):  # the server's own words about the request: no internals
         return f"{who[0].upper()}{who[1:]} refused this request: {str(e).split(': ', 1)[-1]}"
     if isinstance(e, ModelFault):
@@ -116,25 +189,13 @@ def public_message(e: GatewayError) -> str:
         return f"{who[0].upper()}{who[1:]} is busy with other stories; try again in a moment."
     if isinstance(e, ModelUnavailable):
         return (f"{who[0].upper()}{who[1:]} is not answering. PlotArmour keeps trying to reach it; "
-                f"try again in a minute. Meanwhile {WITHOUT[role]}.")
+                f"try again in a minute. Meanwhile {role.without}.")
     return str(e)
 
 
-def gateway_error_body(e: GatewayError, tgi: bool = False) -> dict:
+def gateway_error_body(e: GatewayError, fmt: str = "openai") -> dict:
     """The body of an error raised mid-stream (an SSE event), in the route's shape."""
-    if tgi:
-        return tgi_body(e.status, public_message(e))
-    return openai_body(e.status, public_message(e), getattr(e, "field", None), _code(e))
-
-
-def _code(e: GatewayError) -> str | None:
-    if isinstance(e, UnknownModel):
-        return "model_not_found"
-    if isinstance(e, ModelBusy | TooBusy):
-        return "busy"
-    if isinstance(e, ModelRejected):
-        return "rejected_by_model_server"
-    return None if isinstance(e, InvalidField) else type(e).__name__
+    return error_body(fmt, e.status, public_message(e), getattr(e, "field", None), _code(e))
 
 
 def _field(loc) -> str | None:
@@ -161,7 +222,10 @@ def _unreadable_body(cause: BaseException | None) -> str:
     return "request body could not be parsed as JSON"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, routers: list[APIRouter]) -> None:
+    """The handlers, and the routers' routes for `error_format`."""
+    app.state.error_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request", "type": ""}]

@@ -27,7 +27,8 @@ import numpy as np
 from plotarmour import sampling
 from plotarmour.tokenizer import IncrementalDetokenizer
 
-from .backends import BatchStream, GatewayError, ModelFault, ModelGone, ModelPair, ModelUnavailable
+from .backends import BatchStream, ModelPair
+from .errors import GatewayError, ModelFault, ModelGone, ModelUnavailable
 
 log = logging.getLogger("plotarmour.gateway")
 

@@ -14,7 +14,7 @@ import json
 
 from starlette.middleware.cors import CORSMiddleware
 
-from .errors import is_tgi, openai_body, tgi_body
+from .errors import error_body, error_format
 from .settings import GatewaySettings
 
 # Reachable without the API key: what load balancers, orchestrators and the web page's
@@ -31,7 +31,7 @@ def is_public(scope) -> bool:
 
 async def send_error(scope, send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     """A JSON error in the shape the route's clients expect, sent straight over ASGI."""
-    body = json.dumps(tgi_body(status, message) if is_tgi(scope) else openai_body(status, message)).encode()
+    body = json.dumps(error_body(error_format(scope), status, message)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})

@@ -21,8 +21,8 @@ from fastapi import Depends, Request
 
 from plotarmour.sampling import SamplingParams
 
-from .backends import GatewayError, ModelPair, ModelUnavailable
-from .errors import ClientGone, InvalidField, TooBusy
+from .backends import ModelPair
+from .errors import ClientGone, GatewayError, InvalidField, ModelUnavailable, TooBusy
 from .generation import GenerationLoop, GenerationParams, Registry, generate, roles_for
 from .replicas import Peers, owner_part
 from .metrics import GatewayMetrics, StepTimer

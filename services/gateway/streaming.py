@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 from starlette.responses import StreamingResponse
 
-from .backends import GatewayError
-from .errors import InternalError
+from .errors import GatewayError, InternalError
 from .service import Run
 
 log = logging.getLogger("plotarmour.gateway")

@@ -217,7 +217,7 @@ def test_refuses_a_server_with_another_tokenizer(tiny_pair, gpt2_server, start_m
     import asyncio
 
     from services.gateway import create_app
-    from services.gateway.backends import IncompatibleModels
+    from services.gateway.errors import IncompatibleModels
 
     other = shutil.copytree(tiny_pair["bdh"], tmp_path / "bdh-other-tokenizer")
     spec = json.loads((other / "tokenizer.json").read_text())

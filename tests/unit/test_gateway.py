@@ -538,7 +538,8 @@ def test_a_broken_row_fails_only_its_own_story(tiny_tokenizer):
 def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
     import asyncio
 
-    from services.gateway.backends import ModelPair, ModelUnavailable
+    from services.gateway.backends import ModelPair
+    from services.gateway.errors import ModelUnavailable
     from services.gateway.generation import Generation, GenerationLoop, GenerationParams, generate
 
     g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.05))
@@ -603,7 +604,7 @@ def test_refuses_servers_with_different_tokenizers(tiny_tokenizer, corpus_file, 
 
     from plotarmour.tokenizer import train_tokenizer
     from services.gateway import create_app
-    from services.gateway.backends import IncompatibleModels
+    from services.gateway.errors import IncompatibleModels
 
     other = train_tokenizer([corpus_file], vocab_size=300) if what == "vocab" else tiny_tokenizer
     override = "f" * 64 if what == "fingerprint" else None

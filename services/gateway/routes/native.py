@@ -6,12 +6,12 @@ from fastapi import APIRouter, Request
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import NotFound, gateway_error_body
+from ..errors import NotFound, OpenAIErrors, gateway_error_body
 from ..schemas import GenerateRequest, SteerRequest
 from ..service import GatewayDep, Job, unless_disconnected
 from ..streaming import event_stream, sse
 
-router = APIRouter(tags=["native"])
+router = APIRouter(tags=["native"], route_class=OpenAIErrors)
 
 TOKEN_FIELDS = ("id", "text", "p_blend", "p_gpt2", "p_bdh", "logic_weight", "special", "alternatives", "context_shift")
 

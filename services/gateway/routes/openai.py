@@ -25,12 +25,12 @@ from tokenizers import Tokenizer
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import InvalidField, UnknownModel, gateway_error_body, logprob, openai_body
+from ..errors import InvalidField, OpenAIErrors, UnknownModel, gateway_error_body, logprob, openai_body
 from ..schemas import ChatCompletionRequest, CompletionRequest, OpenAIBase, chat_prompt
 from ..service import GatewayDep, Job, SettingsDep, unless_disconnected
 from ..streaming import data_line, event_stream
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrors)
 
 FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 

@@ -13,11 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from plotarmour.sampling import BLENDS
 
+from ..errors import OpenAIErrors
 from ..security import authorized
 from ..service import GatewayDep, PairDep, SettingsDep
 
 log = logging.getLogger("plotarmour.gateway")
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=OpenAIErrors)
 STATIC = Path(__file__).resolve().parent.parent / "static"
 VERSION = "0.1.0"
 

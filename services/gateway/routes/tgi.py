@@ -12,12 +12,12 @@ from fastapi import APIRouter, Request
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import gateway_error_body, logprob
+from ..errors import TgiErrors, gateway_error_body, logprob
 from ..schemas import TGIRequest
 from ..service import GatewayDep, Job, unless_disconnected
 from ..streaming import data_line, event_stream
 
-router = APIRouter(tags=["tgi"])
+router = APIRouter(tags=["tgi"], route_class=TgiErrors)
 
 NAMES = {"prompt": "inputs", "max_new_tokens": "parameters.max_new_tokens", "stop": "parameters.stop"}
 
@@ -76,4 +76,4 @@ async def tgi_generate(req: TGIRequest, gw: GatewayDep, request: Request):
             held.append(ev)
         return out
 
-    return event_stream(run, encode, lambda e: data_line(gateway_error_body(e, tgi=True)))
+    return event_stream(run, encode, lambda e: data_line(gateway_error_body(e, "tgi")))
