@@ -30,11 +30,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-# The blend's two roles (logic, creativity), each a service of its own. Which model family
+from plotarmour.roles import ROLES
+
+# The blend's two roles (plotarmour.roles), each a service of its own. Which model family
 # a role serves is its checkpoint's business (config.json's model_type, looked up in
-# plotarmour.models.FAMILIES by the server), so no family is named here.
-MODELS = ("bdh", "gpt2")
-DEFAULT_PORTS = {"gateway": 8000, "bdh": 50051, "gpt2": 50052, "bdh_metrics": 9101, "gpt2_metrics": 9102}
+# plotarmour.models.FAMILIES by the server).
+MODELS = ("bdh", "gpt2")  # started in this order
+DEFAULT_PORTS = {"gateway": 8000,
+                 **{name: ROLES[name].port for name in MODELS},
+                 **{f"{name}_metrics": ROLES[name].metrics_port for name in MODELS}}
 
 # Restart back-off: 1 s, 2 s, 4 s ... up to 30 s while a service keeps failing; one that ran
 # this long before it exited is taken to have been healthy, and starts the count again.
@@ -266,7 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--host", default="127.0.0.1", help="interface for all three services [127.0.0.1]")
     ap.add_argument("--port", type=int, default=DEFAULT_PORTS["gateway"],
                     help="gateway HTTP port; 0 picks free ports for every service [8000]")
-    for name, label in (("bdh", "BDH"), ("gpt2", "GPT-2")):
+    for name in MODELS:
+        label = ROLES[name].family
         ap.add_argument(f"--{name}-port", type=int, default=None, help=f"{label} gRPC port [{DEFAULT_PORTS[name]}]")
         ap.add_argument(f"--{name}-metrics-port", type=int, default=None,
                         help=f"{label} Prometheus port; -1 turns it off [{DEFAULT_PORTS[name + '_metrics']}]")

@@ -1,7 +1,7 @@
 """One typed settings object per model server, from environment variables and flags.
 
-Each service subclasses ModelServerSettings with its own env prefix and defaults
-(`BDH_PORT`, `GPT2_CHECKPOINT`, ...). Flags (`--port 0`) override the environment,
+`role_settings(role)` gives each of the blend's roles (plotarmour.roles) its own env
+prefix and defaults (`BDH_PORT`, `GPT2_CHECKPOINT`, ...). Flags (`--port 0`) override the environment,
 which overrides the defaults. Nothing is read at import time: `parse_settings` builds
 the object when the service starts, and tests build it directly.
 """
@@ -15,10 +15,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plotarmour.flags import parse_settings  # noqa: F401  (re-exported: the servers' entry point)
+from plotarmour.roles import Role
 
 
-# Fields a service gives its own default keep their checks and help through these types:
-# a subclass writes `port: Port = 50052`.
+# Fields a role gives its own default keep their checks and help through these types.
 CheckpointDir = Annotated[Path, Field(description="checkpoint directory (config.json, model.safetensors, "
                                                   "tokenizer.json)")]
 Port = Annotated[int, Field(ge=0, le=65535, description="gRPC port; 0 picks a free one")]
@@ -32,10 +32,10 @@ class ModelServerSettings(BaseSettings):
     checkpoint: CheckpointDir
     name: str | None = Field(None, description="name reported by GetInfo (default: the checkpoint directory name)")
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 inside a container)")
-    port: Port = 50051
+    port: Port = 0
     port_file: Path | None = Field(
         None, description='write {"port": ..., "metrics_port": ..., "pid": ...} here once bound')
-    metrics_port: MetricsPort = 9101
+    metrics_port: MetricsPort = -1
     device: str = Field("auto", description="auto (cuda when present, else cpu), cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
@@ -62,3 +62,20 @@ class ModelServerSettings(BaseSettings):
                                "for the others to join the batch (for per-session Decode clients)")
     grace_period: float = Field(10.0, ge=0, description="seconds open sessions get to finish after SIGTERM")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+
+
+def role_settings(role: Role) -> type[ModelServerSettings]:
+    """The settings of the model server in `role`: its env prefix, port and checkpoint."""
+
+    class Settings(ModelServerSettings):
+        model_config = SettingsConfigDict(env_prefix=role.env_prefix, extra="forbid")
+
+        checkpoint: CheckpointDir = Path("checkpoints") / role.name
+        port: Port = role.port
+        metrics_port: MetricsPort = role.metrics_port
+
+    Settings.__doc__ = (f"{role.family} model server, the blend's {role.label} role, over gRPC "
+                        "(plotarmour.v1.LanguageModel, health, reflection).")
+    Settings.__qualname__ = Settings.__name__ = f"{role.name.upper()}Settings"
+    return Settings
+

@@ -1,21 +1,10 @@
-"""The BDH model server: the shared plotarmour.modelserver with its own settings.
+"""The BDH model server: the shared plotarmour.modelserver in the "bdh" role.
 
-    python -m services.bdh --checkpoint checkpoints/bdh        # or BDH_CHECKPOINT=...
-    python -m services.bdh --help                              # every flag and env var
+    python -m services.bdh --checkpoint checkpoints/bdh   # or BDH_CHECKPOINT=...
+    python -m services.bdh --help   # every flag and env var
 """
 
-from pathlib import Path
+from plotarmour.modelserver.settings import role_settings
+from plotarmour.roles import ROLES
 
-from pydantic_settings import SettingsConfigDict
-
-from plotarmour.modelserver.settings import CheckpointDir, MetricsPort, ModelServerSettings, Port
-
-
-class Settings(ModelServerSettings):
-    """BDH model server over gRPC (plotarmour.v1.LanguageModel, health, reflection)."""
-
-    model_config = SettingsConfigDict(env_prefix="BDH_", extra="forbid")
-
-    checkpoint: CheckpointDir = Path("checkpoints/bdh")
-    port: Port = 50051
-    metrics_port: MetricsPort = 9101
+Settings = role_settings(ROLES["bdh"])

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from plotarmour.roles import ROLES
+
 
 class GatewaySettings(BaseSettings):
     """The gateway: blends the GPT-2 and BDH model servers and serves the stories over HTTP."""
@@ -18,9 +20,11 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLOTARMOUR_GATEWAY_", extra="ignore")
 
     # Where the two model servers listen (host:port, as grpc expects).
-    gpt2_address: str = Field("127.0.0.1:50052", description="GPT-2 model server (host:port or a gRPC target "
-                                                           "such as dns:///gpt2:50052)")
-    bdh_address: str = Field("127.0.0.1:50051", description="BDH model server (host:port or a gRPC target)")
+    gpt2_address: str = Field(f"127.0.0.1:{ROLES['gpt2'].port}",
+                              description=f"the creativity role's model server (host:port or a gRPC target such "
+                                          f"as dns:///gpt2:{ROLES['gpt2'].port})")
+    bdh_address: str = Field(f"127.0.0.1:{ROLES['bdh'].port}",
+                             description="the logic role's model server (host:port or a gRPC target)")
 
     # round_robin spreads sessions over every address a name resolves to: with a
     # headless Kubernetes Service and a dns:/// address, over all model-server replicas.

@@ -1,21 +1,10 @@
-"""The GPT-2 model server: the shared plotarmour.modelserver with its own settings.
+"""The GPT-2 model server: the shared plotarmour.modelserver in the "gpt2" role.
 
-    python -m services.gpt2 --checkpoint checkpoints/gpt2        # or GPT2_CHECKPOINT=...
-    python -m services.gpt2 --help                              # every flag and env var
+    python -m services.gpt2 --checkpoint checkpoints/gpt2   # or GPT2_CHECKPOINT=...
+    python -m services.gpt2 --help   # every flag and env var
 """
 
-from pathlib import Path
+from plotarmour.modelserver.settings import role_settings
+from plotarmour.roles import ROLES
 
-from pydantic_settings import SettingsConfigDict
-
-from plotarmour.modelserver.settings import CheckpointDir, MetricsPort, ModelServerSettings, Port
-
-
-class Settings(ModelServerSettings):
-    """GPT-2 model server over gRPC (plotarmour.v1.LanguageModel, health, reflection)."""
-
-    model_config = SettingsConfigDict(env_prefix="GPT2_", extra="forbid")
-
-    checkpoint: CheckpointDir = Path("checkpoints/gpt2")
-    port: Port = 50052
-    metrics_port: MetricsPort = 9102
+Settings = role_settings(ROLES["gpt2"])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from plotarmour.roles import ROLES
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile"))
 
@@ -125,16 +127,48 @@ def test_compose_renders_loopback_port_and_distinct_gpu_images():
         assert gpu[name]["build"]["args"]["TORCH_INDEX"].endswith("/cu124")
 
 
-def test_every_service_has_a_dockerfile():
-    assert [p.parent.name for p in DOCKERFILES] == ["bdh", "gateway", "gpt2"]
+def test_one_dockerfile_serves_every_role():
+    assert [p.parent.name for p in DOCKERFILES] == ["gateway", "modelserver"]
+    base = compose_file("docker-compose.yml")["services"]
+    gpu = compose_file("docker-compose.gpu.yml")["services"]
+    for name in ROLES:
+        for services in (base, gpu):
+            assert services[name]["build"]["dockerfile"] == "services/modelserver/Dockerfile"
+            assert services[name]["build"]["args"]["ROLE"] == name
+
+
+def test_compose_and_kubernetes_follow_the_roles_table():
+    """The ports written in the deployment files are the roles' (plotarmour/roles.py), which
+    the images listen on by default."""
+    import yaml
+
+    compose = compose_file("docker-compose.yml")["services"]
+    gateway_env = compose["gateway"]["environment"]
+    k8s = {}
+    for path in sorted((ROOT / "deploy/k8s/base").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] in ("Deployment", "Service"):
+                k8s[doc["kind"], doc["metadata"]["name"]] = doc
+    k8s_gateway_env = {e["name"]: e.get("value") for e in
+                       k8s["Deployment", "gateway"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name, role in ROLES.items():
+        assert compose[name]["expose"] == [str(role.port), str(role.metrics_port)]
+        assert gateway_env[f"PLOTARMOUR_GATEWAY_{role.env_prefix}ADDRESS"] == f"{name}:{role.port}"
+        assert all(key.startswith(role.env_prefix) for key in compose[name]["environment"])
+        container = k8s["Deployment", name]["spec"]["template"]["spec"]["containers"][0]
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+            "grpc": role.port, "metrics": role.metrics_port}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == role.port
+        assert [p["port"] for p in k8s["Service", name]["spec"]["ports"]] == [role.port, role.metrics_port]
+        assert k8s_gateway_env[f"PLOTARMOUR_GATEWAY_{role.env_prefix}ADDRESS"].endswith(f":{role.port}")
 
 
 def test_dockerfiles_pass_hadolint():
     run(tool("hadolint"), "--config", ".hadolint.yaml", *map(str, DOCKERFILES))
 
 
-@pytest.mark.parametrize("service", ["bdh", "gpt2"])
-def test_model_server_images_pin_torch_as_pyproject_does(service):
+def test_model_server_image_pins_torch_as_pyproject_does():
     # torch comes first from TORCH_INDEX (CPU or CUDA wheels); a looser pin than the package's
     # would let `pip install .[models]` replace it with PyPI's default (CUDA) wheel.
     import tomllib
@@ -143,7 +177,7 @@ def test_model_server_images_pin_torch_as_pyproject_does(service):
     wanted = {re.sub(r"\s", "", d) for d in project["dependencies"] + project["optional-dependencies"]["models"]
               if re.match(r"torch\b", d)}
     pinned = set(re.findall(r'pip install --index-url \$\{TORCH_INDEX\} "(torch[^"]*)"',
-                            (ROOT / f"services/{service}/Dockerfile").read_text()))
+                            (ROOT / "services/modelserver/Dockerfile").read_text()))
     assert len(wanted) == 1 and pinned == wanted
 
 
