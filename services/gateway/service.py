@@ -1,50 +1,36 @@
 """What every route shares: the model pair, the generation loop, the concurrency limit,
 and turning a request into running generations.
 
-A route builds `Job`s (one per story to write) and hands them to `Gateway.open`, which
-takes one slot, tokenizes, prefills every job and returns a `Run`: its events, merged,
-with one `aclose` that frees everything. Routes get the pieces as FastAPI dependencies
+A route builds `GenerationParams` (params.py; one per story to write) and hands them to
+`Gateway.open`, which takes one slot, checks and tokenizes them (`prepare`), prefills every
+story and returns a `Run`: its events, merged, with one `aclose` that frees everything.
+Steering and a story's state go through the service too (`steer`, `state`), on whichever
+replica runs the story. Routes get the pieces as FastAPI dependencies
 (`GatewayDep`, `SettingsDep`, `PairDep`, `LimiterDep`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from plotarmour.sampling import SamplingParams
-
 from .backends import ModelPair
-from .errors import ClientGone, GatewayError, InvalidField, ModelUnavailable, TooBusy
-from .generation import GenerationLoop, GenerationParams, Registry, generate, roles_for
+from .errors import ClientGone, GatewayError, InvalidField, ModelUnavailable, NotFound, TooBusy
+from .params import GenerationParams
+from .running import Registry, roles_for
+from .scheduler import GenerationLoop, generate
 from .replicas import Peers, owner_part
 from .metrics import GatewayMetrics, StepTimer
 from .settings import GatewaySettings
 
 log = logging.getLogger("plotarmour.gateway")
-
-
-@dataclass
-class Job:
-    """One story to write, as any surface asks for it."""
-
-    prompt: str
-    logic_weight: float = 0.5
-    blend: str = "linear"
-    max_new_tokens: int | None = None
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    top_alternatives: int = 0
-    truncate: int | None = None  # keep only the prompt's last `truncate` tokens (TGI)
-    steering: list[tuple[int, float]] = field(default_factory=list)  # (from token, weight), increasing
 
 
 # How a surface's client spells the fields a limit may name (errors use its words).
@@ -159,7 +145,7 @@ class Gateway:
         if isinstance(e, ModelUnavailable):
             self.pair.mark(e)  # the next request that needs that server re-checks it first
 
-    async def params(self, job: Job, names: dict[str, str]) -> GenerationParams:
+    async def prepare(self, job: GenerationParams, names: dict[str, str]) -> GenerationParams:
         """Settings-dependent checks (no server needed), then tokenize with the servers'
         tokenizer. Errors name fields as `names` spells them for the route's client."""
         s = self.settings
@@ -184,19 +170,17 @@ class Gateway:
         if not ids:
             raise InvalidField(names["prompt"], "the prompt holds no tokens")
         self.metrics.prompt_tokens.observe(len(ids))
-        return GenerationParams(
-            prompt_ids=ids, logic_weight=job.logic_weight, blend=job.blend, max_new_tokens=max_new,
-            sampling=job.sampling, seed=job.seed if job.seed is not None else secrets.randbits(63), stop=job.stop,
-            top_alternatives=job.top_alternatives, steering=job.steering)
+        return dataclasses.replace(job, prompt_ids=ids, max_new_tokens=max_new,
+                                   seed=job.seed if job.seed is not None else secrets.randbits(63))
 
-    async def open(self, jobs: list[Job], names: dict[str, str] = NATIVE_NAMES) -> Run:
+    async def open(self, jobs: list[GenerationParams], names: dict[str, str] = NATIVE_NAMES) -> Run:
         """Take a slot, prefill every job, and return the running request. Everything that
         can fail before the first token fails here, as an HTTP status."""
         slot = self.limiter.acquire()
         streams: list[AsyncIterator[dict]] = []
         starts: list[asyncio.Future] = []
         try:
-            params = [await self.params(job, names) for job in jobs]
+            params = [await self.prepare(job, names) for job in jobs]
             streams = [self._events(p) for p in params]
             # Prefill all at once; the first failure is the answer.
             starts = [asyncio.ensure_future(anext(s)) for s in streams]
@@ -212,12 +196,35 @@ class Gateway:
             raise
         return Run(first, streams, slot)
 
-    async def complete(self, jobs: list[Job], names: dict[str, str] = NATIVE_NAMES
+    async def complete(self, jobs: list[GenerationParams], names: dict[str, str] = NATIVE_NAMES
                        ) -> tuple[list[dict], list[tuple[list[dict], dict]]]:
         """`open`, then every job to its end: (start events, (token events, end event) per
         job). Wrap it in `unless_disconnected` so a client that leaves cancels it."""
         run = await self.open(jobs, names)
         return run.first, await run.collect()
+
+    async def steer(self, gen_id: str, logic_weight: float, request: Request):
+        """Set a running story's weight from its next token; on another replica, ask that one."""
+        if self.registry.get(gen_id) is None and (there := await self.peers.elsewhere(gen_id, request)) is not None:
+            return there  # that replica's answer, as it gave it (replicas.py)
+        gen = self._running(gen_id)
+        gen.steer(logic_weight)
+        return {"id": gen.id, "logic_weight": gen.logic_weight, "applies_from_token": gen.tokens_done}
+
+    async def state(self, gen_id: str, request: Request):
+        """Where a running story is; `waiting_for` names the model servers whose answer to its
+        current step is still due, or that it waits to come back."""
+        if self.registry.get(gen_id) is None and (there := await self.peers.elsewhere(gen_id, request)) is not None:
+            return there
+        gen = self._running(gen_id)
+        return {"id": gen.id, "logic_weight": gen.logic_weight, "tokens_done": gen.tokens_done,
+                "waiting_for": sorted(gen.due | gen.waiting)}
+
+    def _running(self, gen_id: str):
+        gen = self.registry.get(gen_id)
+        if gen is None:
+            raise NotFound("gen_id", f"no running generation with id {gen_id!r} (unknown or finished)")
+        return gen
 
     async def _events(self, params: GenerationParams) -> AsyncIterator[dict]:
         gen = self.registry.start(params.logic_weight, params.steering)

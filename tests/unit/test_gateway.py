@@ -540,7 +540,9 @@ def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
 
     from services.gateway.backends import ModelPair
     from services.gateway.errors import ModelUnavailable
-    from services.gateway.generation import Generation, GenerationLoop, GenerationParams, generate
+    from services.gateway.params import GenerationParams
+    from services.gateway.running import Generation
+    from services.gateway.scheduler import GenerationLoop, generate
 
     g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.05))
     b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.05))
@@ -550,7 +552,7 @@ def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
         await pair.refresh()
         loop = GenerationLoop(pair)
         params = GenerationParams(prompt_ids=tiny_tokenizer.encode(PROMPT).ids, logic_weight=0.5,
-                                  max_new_tokens=1000)
+                                  max_new_tokens=1000, seed=0)
         events = generate(loop, Generation(id="gen-test", logic_weight=0.5), params)
         seen = [(await anext(events))["type"], (await anext(events))["type"]]
         await loop.stop()

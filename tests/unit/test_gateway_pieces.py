@@ -11,7 +11,7 @@ import pytest
 
 from plotarmour.cli import main as cli_main
 from plotarmour.cli import parse_sse
-from services.gateway.generation import StopText
+from services.gateway.events import StopText
 from services.gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,9 +6,10 @@ from fastapi import APIRouter, Request
 
 from plotarmour.sampling import SamplingParams
 
-from ..errors import NotFound, OpenAIErrors, gateway_error_body
+from ..errors import OpenAIErrors, gateway_error_body
 from ..schemas import GenerateRequest, SteerRequest
-from ..service import GatewayDep, Job, unless_disconnected
+from ..params import GenerationParams
+from ..service import GatewayDep, unless_disconnected
 from ..streaming import event_stream, sse
 
 router = APIRouter(tags=["native"], route_class=OpenAIErrors)
@@ -16,11 +17,12 @@ router = APIRouter(tags=["native"], route_class=OpenAIErrors)
 TOKEN_FIELDS = ("id", "text", "p_blend", "p_gpt2", "p_bdh", "logic_weight", "special", "alternatives", "context_shift")
 
 
-def job(req: GenerateRequest) -> Job:
-    return Job(prompt=req.prompt, logic_weight=req.logic_weight, blend=req.blend, max_new_tokens=req.max_new_tokens,
-               sampling=SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p),
-               seed=req.seed, stop=req.stop, top_alternatives=req.top_alternatives,
-               steering=[(p.at, p.logic_weight) for p in req.steering])
+def job(req: GenerateRequest) -> GenerationParams:
+    return GenerationParams(
+        prompt=req.prompt, logic_weight=req.logic_weight, blend=req.blend, max_new_tokens=req.max_new_tokens,
+        sampling=SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p),
+        seed=req.seed, stop=req.stop, top_alternatives=req.top_alternatives,
+        steering=[(p.at, p.logic_weight) for p in req.steering])
 
 
 @router.post("/generate")
@@ -43,20 +45,9 @@ async def generate_sse(req: GenerateRequest, gw: GatewayDep):
                         head=sse("start", first), headers={"X-Generation-Id": first["id"]})
 
 
-def _running(gw, gen_id: str):
-    gen = gw.registry.get(gen_id)
-    if gen is None:
-        raise NotFound("gen_id", f"no running generation with id {gen_id!r} (unknown or finished)")
-    return gen
-
-
 @router.post("/generations/{gen_id}")
 async def steer(gen_id: str, req: SteerRequest, gw: GatewayDep, request: Request):
-    if gw.registry.get(gen_id) is None and (there := await gw.peers.elsewhere(gen_id, request)) is not None:
-        return there  # another replica runs it (replicas.py)
-    gen = _running(gw, gen_id)
-    gen.steer(req.logic_weight)
-    return {"id": gen.id, "logic_weight": gen.logic_weight, "applies_from_token": gen.tokens_done}
+    return await gw.steer(gen_id, req.logic_weight, request)
 
 
 @router.get("/generations/{gen_id}")
@@ -64,8 +55,4 @@ async def generation_status(gen_id: str, gw: GatewayDep, request: Request):
     """Where a running story is; `waiting_for` names the model servers whose answer to the
     current step is still due, or that it waits to come back, so a page whose story has
     stalled can say which model it is waiting for."""
-    if gw.registry.get(gen_id) is None and (there := await gw.peers.elsewhere(gen_id, request)) is not None:
-        return there
-    gen = _running(gw, gen_id)
-    return {"id": gen.id, "logic_weight": gen.logic_weight, "tokens_done": gen.tokens_done,
-            "waiting_for": sorted(gen.due | gen.waiting)}
+    return await gw.state(gen_id, request)

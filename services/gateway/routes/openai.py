@@ -26,8 +26,9 @@ from tokenizers import Tokenizer
 from plotarmour.sampling import SamplingParams
 
 from ..errors import InvalidField, OpenAIErrors, UnknownModel, gateway_error_body, logprob, openai_body
+from ..params import GenerationParams
 from ..schemas import ChatCompletionRequest, CompletionRequest, OpenAIBase, chat_prompt
-from ..service import GatewayDep, Job, SettingsDep, unless_disconnected
+from ..service import GatewayDep, SettingsDep, unless_disconnected
 from ..streaming import data_line, event_stream
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrors)
@@ -36,7 +37,7 @@ FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
 def jobs(req: OpenAIBase, prompts: list[str], max_tokens: int | None, alternatives: int,
-         limit: int) -> list[Job]:
+         limit: int) -> list[GenerationParams]:
     """n jobs per prompt, in OpenAI's order. With a seed, choice j of every prompt draws
     with seed + j, so a prompt's choices do not depend on the other prompts. At most
     `limit` in all (one request takes one place under max_concurrent)."""
@@ -46,9 +47,9 @@ def jobs(req: OpenAIBase, prompts: list[str], max_tokens: int | None, alternativ
                            f"at most {limit} per request")
     sampling = SamplingParams(temperature=1.0 if req.temperature is None else req.temperature, top_k=req.top_k,
                               top_p=1.0 if req.top_p is None else req.top_p)
-    return [Job(prompt=p, logic_weight=req.logic_weight, blend=req.blend, max_new_tokens=max_tokens,
-                sampling=sampling, seed=None if req.seed is None else (req.seed + j) % 2**63, stop=req.stop or [],
-                top_alternatives=alternatives)
+    return [GenerationParams(prompt=p, logic_weight=req.logic_weight, blend=req.blend, max_new_tokens=max_tokens,
+                             sampling=sampling, seed=None if req.seed is None else (req.seed + j) % 2**63,
+                             stop=req.stop or [], top_alternatives=alternatives)
             for p in prompts for j in range(req.n)]
 
 

@@ -13,8 +13,9 @@ from fastapi import APIRouter, Request
 from plotarmour.sampling import SamplingParams
 
 from ..errors import TgiErrors, gateway_error_body, logprob
+from ..params import GenerationParams
 from ..schemas import TGIRequest
-from ..service import GatewayDep, Job, unless_disconnected
+from ..service import GatewayDep, unless_disconnected
 from ..streaming import data_line, event_stream
 
 router = APIRouter(tags=["tgi"], route_class=TgiErrors)
@@ -22,14 +23,15 @@ router = APIRouter(tags=["tgi"], route_class=TgiErrors)
 NAMES = {"prompt": "inputs", "max_new_tokens": "parameters.max_new_tokens", "stop": "parameters.stop"}
 
 
-def job(req: TGIRequest) -> Job:
+def job(req: TGIRequest) -> GenerationParams:
     p = req.parameters
     if p.sampling:
         sampling = SamplingParams(temperature=p.temperature or 1.0, top_k=p.top_k or 0, top_p=p.top_p or 1.0)
     else:
         sampling = SamplingParams(temperature=0.0)
-    return Job(prompt=req.inputs, logic_weight=p.logic_weight, blend=p.blend, max_new_tokens=p.max_new_tokens,
-               sampling=sampling, seed=p.seed, stop=p.stop, top_alternatives=p.top_n_tokens or 0, truncate=p.truncate)
+    return GenerationParams(
+        prompt=req.inputs, logic_weight=p.logic_weight, blend=p.blend, max_new_tokens=p.max_new_tokens,
+        sampling=sampling, seed=p.seed, stop=p.stop, top_alternatives=p.top_n_tokens or 0, truncate=p.truncate)
 
 
 def token(ev: dict) -> dict:

@@ -1,4 +1,5 @@
-"""The blending loop: one scheduler steps every live generation together.
+"""The scheduler: admission, blending and sampling, stepping, and context shift, for
+every live generation together.
 
 Per iteration it blends and samples all live rows in one vectorised call, hands each
 token to its client, and sends one step message per model-server stream. A story asks
@@ -9,15 +10,13 @@ the start, and a pure-model story goes on while the other server is down or stal
 fills a model's context has that model's session reopened on the story's last part
 (context shift) in the same iteration. Stories wait for each other's answers to step as
 one batch, but not for a late one: a stalled server holds up only the stories that need
-it. `generate` turns one generation's share into plain dict events (start, token..., end); the routes
-turn them into JSON, SSE or OpenAI chunks.
+it. `generate` admits one generation and yields its events (events.py builds them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,113 +28,15 @@ from plotarmour.tokenizer import IncrementalDetokenizer
 
 from .backends import BatchStream, ModelPair
 from .errors import GatewayError, ModelFault, ModelGone, ModelUnavailable
+from .events import StopText, TokenTexts, end_event, token_event, top_k
+from .params import GenerationParams
+from .running import Generation, roles_for
 
 log = logging.getLogger("plotarmour.gateway")
 
 # Stories whose step answers are in wait for the others still in flight (one batch) only
 # while those are not late: twice their server's usual round trip, and at least this long.
 _GRACE_S = 0.05
-
-
-@dataclass
-class GenerationParams:
-    prompt_ids: list[int]
-    logic_weight: float
-    blend: str = "linear"
-    max_new_tokens: int = 128
-    sampling: sampling.SamplingParams = field(default_factory=sampling.SamplingParams)
-    seed: int = 0
-    stop: list[str] = field(default_factory=list)
-    top_alternatives: int = 0  # each token event lists the k likeliest tokens of the blend and of each model
-    steering: list[tuple[int, float]] = field(default_factory=list)  # (from token, weight), increasing
-
-
-@dataclass
-class Generation:
-    """A running generation; the only mutable part is the weight: a schedule (`steering`,
-    from the request) sets it when its token comes, and live steering (`steer`) takes over
-    from the schedule for good."""
-
-    id: str
-    logic_weight: float
-    tokens_done: int = 0
-    schedule: list[tuple[int, float]] = field(default_factory=list)
-    waiting: set[str] = field(default_factory=set)  # servers it waits to come back ("gpt2", "bdh")
-    due: set[str] = field(default_factory=set)  # servers whose answer to its current step is due
-
-    def steer(self, logic_weight: float) -> None:
-        """Live steering: this weight from the next token on; a schedule still pending is
-        dropped (the person at the slider has taken over from the replayed story)."""
-        self.logic_weight = logic_weight
-        self.schedule.clear()
-
-    def next_weight(self) -> float:
-        """The weight for the token about to be drawn (index `tokens_done`)."""
-        while self.schedule and self.schedule[0][0] <= self.tokens_done:
-            self.logic_weight = self.schedule.pop(0)[1]
-        return self.logic_weight
-
-
-def roles_for(weight: float) -> tuple[int, ...]:
-    """The models (0 gpt2, 1 bdh) a token drawn at this weight needs: at an end of the slider
-    the other model's probabilities are multiplied by 0, so it need not be asked."""
-    if weight == 0.0:
-        return (0,)
-    if weight == 1.0:
-        return (1,)
-    return (0, 1)
-
-
-class Registry:
-    """Running generations by id, so `POST /generations/{id}` can steer them."""
-
-    def __init__(self, owner: str = ""):
-        self._running: dict[str, Generation] = {}
-        self._suffix = f"-{owner}" if owner else ""  # the replica that runs them (replicas.py)
-
-    def start(self, logic_weight: float, schedule: list[tuple[int, float]] | None = None) -> Generation:
-        gen = Generation(id="gen-" + secrets.token_hex(8) + self._suffix, logic_weight=logic_weight,
-                         schedule=list(schedule or []))
-        self._running[gen.id] = gen
-        return gen
-
-    def finish(self, gen: Generation) -> None:
-        self._running.pop(gen.id, None)
-
-    def get(self, gen_id: str) -> Generation | None:
-        return self._running.get(gen_id)
-
-
-class StopText:
-    """Releases streamed text, holding back a tail that could be the start of a stop sequence.
-
-    Text already released never contains the beginning of a stop sequence, so a match
-    can only start inside what is held plus the new piece.
-    """
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def push(self, piece: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, whether a stop sequence was hit)."""
-        text = self.held + piece
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.held = ""
-            return text[: min(hits)], True
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(text)), keep, -1):
-                if text.endswith(s[:n]):
-                    keep = n
-                    break
-        self.held = text[len(text) - keep:]
-        return text[: len(text) - keep], False
-
-    def flush(self) -> str:
-        text, self.held = self.held, ""
-        return text
 
 
 @dataclass(eq=False)
@@ -204,8 +105,7 @@ class GenerationLoop:
         self.reopening: dict[Live, asyncio.Task] = {}  # out of the batch while a full session reopens
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._texts: dict[int, str] = {}  # token id → its text, for alternatives
-        self._texts_of: str | None = None  # the tokenizer fingerprint _texts belongs to
+        self.texts = TokenTexts()  # the alternatives' texts
         # Step messages in flight → (role, stream, its rows (story, session, token), sent at).
         self.flight: dict[asyncio.Future, tuple[int, BatchStream, list[tuple[Live, int, int]], float]] = {}
         self._round_trip: list[float | None] = [None, None]  # each server's usual step, seconds
@@ -430,36 +330,19 @@ class GenerationLoop:
             finish = "stop_sequence" if hit else finish
         x.text_parts.append(piece)
         x.gen.tokens_done = index + 1
-        # Each model's probability of the token, or None for a model the weight did not ask.
-        p_each = [None if lp is None else float(np.exp(lp[token])) for lp in x.lp]
-        event = {
-            "type": "token", "index": index, "id": token, "text": piece, "p_blend": float(p_token),
-            "p_gpt2": p_each[0], "p_bdh": p_each[1], "logic_weight": x.weight, "special": token == eot}
-        if x.shifted:  # this token was drawn after a model's window slid
-            event["context_shift"], x.shifted = x.shifted, []
+        alternatives = None
         if top_blend is not None:
-            k = params.top_alternatives
-            event["alternatives"] = {"blend": self._named(*top_blend), **{
-                name: self._named(*top_k(lp, k, log=True)) if lp is not None else []
-                for name, lp in (("gpt2", x.lp[0]), ("bdh", x.lp[1]))}}
-        x.events.put_nowait(event)
+            alternatives = self.texts.alternatives(self.pair.tokenizer, self.pair.fingerprint, top_blend, x.lp,
+                                                   params.top_alternatives)
+        x.events.put_nowait(token_event(index, token, piece, p_token, x.lp, x.weight, token == eot, x.shifted,
+                                        alternatives))
+        x.shifted = []
         if finish:
-            x.events.put_nowait(self._end(x, finish))
+            x.events.put_nowait(end_event(x.gen.id, finish, "".join(x.text_parts), len(params.prompt_ids),
+                                          x.gen.tokens_done, x.t_start, x.t_first, x.waited))
             x.close()
             return False
         return True
-
-    def _named(self, ids: np.ndarray, probs: np.ndarray) -> list[dict]:
-        """Token ids with their text (each decoded on its own, so a piece of a multi-byte
-        character shows as U+FFFD) and probability."""
-        if self._texts_of != self.pair.fingerprint:
-            self._texts, self._texts_of = {}, self.pair.fingerprint
-        out = []
-        for i, p in zip(ids.tolist(), probs.tolist()):
-            if i not in self._texts:
-                self._texts[i] = self.pair.tokenizer.decode([i], skip_special_tokens=False)
-            out.append({"id": i, "text": self._texts[i], "p": p})
-        return out
 
     def _send(self, stepping: list[tuple[Live, int]]) -> None:
         """One step message per stream for the rows just sampled; each row waits in flight
@@ -575,29 +458,6 @@ class GenerationLoop:
         finally:
             self.reopening.pop(x, None)
             self.wake()
-
-    def _end(self, x: Live, finish: str) -> dict:
-        t_end, n, prompt = time.perf_counter(), x.gen.tokens_done, len(x.params.prompt_ids)
-        return {
-            "type": "end", "id": x.gen.id, "finish_reason": finish, "text": "".join(x.text_parts),
-            "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n},
-            "timings": {"time_to_first_token_ms": round((x.t_first - x.t_start) * 1e3, 3),
-                        "total_ms": round((t_end - x.t_start) * 1e3, 3),
-                        "tokens_per_s": round(n / (t_end - x.t_start), 2) if t_end > x.t_start else None,
-                        # Per token, outside the waits for the servers: blending and sampling
-                        # (for the whole batch), detokenizing, and the other stories' turns.
-                        "gateway_ms_per_token": round((t_end - x.t_first - x.waited) * 1e3 / n, 4)},
-        }
-
-
-def top_k(row: np.ndarray, k: int, log: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The k likeliest tokens of one distribution, likeliest first → (ids, probabilities);
-    `log`: the row holds log-probabilities."""
-    k = min(k, row.size)
-    ids = np.argpartition(row, -k)[-k:]
-    ids = ids[np.argsort(-row[ids], kind="stable")]
-    vals = row[ids].astype(np.float64)
-    return ids, np.exp(vals) if log else vals
 
 
 # Below this many (rows × vocabulary) values (8 rows at a 4,096-token vocabulary, none at

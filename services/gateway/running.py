@@ -1,0 +1,63 @@
+"""Running generations: each one's id and weight (what steering changes), and the
+registry that finds them by id for `POST /generations/{id}`."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Generation:
+    """A running generation; the only mutable part is the weight: a schedule (`steering`,
+    from the request) sets it when its token comes, and live steering (`steer`) takes over
+    from the schedule for good."""
+
+    id: str
+    logic_weight: float
+    tokens_done: int = 0
+    schedule: list[tuple[int, float]] = field(default_factory=list)
+    waiting: set[str] = field(default_factory=set)  # servers it waits to come back ("gpt2", "bdh")
+    due: set[str] = field(default_factory=set)  # servers whose answer to its current step is due
+
+    def steer(self, logic_weight: float) -> None:
+        """Live steering: this weight from the next token on; a schedule still pending is
+        dropped (the person at the slider has taken over from the replayed story)."""
+        self.logic_weight = logic_weight
+        self.schedule.clear()
+
+    def next_weight(self) -> float:
+        """The weight for the token about to be drawn (index `tokens_done`)."""
+        while self.schedule and self.schedule[0][0] <= self.tokens_done:
+            self.logic_weight = self.schedule.pop(0)[1]
+        return self.logic_weight
+
+
+def roles_for(weight: float) -> tuple[int, ...]:
+    """The models (0 gpt2, 1 bdh) a token drawn at this weight needs: at an end of the slider
+    the other model's probabilities are multiplied by 0, so it need not be asked."""
+    if weight == 0.0:
+        return (0,)
+    if weight == 1.0:
+        return (1,)
+    return (0, 1)
+
+
+class Registry:
+    """Running generations by id, so `POST /generations/{id}` can steer them."""
+
+    def __init__(self, owner: str = ""):
+        self._running: dict[str, Generation] = {}
+        self._suffix = f"-{owner}" if owner else ""  # the replica that runs them (replicas.py)
+
+    def start(self, logic_weight: float, schedule: list[tuple[int, float]] | None = None) -> Generation:
+        gen = Generation(id="gen-" + secrets.token_hex(8) + self._suffix, logic_weight=logic_weight,
+                         schedule=list(schedule or []))
+        self._running[gen.id] = gen
+        return gen
+
+    def finish(self, gen: Generation) -> None:
+        self._running.pop(gen.id, None)
+
+    def get(self, gen_id: str) -> Generation | None:
+        return self._running.get(gen_id)
