@@ -137,10 +137,11 @@ contradictions at 18.1% false alarms (held-out 19.4% / 16.7%).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -149,82 +150,39 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from plotarmour.stack import Stack, parse_args as stack_args  # noqa: E402
-from services.gateway.validator import (  # noqa: E402
+from bench.validator_variants import (  # noqa: E402
     DEFAULT_DISPLACEMENT,
-    DEFAULT_SENSITIVITY,
-    DEFAULT_THRESHOLD_BITS,
     DEFAULT_VARIANT,
-    EXPECT_TOP_K,
-    MODELS,
+    DISPLACEMENTS,
+    PREVIOUS_BAR_BITS,
+    SUBSTITUTIONS,
+    VARIANTS,
+    WEIGHTS,
+    WORD_WEIGHTS,
     Displacement,
-    Expected,
     Substitution,
     Variant,
-    displaced_bits,
+    displacement_of,
     flag_words,
-    group_words,
     measures_of,
     score_words,
     substitution_of,
+)
+from plotarmour.stack import Stack, parse_args as stack_args  # noqa: E402
+from services.gateway.backends import ModelPair  # noqa: E402
+from services.gateway.settings import GatewaySettings  # noqa: E402
+from services.gateway.validation import DraftScores, score_draft  # noqa: E402
+from services.gateway.validator import (  # noqa: E402
+    DEFAULT_SENSITIVITY,
+    DEFAULT_THRESHOLD_BITS,
+    EXPECT_TOP_K,
+    Word,
+    flags_at,
+    group_words,
     threshold_bits,
 )
 
 FALSE_ALARM_TARGET = 0.20
-LOG2 = float(np.log(2.0))
-# The flag rule shipped before displaced expectations: DEFAULT_VARIANT's word score ≥ this
-# (at sensitivity 0.5) where the context lowers the word. Printed for comparison.
-PREVIOUS_BAR_BITS = 6.75
-
-VARIANTS = [
-    Variant("GPT-2 context only", gpt2=1, bdh=0),
-    Variant("BDH context only", gpt2=0, bdh=1),
-    Variant("sum, context only", gpt2=1, bdh=1),
-    Variant("max, context only", gpt2=1, bdh=1, combine="max"),
-    Variant("GPT-2, λ=0.5", gpt2=1, bdh=0, surprisal=0.5),
-    Variant("BDH, λ=0.5", gpt2=0, bdh=1, surprisal=0.5),
-    Variant("sum, λ=0.5", gpt2=1, bdh=1, surprisal=0.5),
-    Variant("max, λ=0.5", gpt2=1, bdh=1, surprisal=0.5, combine="max"),
-    Variant("gpt2 3:1 bdh, λ=0.25", gpt2=0.75, bdh=0.25, surprisal=0.25),
-    Variant("gpt2 3:1 bdh, λ=0.5", gpt2=0.75, bdh=0.25, surprisal=0.5),
-    Variant("gpt2 3:1 bdh, λ=0.75", gpt2=0.75, bdh=0.25, surprisal=0.75),
-    Variant("gpt2 3:1 bdh, λ=0.5 raw", gpt2=0.75, bdh=0.25, surprisal=0.5, term="raw"),
-    Variant("surprisal only (sum)", gpt2=1, bdh=1, surprisal=1.0),
-]
-
-
-# Displaced expectations (validator.Displacement): /validate returns only the shipped
-# rule's displaced bits per word, so for the other variants the bench asks the model
-# servers' Score RPC directly (top_k = 64, as the route does) with and without the context.
-DISPLACEMENTS = [
-    Displacement("displaced, GPT-2", gpt2=1, bdh=0),
-    Displacement("displaced, BDH", gpt2=0, bdh=1),
-    Displacement("displaced, sum", gpt2=1, bdh=1),
-    Displacement("displaced, GPT-2, p≥0.01", gpt2=1, bdh=0, floor=0.01),
-    Displacement("displaced, GPT-2, any word", gpt2=1, bdh=0, context_only=False),
-    Displacement("displaced, sum, any word", gpt2=1, bdh=1, context_only=False),
-]
-
-
-# Slot substitutions (validator.Substitution), from the same Score answers: as a flag rule
-# alone, OR the shipped displaced rule (its bar tuned with the shipped flags kept), and as a
-# draft-score term (the shipped mean + a weight × the draft's largest, the weight tuned).
-SUBSTITUTIONS = [
-    Substitution("subst, GPT-2, shortfall", gpt2=1, bdh=0),
-    Substitution("subst, BDH, shortfall", gpt2=0, bdh=1),
-    Substitution("subst, sum, shortfall", gpt2=1, bdh=1),
-    Substitution("subst, sum, shortfall, no f.w.", gpt2=1, bdh=1, function_words=0),
-    Substitution("subst, sum, shift", gpt2=1, bdh=1, score="shift"),
-    Substitution("subst, sum, min", gpt2=1, bdh=1, score="min"),
-    Substitution("subst, GPT-2, min, gate 1", gpt2=1, bdh=0, score="min", gate=1.0),
-    Substitution("subst, GPT-2, shift, gate 3", gpt2=1, bdh=0, score="shift", gate=3.0),
-    Substitution("subst, BDH, shift", gpt2=0, bdh=1, score="shift"),
-    Substitution("subst, sum, shift, gate 2", gpt2=1, bdh=1, score="shift", gate=2.0),
-]
-WEIGHTS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
-# ... and as a per-word term (each word's score + a weight × its substitution, so that the
-# draft score stays the words' mean, as the gateway's contract says): weights tried
-WORD_WEIGHTS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
 
 
 @dataclass
@@ -236,8 +194,8 @@ class Draft:
 
     def flagged_at(self, bar: float) -> bool:
         """Whether the shipped flag rule flags a word at this bar (from the answer's words)."""
-        return any(w["displaced_bits"] > 0 and w["displaced_bits"] >= bar and not w["punctuation"]
-                   for w in self.words)
+        return bool(flags_at([w["displaced_bits"] for w in self.words], bar,
+                             [w["punctuation"] for w in self.words]).any())
 
 
 def load_triples(path: Path) -> list[dict]:
@@ -259,59 +217,49 @@ def run_drafts(url: str, triples: list[dict]) -> list[tuple[Draft, Draft]]:
     return out
 
 
-def score_expectations(stack: Stack, triples: list[dict]) -> list[tuple[dict, dict]]:
-    """Per triple and draft: each model's Score of context + draft and <eot> + draft, top-64."""
-    import grpc
+@dataclass
+class Scored:
+    """One draft's Score answers as the validation service took them, and its words."""
 
-    from plotarmour.rpc import language_model_pb2 as pb
-    from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
-    from plotarmour.tokenizer import eot_id, load_tokenizer
+    s: DraftScores
+    words: list[Word] = field(init=False)
 
-    tok = load_tokenizer(stack.args.checkpoints / "gpt2")
-    eot = eot_id(tok)
+    def __post_init__(self):
+        self.words = group_words(self.s.draft, self.s.offsets)
+
+    def displaced(self, v: Displacement) -> np.ndarray:
+        """Per-word displaced bits under v (the models' weighted sum)."""
+        s = self.s
+        return displacement_of(self.words, s.token_ids, s.with_context, s.without_context, s.expected,
+                               s.expected_without, s.context_ids, v)[0]
+
+    def substituted(self, v: Substitution) -> np.ndarray:
+        """Per-word substitution bits under v."""
+        s = self.s
+        return substitution_of(self.words, s.token_ids, s.with_context, s.without_context, s.expected,
+                               s.expected_without, s.context_ids, s.decode, v)
+
+    @property
+    def punctuation(self) -> list[bool]:
+        return [w.punctuation for w in self.words]
+
+    def flagged(self, v: Displacement, bar: float, displaced: np.ndarray | None = None) -> bool:
+        """Whether displaced expectations under v flag a word at this bar (the shipped rule's test)."""
+        return bool(flags_at(self.displaced(v) if displaced is None else displaced, bar, self.punctuation).any())
+
+
+async def score_triples(stack: Stack, triples: list[dict]) -> list[tuple[Scored, Scored]]:
+    """Per triple and draft: both models' Scores with and without the context (top-64),
+    asked of the stack's model servers by the validation service, as /validate asks."""
+    port = {m: json.loads((stack.tmp / f"{m}.json").read_text())["port"] for m in ("gpt2", "bdh")}
     host = stack.args.host
-    stubs = {m: pb_grpc.LanguageModelStub(grpc.insecure_channel(
-        f"{host}:{json.loads((stack.tmp / f'{m}.json').read_text())['port']}")) for m in MODELS}
-    k = EXPECT_TOP_K
-
-    def score(m, ids, skip, n):
-        a = stubs[m].Score(pb.ScoreRequest(token_ids=ids, top_k=k), timeout=120)
-        return (np.frombuffer(a.log_probs, "<f4")[skip: skip + n],
-                Expected(np.frombuffer(a.top_ids, "<u4").reshape(-1, k)[skip: skip + n],
-                         np.frombuffer(a.top_log_probs, "<f4").reshape(-1, k)[skip: skip + n]))
-
-    out = []
-    for t in triples:
-        ctx = tok.encode(t["context"]).ids
-        pair = []
-        for which in ("consistent", "contradictory"):
-            enc = tok.encode(t[which])
-            n = len(enc.ids)
-            d = {"ctx": ctx, "ids": enc.ids, "words": group_words(t[which], enc.offsets)}
-            for m in MODELS:
-                d[m] = (score(m, ctx + enc.ids, len(ctx) - 1, n), score(m, [eot] + enc.ids, 0, n))
-            pair.append(d)
-        out.append(tuple(pair))
-    return out
-
-
-def displaced(d: dict, v: Displacement) -> np.ndarray:
-    """Per-word displaced bits of one draft under v (the models' weighted sum)."""
-    total = np.zeros(len(d["words"]))
-    for m, w in zip(MODELS, (v.gpt2, v.bdh)):
-        if w:
-            (lw, ew), (lwo, ewo) = d[m]
-            total += w * displaced_bits(d["words"], d["ids"], lw, lwo, ew, ewo, d["ctx"], v.floor,
-                                        v.context_only)[0]
-    return total
-
-
-def substituted(d: dict, v: Substitution, decode) -> np.ndarray:
-    """Per-word substitution bits of one draft under v."""
-    with_ctx = {m: d[m][0][0] for m in MODELS}
-    without = {m: d[m][1][0] for m in MODELS}
-    return substitution_of(d["words"], d["ids"], with_ctx, without, {m: d[m][0][1] for m in MODELS},
-                           {m: d[m][1][1] for m in MODELS}, d["ctx"], decode, v)
+    pair = ModelPair(GatewaySettings(gpt2_address=f"{host}:{port['gpt2']}", bdh_address=f"{host}:{port['bdh']}",
+                                     step_timeout_s=120))
+    try:
+        return [tuple([Scored(await score_draft(pair, t["context"], t[which]))
+                       for which in ("consistent", "contradictory")]) for t in triples]
+    finally:
+        await pair.aclose()
 
 
 def or_bar(sub_good: list[np.ndarray], shipped_good: list[bool]) -> float:
@@ -329,16 +277,16 @@ def displacement_rates(raw, v: Displacement, bar: float) -> tuple[float, float, 
     displaced ≥ bar (and > 0)."""
     pw = det = fa = 0
     for good, bad in raw:
-        g, b = displaced(good, v), displaced(bad, v)
+        g, b = good.displaced(v), bad.displaced(v)
         pw += b.max(initial=0) > g.max(initial=0)
-        det += bool(((b >= bar) & (b > 0)).any())
-        fa += bool(((g >= bar) & (g > 0)).any())
+        det += bad.flagged(v, bar, b)
+        fa += good.flagged(v, bar, g)
     n = max(len(raw), 1)
     return pw / n, det / n, fa / n
 
 
 def displacement_bar(raw, v: Displacement) -> float:
-    worst = np.sort([displaced(good, v).max(initial=0) for good, _ in raw])[::-1]
+    worst = np.sort([good.displaced(v).max(initial=0) for good, _ in raw])[::-1]
     bar = worst[int(np.floor(FALSE_ALARM_TARGET * len(raw)))]
     return float(np.nextafter(max(bar, 0.0), np.inf))
 
@@ -420,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         pairs = run_drafts(url, triples)
         t2 = time.perf_counter()
-        raw = score_expectations(stack, triples)
+        raw = asyncio.run(score_triples(stack, triples))
     finally:
         stack.stop()
     print(f"stack up in {t1 - t0:.1f} s; {2 * len(pairs)} validations in {t2 - t1:.1f} s "
@@ -448,22 +396,18 @@ def main(argv: list[str] | None = None) -> int:
         r = [displacement_rates(part, v, bar) for part in (raw[0::2], raw[1::2], raw)]
         print(f"{v.name:28s} {bar:6.2f} | " + " | ".join(" ".join(pct(x) for x in part) for part in r))
 
-    from plotarmour.tokenizer import load_tokenizer
-    decode = load_tokenizer(args.checkpoints / "gpt2").decode
     halves = (slice(0, None, 2), slice(1, None, 2), slice(None))
     base = [(scored(g, DEFAULT_VARIANT)[0], scored(b, DEFAULT_VARIANT)[0]) for g, b in pairs]
-    ship_g = [bool(((displaced(g, DEFAULT_DISPLACEMENT) >= DEFAULT_THRESHOLD_BITS)
-                    & (displaced(g, DEFAULT_DISPLACEMENT) > 0)).any()) for g, _ in raw]
-    ship_b = [bool(((displaced(b, DEFAULT_DISPLACEMENT) >= DEFAULT_THRESHOLD_BITS)
-                    & (displaced(b, DEFAULT_DISPLACEMENT) > 0)).any()) for _, b in raw]
+    ship_g = [g.flagged(DEFAULT_DISPLACEMENT, DEFAULT_THRESHOLD_BITS) for g, _ in raw]
+    ship_b = [b.flagged(DEFAULT_DISPLACEMENT, DEFAULT_THRESHOLD_BITS) for _, b in raw]
     print(f"\nslot substitutions (a context word among the no-context top-{EXPECT_TOP_K} at the "
           "draft word, boosted by the context; f.w. = function words):\n"
           "  as a flag rule alone (pairwise: the draft's worst word) | OR the shipped flags "
           "(det, f.a.: tuning, held-out, all) | draft score = shipped mean + weight × max, or\n"
           "  the shipped mean of (word score + weight × its substitution) (pairwise: tuning, held-out, all)")
     for v in SUBSTITUTIONS:
-        sg = [substituted(g, v, decode) for g, _ in raw]
-        sb = [substituted(b, v, decode) for _, b in raw]
+        sg = [g.substituted(v) for g, _ in raw]
+        sb = [b.substituted(v) for _, b in raw]
         worst = np.sort([g.max(initial=0) for g in sg[0::2]])[::-1]
         bar = float(np.nextafter(max(worst[int(np.floor(FALSE_ALARM_TARGET * len(worst)))], 0.0), np.inf))
         alone = [(np.mean([b.max(initial=0) > g.max(initial=0) for g, b in zip(sg[h], sb[h])]),
@@ -500,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
           + " | ".join(" ".join(pct(x) for x in part) for part in shipped))
     # The gateway's displaced bits against the bench's own from the raw Score answers.
     gap = max(abs(w["displaced_bits"] - x) for pair, rpair in zip(pairs, raw) for d, r in zip(pair, rpair)
-              for w, x in zip(d.words, displaced(r, DEFAULT_DISPLACEMENT)))
+              for w, x in zip(d.words, r.displaced(DEFAULT_DISPLACEMENT)))
     agree = np.mean([d.flagged_by_gateway == d.flagged_at(DEFAULT_THRESHOLD_BITS) for pair in pairs for d in pair])
     print(f"(the gateway's displaced bits match the bench's own to {gap:.1e} bits; its flags agree "
           f"with the rule recomputed from its words on {pct(agree)} of drafts)")

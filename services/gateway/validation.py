@@ -6,8 +6,9 @@ top-64 and entropy, for the flag rule, the reasons and the surprisal term) and <
 draft (the draft without its context, with its top-64: how much the context boosted each
 expectation). With no context the two are the same sequence, so two calls do, and
 nothing is flagged. `score_draft` makes those calls and cuts the answers to the draft's
-positions; `validate` adds the limits, a slot under the concurrency limit and the failure
-note, and answers. The arithmetic is in validator.py.
+positions (bench/bench_validator.py calls it too); `validate` adds the limits, a slot
+under the concurrency limit and the failure note, and answers. The arithmetic is in
+validator.py.
 """
 
 from __future__ import annotations

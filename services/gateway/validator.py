@@ -11,19 +11,17 @@ word is never split) is measured under each model m ∈ {gpt2, bdh}:
     excess_bits_m    = surprisal_bits_m − the entropy of those positions
                        (how much more surprising the word is than the model's typical pick there)
 
-A scoring `Variant` turns these into one score per word, in bits (higher: less consistent):
+These become one score per word, in bits (higher: less consistent; `score_words`):
 
-    weighted:  score = Σ_m w_m · [(1 − λ) · (−context_bits_m) + λ · term_m]
-    max:       the larger of the two models' own scores (either model can raise it)
+    score = Σ_m w_m · [(1 − λ) · (−context_bits_m) + λ · surprisal_bits_m]
 
-with term_m the surprisal (raw) or the excess surprisal. λ mixes in the surprisal term:
-on the shipped pair the context effect alone ranks the consistent draft of a pair first
-only about 2 times in 3, and the surprisal term lifts that to about 4 in 5.
-bench/bench_validator.py measures every variant; DEFAULT_VARIANT is its pick:
-GPT-2 and BDH weighed 3:1, λ = 0.5, raw surprisal.
+with GPT-2 and BDH weighed 3:1 (`SCORE_WEIGHTS`) and λ = 0.5 (`SURPRISAL_SHARE`). λ mixes
+in the surprisal term: on the shipped pair the context effect alone ranks the consistent
+draft of a pair first only about 2 times in 3, and the surprisal term lifts that to about
+4 in 5.
 
 The per-word score ranks drafts and colours the heatmap; it does not flag. A word is
-flagged by a displaced expectation under GPT-2 (`displaced_bits`, `DEFAULT_DISPLACEMENT`):
+flagged by a displaced expectation under GPT-2 (`displaced_bits`, `displacement_of`):
 at the word's first token, a word of the context that GPT-2 expected there instead (one
 of its top-64, p ≥ 0.03 with the context, not occurring later in the draft) and that the
 context boosted more than the draft's word:
@@ -41,7 +39,7 @@ half of its triples; higher sensitivity, lower bar, more flags (each 0.1 moves i
 between them) merge into one contradiction; runs of punctuation are never flagged. The
 draft's score is the mean of the per-word scores above (all words and punctuation), so
 drafts of different lengths for one context compare, plus 0.15 × the draft's
-largest *slot substitution* (`substitution_bits`, `DEFAULT_SUBSTITUTION`): at a draft word w
+largest *slot substitution* (`substitution_bits`, `substitution_of`): at a draft word w
 that the context does not contain, a token c of the context (not a punctuation or function
 word, not later in the draft) that the models put among their top-64 at that position
 WITHOUT the context (a word that fits the same slot: a colour, a name, a place) and that the
@@ -50,8 +48,12 @@ BDH, 0 where no c qualifies. That ranks the contradictory draft of a bench pair 
 of the time instead of 79%; it does not flag (as a flag rule it caught no more than the
 displaced expectations at the same false alarms).
 
-Pure numpy and plain data: the route feeds it the Score answers; tests feed it made-up
-log-probabilities.
+Each choice here is bench/bench_validator.py's pick among the alternatives that
+bench/validator_variants.py holds (other weights and terms, other flag rules); how they
+measured is in bench/bench_validator.py's docstring.
+
+Pure numpy and plain data: the validation service (../validation.py) feeds it the Score
+answers; tests feed it made-up log-probabilities.
 """
 
 from __future__ import annotations
@@ -73,31 +75,17 @@ _UNIT = re.compile(r"(\w+(?:['’]\w+)*)|[^\w\s]+")
 EXPECTED_K = 5  # alternatives listed per model for each contradiction
 
 
-@dataclass(frozen=True)
-class Variant:
-    """How the per-model measures become one score per word."""
-
-    name: str
-    gpt2: float = 1.0       # weight of each model's evidence (weighted) / which models count (max)
-    bdh: float = 0.0
-    surprisal: float = 0.0  # λ: the surprisal term's share; 0 = the context effect alone
-    combine: str = "weighted"  # "weighted" | "max"
-    term: str = "excess"    # the surprisal term: "excess" (beyond the entropy) or "raw" surprisal
-
-    def weights(self) -> np.ndarray:
-        w = np.array([self.gpt2, self.bdh], dtype=np.float64)
-        return w / w.sum()
-
-
-# The shipped variant (the draft score and the per-word heatmap scores), chosen by
-# bench/bench_validator.py on the tuning half of its triples (see its docstring).
-DEFAULT_VARIANT = Variant("gpt2 3:1 bdh, λ=0.5 raw", gpt2=0.75, bdh=0.25, surprisal=0.5, term="raw")
+# The per-word score (the draft score and the heatmap): each model's evidence weighed
+# GPT-2 3:1 BDH, half the context effect and half the raw surprisal (bench/bench_validator.py's
+# pick on the tuning half of its triples).
+SCORE_WEIGHTS = {"gpt2": 0.75, "bdh": 0.25}
+SURPRISAL_SHARE = 0.5  # λ: the surprisal term's share; 0 would be the context effect alone
 DEFAULT_SENSITIVITY = 0.5
 # The flag rule's bar on displaced bits at DEFAULT_SENSITIVITY (the bench's tuned bar) and
 # how far sensitivity moves it: each 0.1 lowers it by 0.3 bits, 3.3 bits at 0, 0.3 at 1.
 DEFAULT_THRESHOLD_BITS = 1.8
 BITS_PER_SENSITIVITY = 3.0
-EXPECT_TOP_K = 64  # alternatives the route asks Score for, with and without the context
+EXPECT_TOP_K = 64  # alternatives the validation service asks Score for, with and without the context
 
 
 def threshold_bits(sensitivity: float, at_default: float = DEFAULT_THRESHOLD_BITS) -> float:
@@ -178,37 +166,16 @@ class WordMeasures:
         return cls(context_bits=lw - lwo, surprisal_bits=-lw, excess_bits=-lw - ent)
 
 
-def measures_of(word_rows: Sequence[dict]) -> WordMeasures:
-    """The measures back from a /validate answer's `words` (to rescore it under another variant)."""
-    def rows(key):
-        return np.array([[w[key][name] for w in word_rows] for name in MODELS], dtype=np.float64).reshape(2, -1)
-    return WordMeasures(rows("context_bits"), rows("surprisal_bits"), rows("excess_bits"))
+def score_words(m: WordMeasures) -> np.ndarray:
+    """Each word's score (n,): Σ_m w_m · [(1 − λ) · (−context_bits_m) + λ · surprisal_bits_m]."""
+    per_model = (1.0 - SURPRISAL_SHARE) * -m.context_bits + SURPRISAL_SHARE * m.surprisal_bits  # (2, n)
+    return np.array([SCORE_WEIGHTS[name] for name in MODELS], dtype=np.float64) @ per_model
 
 
-def score_words(m: WordMeasures, variant: Variant = DEFAULT_VARIANT) -> tuple[np.ndarray, np.ndarray]:
-    """(score (n,), combined context bits (n,)) for each word under `variant`."""
-    if variant.term not in ("excess", "raw"):
-        raise ValueError(f"term must be 'excess' or 'raw', got {variant.term!r}")
-    term = m.excess_bits if variant.term == "excess" else m.surprisal_bits
-    per_model = (1.0 - variant.surprisal) * -m.context_bits + variant.surprisal * term  # (2, n)
-    w = variant.weights()
-    if variant.combine == "weighted":
-        return w @ per_model, w @ m.context_bits
-    if variant.combine == "max":
-        counted = per_model.copy()
-        counted[w == 0] = -np.inf  # a model with no weight does not count
-        pick = counted.argmax(axis=0)  # (n,)
-        cols = np.arange(per_model.shape[1])
-        return per_model[pick, cols], m.context_bits[pick, cols]
-    raise ValueError(f"combine must be 'weighted' or 'max', got {variant.combine!r}")
-
-
-def flag_words(scores: np.ndarray, context_bits: np.ndarray, threshold: float,
-               punctuation: Sequence[bool] | None = None) -> np.ndarray:
-    """The previous flag rule, kept for the bench to measure: a word's score reaches the
-    threshold and the context lowers it; punctuation never is."""
-    flags = (np.asarray(scores) >= threshold) & (np.asarray(context_bits) < 0)
-    return flags if punctuation is None else flags & ~np.asarray(punctuation, dtype=bool)
+def flags_at(displaced: np.ndarray, threshold: float, punctuation: Sequence[bool]) -> np.ndarray:
+    """The flag rule: a word's displaced bits are positive and reach the bar; punctuation never is."""
+    displaced = np.asarray(displaced, dtype=np.float64)
+    return (displaced > 0) & (displaced >= threshold) & ~np.asarray(punctuation, dtype=bool).reshape(-1)
 
 
 def merge_flags(draft: str, words: Sequence[Word], flags: Sequence[bool]) -> list[tuple[int, int]]:
@@ -228,14 +195,6 @@ def times(bits: float) -> str:
     """A factor of 2**bits in words: "12×", "3.4×"."""
     f = 2.0 ** bits
     return f"{f:.0f}×" if f >= 9.95 else f"{f:.1f}×"
-
-
-def one_in(bits: float) -> str:
-    """A probability of 2**-bits in words, to two figures: "1 in 8.0", "1 in 340", "1 in 9,400"."""
-    n = 2.0 ** bits
-    if n < 9.95:
-        return f"1 in {n:.1f}"
-    return f"1 in {float(f'{n:.2g}'):,.0f}"
 
 
 def reason(word: str, expected: str, bits: float, model: str = "gpt2") -> str:
@@ -267,37 +226,25 @@ class Expected:
         return out
 
 
-@dataclass(frozen=True)
-class Displacement:
-    """How displaced expectations flag words: which models count (their displaced bits
-    are weighed and summed), the floor on p_ctx of an expectation, and whether only the
-    context's own tokens count as expectations. See `displaced_bits`.
-
-    p_noctx(e) comes from the no-context top-k; where e is not in it, the k-th value there
-    is an upper bound on it, so shift(e) is then a lower bound. `context_only` keeps only
-    expectations that are tokens of the context itself ('red', 'Lily', 'park', 'two');
-    an e that occurs at or after this position in the draft is deferred, not displaced
-    ("the black cat" after a context about a cat: " cat" comes later, so " black" did not
-    push it aside).
-    """
-
-    name: str
-    gpt2: float = 1.0
-    bdh: float = 0.0
-    floor: float = 0.03
-    context_only: bool = True
-
-
-# The shipped flag rule: GPT-2 alone, context words only, p ≥ 0.03 (the bench's pick).
-DEFAULT_DISPLACEMENT = Displacement("displaced, GPT-2")
+# The flag rule (the bench's pick): GPT-2's displaced expectations alone, among the
+# context's own words, each at least this likely with the context.
+DISPLACING_MODEL = "gpt2"
+EXPECTATION_FLOOR = 0.03
 
 
 def displaced_bits(words: Sequence[Word], token_ids: Sequence[int], with_context: np.ndarray,
                    without_context: np.ndarray, expected: Expected, expected_without: Expected,
-                   context_ids: Sequence[int] = (), floor: float = 0.03,
+                   context_ids: Sequence[int] = (), floor: float = EXPECTATION_FLOOR,
                    context_only: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One model's displaced expectation per word, in bits (n,), and the displacing token
-    id (n,), −1 where none; punctuation gets 0. Inputs as for `validate`, for one model."""
+    id (n,), −1 where none; punctuation gets 0. Inputs as for `validate`, for one model.
+
+    p_noctx(e) comes from the no-context top-k; where e is not in it, the k-th value there
+    is an upper bound on it, so shift(e) is then a lower bound. Expectations below `floor`
+    (p_ctx) do not count; `context_only` keeps only expectations that are tokens of the
+    context itself ('red', 'Lily', 'park', 'two'); an e that occurs at or after this
+    position in the draft is deferred, not displaced ("the black cat" after a context
+    about a cat: " cat" comes later, so " black" did not push it aside)."""
     ctx = set(int(i) for i in context_ids)
     ids = [int(i) for i in token_ids]
     out = np.zeros(len(words))
@@ -324,55 +271,31 @@ def displaced_bits(words: Sequence[Word], token_ids: Sequence[int], with_context
 
 def displacement_of(words: Sequence[Word], token_ids: Sequence[int], with_context: dict[str, np.ndarray],
                     without_context: dict[str, np.ndarray], expected: dict[str, Expected] | None,
-                    expected_without: dict[str, Expected] | None, context_ids: Sequence[int],
-                    displacement: Displacement = DEFAULT_DISPLACEMENT) -> tuple[np.ndarray, list[tuple[str, int] | None]]:
-    """Per word: the models' weighted displaced bits (n,), and for each word the (model,
-    token id) whose expectation counts most there, None where nothing is displaced.
-    Nothing is displaced without a context or without both models' top-k answers."""
+                    expected_without: dict[str, Expected] | None,
+                    context_ids: Sequence[int]) -> tuple[np.ndarray, list[tuple[str, int] | None]]:
+    """Per word: the flag rule's displaced bits (n,) (DISPLACING_MODEL's, at EXPECTATION_FLOOR,
+    context words only), and for each word the (model, token id) of the expectation it
+    displaced, None where nothing is displaced. Nothing is displaced without a context or
+    without both models' top-k answers."""
     n = len(words)
-    total = np.zeros(n)
-    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if len(context_ids) and expected and expected_without:
-        for m, w in zip(MODELS, (displacement.gpt2, displacement.bdh)):
-            if w:
-                d, by = displaced_bits(words, token_ids, with_context[m], without_context[m], expected[m],
-                                       expected_without[m], context_ids, displacement.floor,
-                                       displacement.context_only)
-                parts[m] = (w * d, by)
-                total += w * d
-    who: list[tuple[str, int] | None] = []
-    for k in range(n):
-        best = max(((wd[k], m, int(by[k])) for m, (wd, by) in parts.items() if by[k] >= 0), default=None)
-        who.append(None if best is None else (best[1], best[2]))
-    return total, who
+    if not (len(context_ids) and expected and expected_without):
+        return np.zeros(n), [None] * n
+    m = DISPLACING_MODEL
+    d, by = displaced_bits(words, token_ids, with_context[m], without_context[m], expected[m],
+                           expected_without[m], context_ids, EXPECTATION_FLOOR)
+    return d, [None if b < 0 else (m, int(b)) for b in by]
 
 
-@dataclass(frozen=True)
-class Substitution:
-    """How slot substitutions count (see `substitution_bits`): which models (their bits are
-    weighed and summed per word), how much the context must boost the context token c at
-    the slot (`gate`, bits), the score ("shortfall": log2 p_ctx(c) − log2 p_ctx(w); "shift":
-    the context's boost of c minus its boost of w; "min": the smaller), how many of the
-    vocabulary's first whole-word tokens count as function words, and the weight of the
-    draft's largest substitution in the draft score."""
-
-    name: str
-    gpt2: float = 1.0
-    bdh: float = 1.0
-    gate: float = 0.0
-    score: str = "shortfall"
-    function_words: int = 50
-    weight: float = 0.15
-
-
-# The shipped draft-score term: both models summed, shortfall, weight 0.15 (the bench's pick
-# on its tuning half).
-DEFAULT_SUBSTITUTION = Substitution("substitution, sum, shortfall")
+# The draft-score term (the bench's pick on its tuning half): both models' slot substitutions
+# summed, scored by their shortfall, the vocabulary's first 50 whole-word tokens left out as
+# function words, and the draft's largest weighed 0.15.
+SUBSTITUTION_WEIGHT = 0.15
+FUNCTION_WORDS = 50
 _WORD_TOKEN = re.compile(r" ?[A-Za-z]+")
 _FIRST_MERGE = 256  # byte-level BPE: the first 256 ids are bytes, merges follow in frequency order
 
 
-def function_ids(decode: Callable[[list[int]], str], n: int = 50, search: int = 2000) -> frozenset[int]:
+def function_ids(decode: Callable[[list[int]], str], n: int = FUNCTION_WORDS, search: int = 2000) -> frozenset[int]:
     """The first n whole-word tokens (" the", " was", " He"...) in the vocabulary's order
     after its 256 bytes: a byte-level BPE learns its merges most frequent first."""
     try:
@@ -440,18 +363,16 @@ def substitution_bits(words: Sequence[Word], token_ids: Sequence[int], with_cont
 def substitution_of(words: Sequence[Word], token_ids: Sequence[int], with_context: dict[str, np.ndarray],
                     without_context: dict[str, np.ndarray], expected: dict[str, Expected] | None,
                     expected_without: dict[str, Expected] | None, context_ids: Sequence[int],
-                    decode: Callable[[list[int]], str],
-                    substitution: Substitution = DEFAULT_SUBSTITUTION) -> np.ndarray:
-    """Per word: the models' weighted slot-substitution bits (n,); zeros without a context
-    or without both models' top-k answers."""
+                    decode: Callable[[list[int]], str]) -> np.ndarray:
+    """Per word: both models' slot-substitution bits summed (n,) (shortfall, no gate, the
+    first FUNCTION_WORDS whole-word tokens skipped); zeros without a context or without
+    both models' top-k answers."""
     total = np.zeros(len(words))
     if len(context_ids) and expected and expected_without:
-        skip = function_ids(decode, substitution.function_words) if substitution.function_words else frozenset()
-        for m, w in zip(MODELS, (substitution.gpt2, substitution.bdh)):
-            if w:
-                total += w * substitution_bits(words, token_ids, with_context[m], without_context[m], expected[m],
-                                               expected_without[m], context_ids, decode, skip, substitution.gate,
-                                               substitution.score)[0]
+        skip = function_ids(decode, FUNCTION_WORDS)
+        for m in MODELS:
+            total += substitution_bits(words, token_ids, with_context[m], without_context[m], expected[m],
+                                       expected_without[m], context_ids, decode, skip)[0]
     return total
 
 
@@ -464,8 +385,7 @@ def validate(draft: str, offsets: Sequence[tuple[int, int]], token_ids: Sequence
              entropies: dict[str, np.ndarray] | None, expected: dict[str, Expected] | None,
              decode: Callable[[list[int]], str], *, expected_without: dict[str, Expected] | None = None,
              context_ids: Sequence[int] = (), sensitivity: float = DEFAULT_SENSITIVITY,
-             variant: Variant = DEFAULT_VARIANT, displacement: Displacement = DEFAULT_DISPLACEMENT,
-             substitution: Substitution = DEFAULT_SUBSTITUTION, threshold_at_default: float = DEFAULT_THRESHOLD_BITS) -> dict:
+             threshold_at_default: float = DEFAULT_THRESHOLD_BITS) -> dict:
     """The /validate answer for one draft.
 
     with_context / without_context: per model, natural-log log p of each draft token (T,)
@@ -474,18 +394,29 @@ def validate(draft: str, offsets: Sequence[tuple[int, int]], token_ids: Sequence
     alternatives at each draft position with / without the context (top-64 for the flag
     rule; the first five other than the draft's token are listed); context_ids: the
     context's token ids (empty: no context, nothing is flagged or substituted). The draft
-    score is the words' mean score plus `substitution.weight` × the largest substitution.
+    score is the words' mean score plus SUBSTITUTION_WEIGHT × the largest substitution.
     """
     words = group_words(draft, offsets)
-    threshold = threshold_bits(sensitivity, threshold_at_default)
     m = WordMeasures.from_token_logprobs(words, with_context, without_context, entropies)
-    scores, _ = score_words(m, variant) if words else (np.zeros(0), np.zeros(0))
+    scores = score_words(m) if words else np.zeros(0)
     displaced, who = displacement_of(words, token_ids, with_context, without_context, expected,
-                                     expected_without, context_ids, displacement)
+                                     expected_without, context_ids)
     substituted = substitution_of(words, token_ids, with_context, without_context, expected, expected_without,
-                                  context_ids, decode, substitution)
-    punct = np.array([wd.punctuation for wd in words], dtype=bool)
-    flags = (displaced > 0) & (displaced >= threshold) & ~punct
+                                  context_ids, decode)
+    return answer(draft, words, token_ids, m, scores, displaced, who, substituted, expected, decode,
+                  sensitivity=sensitivity, threshold_at_default=threshold_at_default)
+
+
+def answer(draft: str, words: Sequence[Word], token_ids: Sequence[int], m: WordMeasures, scores: np.ndarray,
+           displaced: np.ndarray, who: Sequence[tuple[str, int] | None], substituted: np.ndarray,
+           expected: dict[str, Expected] | None, decode: Callable[[list[int]], str], *,
+           sensitivity: float = DEFAULT_SENSITIVITY, threshold_at_default: float = DEFAULT_THRESHOLD_BITS,
+           substitution_weight: float = SUBSTITUTION_WEIGHT) -> dict:
+    """The answer's body from each word's measures, score, displaced bits (with who
+    displaced what) and substitution bits: the flags at the bar `sensitivity` sets, merged
+    into contradictions with their reasons, and the draft score."""
+    threshold = threshold_bits(sensitivity, threshold_at_default)
+    flags = flags_at(displaced, threshold, [wd.punctuation for wd in words])
 
     contradictions = []
     for i, j in merge_flags(draft, words, flags):
@@ -513,7 +444,7 @@ def validate(draft: str, offsets: Sequence[tuple[int, int]], token_ids: Sequence
     } for k, wd in enumerate(words)]
     return {
         "consistent": not contradictions,
-        "score": _r(scores.mean() + substitution.weight * substituted.max()) if words else 0.0,
+        "score": _r(scores.mean() + substitution_weight * substituted.max()) if words else 0.0,
         "sensitivity": sensitivity,
         "threshold_bits": _r(threshold),
         "contradictions": contradictions,

@@ -1,30 +1,28 @@
 """The validator's arithmetic on made-up log-probabilities (numpy only, no servers):
-words from tokens, the per-word measures, variants, the flag rule, merging, reasons and
-sensitivity. The route over fake servers: test_gateway.py; over real ones: integration."""
+words from tokens, the per-word measures, the flag rule, merging, reasons and
+sensitivity; and the bench's variants (bench/validator_variants.py), whose defaults must
+give the shipped answer. The route over fake servers: test_gateway.py; over real ones:
+integration."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from bench import validator_variants as variants
+from bench.validator_variants import DEFAULT_VARIANT, Displacement, Substitution, Variant, flag_words, one_in
 from services.gateway.validator import (
     DEFAULT_SENSITIVITY,
-    DEFAULT_SUBSTITUTION,
     DEFAULT_THRESHOLD_BITS,
-    DEFAULT_VARIANT,
     MODELS,
-    Displacement,
+    SUBSTITUTION_WEIGHT,
     Expected,
-    Substitution,
-    Variant,
     Word,
     WordMeasures,
     displaced_bits,
-    flag_words,
     function_ids,
     group_words,
     merge_flags,
-    one_in,
     reason,
     score_words,
     substitution_bits,
@@ -79,20 +77,20 @@ def test_measures_sum_a_words_tokens_in_bits():
 def test_variants_weigh_the_models_and_the_surprisal_term():
     m = WordMeasures(context_bits=np.array([[-4.0, 2.0], [0.0, -6.0]]), surprisal_bits=np.zeros((2, 2)),
                      excess_bits=np.array([[2.0, 0.0], [2.0, 4.0]]))
-    score, ctx = score_words(m, Variant("gpt2", gpt2=1, bdh=0))
+    score, ctx = variants.score_words(m, Variant("gpt2", gpt2=1, bdh=0))
     np.testing.assert_allclose(score, [4, -2])
     np.testing.assert_allclose(ctx, [-4, 2])
-    score, ctx = score_words(m, Variant("sum", gpt2=1, bdh=1, surprisal=0.5))
+    score, ctx = variants.score_words(m, Variant("sum", gpt2=1, bdh=1, surprisal=0.5))
     np.testing.assert_allclose(score, [0.5 * (0.5 * 4 + 0.5 * 2) + 0.5 * (0.5 * 0 + 0.5 * 2),
                                        0.5 * (0.5 * -2 + 0) + 0.5 * (0.5 * 6 + 0.5 * 4)])
     np.testing.assert_allclose(ctx, [-2, -2])
-    score, ctx = score_words(m, Variant("max", gpt2=1, bdh=1, combine="max"))
+    score, ctx = variants.score_words(m, Variant("max", gpt2=1, bdh=1, combine="max"))
     np.testing.assert_allclose(score, [4, 6])  # each word: the model that objects more
     np.testing.assert_allclose(ctx, [-4, -6])
-    score, _ = score_words(m, Variant("max of gpt2 only", gpt2=1, bdh=0, combine="max"))
+    score, _ = variants.score_words(m, Variant("max of gpt2 only", gpt2=1, bdh=0, combine="max"))
     np.testing.assert_allclose(score, [4, -2])  # a model with no weight does not count
     with pytest.raises(ValueError, match="combine"):
-        score_words(m, Variant("x", combine="min"))
+        variants.score_words(m, Variant("x", combine="min"))
 
 
 def test_a_word_the_context_supports_and_punctuation_are_never_flagged():
@@ -154,10 +152,11 @@ def synthetic(seed: int, n: int = 12, with_context: bool = True, k: int = 8):
     return draft, offsets, list(range(100, 100 + n)), lw, lwo, ent, expected, expected_without
 
 
-def run(seed: int, sensitivity: float, **kw) -> dict:
+def run(seed: int, sensitivity: float, fn=validate, **kw) -> dict:
+    """`fn` (the shipped validate, or the bench's under other variants) on synthetic(seed)."""
     draft, offsets, ids, lw, lwo, ent, ex, exo = synthetic(seed)
-    return validate(draft, offsets, ids, lw, lwo, ent, ex, lambda t: f" t{t[0]}", expected_without=exo,
-                    context_ids=CONTEXT, sensitivity=sensitivity, **kw)
+    return fn(draft, offsets, ids, lw, lwo, ent, ex, lambda t: f" t{t[0]}", expected_without=exo,
+              context_ids=CONTEXT, sensitivity=sensitivity, **kw)
 
 
 @pytest.mark.parametrize("displacement", [Displacement("gpt2"), Displacement("both", 1, 1),
@@ -167,7 +166,8 @@ def test_higher_sensitivity_flags_at_least_as_much(displacement):
     assert all(np.diff([threshold_bits(s) for s in levels]) < 0)
     first, last = set(), set()
     for seed in range(20):
-        flagged = [{(seed, w["start"]) for w in run(seed, s, displacement=displacement)["words"] if w["flagged"]}
+        flagged = [{(seed, w["start"]) for w in run(seed, s, variants.validate, displacement=displacement)["words"]
+                    if w["flagged"]}
                    for s in levels]
         assert all(a <= b for a, b in zip(flagged, flagged[1:]))
         first |= flagged[0]
@@ -184,7 +184,7 @@ def test_flags_follow_the_displaced_bits_and_the_draft_score_is_the_mean_plus_th
             assert w["flagged"] == (w["displaced_bits"] > 0 and w["displaced_bits"] >= bar - 1e-4)
         sub = max(w["substitution_bits"] for w in body["words"])
         assert body["score"] == pytest.approx(np.mean([w["score"] for w in body["words"]])
-                                              + DEFAULT_SUBSTITUTION.weight * sub, abs=1e-3)
+                                              + SUBSTITUTION_WEIGHT * sub, abs=1e-3)
         # the draft and word scores do not depend on the flag rule's sensitivity
         other = run(seed, 0.1)
         assert other["score"] == body["score"] and [w["score"] for w in other["words"]] == [w["score"] for w in body["words"]]
@@ -250,7 +250,7 @@ def test_validate_flags_the_whole_word_and_names_the_displaced_expectation():
     assert words["blue"]["context_bits"]["gpt2"] == pytest.approx(1.0, abs=1e-3)
     assert words["blue"]["surprisal_bits"]["gpt2"] == pytest.approx(-np.log2(0.01 * 0.5), abs=1e-3)
     m = WordMeasures.from_token_logprobs(group_words(draft, offsets), lw, lwo, ent)
-    assert [w["score"] for w in body["words"]] == pytest.approx(score_words(m, DEFAULT_VARIANT)[0].tolist(), abs=1e-3)
+    assert [w["score"] for w in body["words"]] == pytest.approx(score_words(m).tolist(), abs=1e-3)
     assert body["score"] == pytest.approx(np.mean([w["score"] for w in body["words"]]), abs=1e-3)
     # the strictest setting (a 3.3-bit bar) still flags 4 bits; a 4.5-bit default bar does not
     assert not validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=context,
@@ -372,8 +372,29 @@ def test_the_draft_score_adds_the_largest_substitution_and_flags_do_not_change()
     assert all(w["substitution_bits"] == 0 for t, w in words.items() if t != "blue")
     mean = np.mean([w["score"] for w in body["words"]])
     assert body["score"] == pytest.approx(mean + 0.15 * 8.0, abs=1e-3)
-    assert DEFAULT_SUBSTITUTION.weight == 0.15
-    plain = validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo, context_ids=context,
-                     substitution=Substitution("off", weight=0.0))
+    assert SUBSTITUTION_WEIGHT == 0.15
+    plain = variants.validate(draft, offsets, ids, lw, lwo, ent, ex, decode, expected_without=exo,
+                              context_ids=context, substitution=Substitution("off", weight=0.0))
     assert plain["score"] == pytest.approx(mean, abs=1e-3)
     assert [c["text"] for c in body["contradictions"]] == [c["text"] for c in plain["contradictions"]] == ["blue"]
+
+
+def test_the_benchs_default_variants_are_the_shipped_rule_exactly():
+    # bench/validator_variants.py rescores answers under other variants; its defaults must be
+    # what ships, to the bit: the per-word score, the flag rule and the substitution term.
+    m = WordMeasures(context_bits=np.array([[-4.0, 2.0, 0.3], [0.0, -6.0, 1.7]]),
+                     surprisal_bits=np.array([[3.0, 0.5, 9.1], [2.2, 4.0, 0.1]]),
+                     excess_bits=np.array([[2.0, 0.0, 1.0], [2.0, 4.0, 0.5]]))
+    assert np.array_equal(variants.score_words(m, DEFAULT_VARIANT)[0], score_words(m))
+    assert DEFAULT_VARIANT in variants.VARIANTS
+    assert variants.DEFAULT_DISPLACEMENT in variants.DISPLACEMENTS
+    for seed in range(10):
+        for sensitivity in (0.0, 0.5, 1.0):
+            assert run(seed, sensitivity, variants.validate) == run(seed, sensitivity)
+    draft, offsets, ids, lw, lwo, ent, ex, exo, decode = she_threw_the_blue_ball()
+    for e in exo.values():  # " red" fits the slot without the context too: a substitution
+        e.ids[ids.index(13), -1] = 20
+    kw = dict(expected_without=exo, context_ids=[1, 2, 3, 20, 30, 4])
+    shipped = validate(draft, offsets, ids, lw, lwo, ent, ex, decode, **kw)
+    assert shipped["contradictions"] and any(w["substitution_bits"] for w in shipped["words"])
+    assert variants.validate(draft, offsets, ids, lw, lwo, ent, ex, decode, **kw) == shipped
