@@ -1,6 +1,6 @@
 """The logic validator's search space: the alternatives bench/bench_validator.py measures
 beside the rule that ships (services/gateway/validator.py), and what the bench needs to
-rescore a /validate answer under them. How each measured: bench/bench_validator.py's docstring.
+rescore a /validate answer under them. How each measured: bench/VALIDATOR.md.
 
 - `Variant`: how the per-model measures become one score per word (each model's weight,
   the surprisal term's share λ, raw or excess surprisal, a weighted sum or the larger of

@@ -50,7 +50,7 @@ displaced expectations at the same false alarms).
 
 Each choice here is bench/bench_validator.py's pick among the alternatives that
 bench/validator_variants.py holds (other weights and terms, other flag rules); how they
-measured is in bench/bench_validator.py's docstring.
+measured is in bench/VALIDATOR.md.
 
 Pure numpy and plain data: the validation service (../validation.py) feeds it the Score
 answers; tests feed it made-up log-probabilities.
@@ -77,7 +77,7 @@ EXPECTED_K = 5  # alternatives listed per model for each contradiction
 
 # The per-word score (the draft score and the heatmap): each model's evidence weighed
 # GPT-2 3:1 BDH, half the context effect and half the raw surprisal (bench/bench_validator.py's
-# pick on the tuning half of its triples).
+# pick on the tuning half of its triples; bench/VALIDATOR.md).
 SCORE_WEIGHTS = {"gpt2": 0.75, "bdh": 0.25}
 SURPRISAL_SHARE = 0.5  # λ: the surprisal term's share; 0 would be the context effect alone
 DEFAULT_SENSITIVITY = 0.5
