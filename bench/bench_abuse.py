@@ -30,17 +30,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from corpus import make_corpus  # noqa: E402
 from fake_servers import FakeLanguageModel, FakeServer, HangingServer  # noqa: E402
 
+from plotarmour.stack import free_port  # noqa: E402
 from plotarmour.tokenizer import train_tokenizer  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_gateway(root: Path, gpt2: str, bdh: str, **settings) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port = free_port("127.0.0.1")
     env = {**os.environ, "PYTHONPATH": str(root), "PLOTARMOUR_GATEWAY_PORT": str(port),
            "PLOTARMOUR_GATEWAY_GPT2_ADDRESS": gpt2, "PLOTARMOUR_GATEWAY_BDH_ADDRESS": bdh,
            "PLOTARMOUR_GATEWAY_LOG_LEVEL": "error",

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from plotarmour import sampling
 from plotarmour.checkpoint import load_checkpoint, save_checkpoint
 from plotarmour.cli import parse_sse
 from plotarmour.modelserver.launch import spawn_model_server
+from plotarmour.stack import free_port
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from plotarmour.tokenizer import fingerprint
@@ -142,14 +142,8 @@ async def raw_grpc(addresses: list[str], ids: list[int], n: int, seed: int) -> f
 # ---- through the gateway ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_gateway(gpt2: str, bdh: str, root: Path = ROOT, max_concurrent: int = 8) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port = free_port("127.0.0.1")
     env = {**os.environ, "PLOTARMOUR_GATEWAY_GPT2_ADDRESS": gpt2, "PLOTARMOUR_GATEWAY_BDH_ADDRESS": bdh,
            "PLOTARMOUR_GATEWAY_HOST": "127.0.0.1", "PLOTARMOUR_GATEWAY_PORT": str(port),
            "PLOTARMOUR_GATEWAY_LOG_LEVEL": "warning", "PLOTARMOUR_GATEWAY_MAX_NEW_TOKENS_LIMIT": "4096",

@@ -10,6 +10,18 @@ from corpus import make_corpus
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+# Markers by where a test lives, so a run can leave out the slow kinds:
+#   pytest -m "not browser and not notebook and not ddp and not deploy"
+MARKERS = {"e2e": "browser", "test_notebook_kaggle.py": "notebook", "test_training_ddp.py": "ddp",
+           "deploy": "deploy"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for part, marker in MARKERS.items():
+            if part in item.path.parts:
+                item.add_marker(marker)
+
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+import harness
+
 PROMPT = "Once upon a time, Lily found"
 WAIT_MS = 20_000  # upper bound for page waits; they return as soon as the condition holds
 
@@ -71,23 +73,10 @@ def api_generate(gateway, **req) -> dict:
     return r.json()
 
 
-_long_seeds: dict[tuple, tuple[list[int], list[int]]] = {}  # (url, weight, n) → (seeds found, next seed to try)
-
-
 def long_story_seed(gateway, logic_weight: float, n: int, skip: int = 0) -> int:
     """A seed whose story at this weight runs all n tokens (the fine-tuned models usually end
-    a story within ~50), so a test has time to act while it streams. Found once per gateway,
-    and only as many as asked for (each try that runs long costs a whole story)."""
-    found, tried = _long_seeds.setdefault((gateway.url, logic_weight, n), ([], [0]))
-    while len(found) <= skip:
-        if tried[0] >= 200:
-            pytest.fail("no seed gives a story that long")
-        seed = tried[0]
-        tried[0] += 1
-        if api_generate(gateway, prompt=PROMPT, logic_weight=logic_weight, seed=seed,
-                        max_new_tokens=n, **PLAIN)["finish_reason"] == "length":
-            found.append(seed)
-    return found[skip]
+    a story within ~50), so a test has time to act while it streams."""
+    return harness.long_story_seed(gateway.url, n, skip, prompt=PROMPT, logic_weight=logic_weight, **PLAIN)
 
 
 def hold_mid_story(page, gateway, model_servers, seed_for):

@@ -5,16 +5,14 @@ gateway's per-step deadline has to fire. Nothing may hang and no session may lea
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
 
 import httpx
 import pytest
-from waiting import open_sessions, wait_until
+from harness import long_story_seed, open_sessions, sse_events, wait_until
 
-from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
 from fake_servers import GatewayThread
 
@@ -42,21 +40,6 @@ def gateway_over_own_bdh(tiny_pair, gpt2_server, start_model_server, **settings)
         gw.stop()
 
 
-def events_of(r: httpx.Response):
-    return ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
-
-
-def long_story_seed(c: httpx.Client) -> int:
-    """A seed whose story runs LONG tokens without end-of-text (untrained models emit it
-    about once in V tokens). The same seed gives the same story, so the stream will too."""
-    for seed in range(40):
-        r = c.post("/generate", json={"prompt": PROMPT, "seed": seed, "max_new_tokens": LONG})
-        assert r.status_code == 200, r.text
-        if r.json()["finish_reason"] == "length":
-            return seed
-    pytest.fail("no seed without end-of-text")
-
-
 def stream_request(seed: int) -> dict:
     return {"prompt": PROMPT, "seed": seed, "max_new_tokens": LONG}
 
@@ -71,9 +54,9 @@ def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pai
                                        recover_timeout_s=1))
     try:
         with httpx.Client(base_url=gw.url, timeout=60) as c:
-            seed = long_story_seed(c)
+            seed = long_story_seed(c.base_url, LONG, tries=40, prompt=PROMPT)
             with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
-                events = events_of(r)
+                events = sse_events(r)
                 assert next(events)[0] == "start" and next(events)[0] == "token"
                 # Freeze it first so the kill surely lands mid-generation, then kill -9 there.
                 os.kill(bdh.proc.pid, signal.SIGSTOP)
@@ -101,7 +84,7 @@ def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pai
                 r = c.post("/generate", json={"prompt": PROMPT, "seed": s, "max_new_tokens": 8})
                 assert r.status_code == 200, r.text
             with c.stream("POST", "/generate_stream", json={**stream_request(seed), "max_new_tokens": 8}) as r:
-                assert [e for e, _ in events_of(r)][-1] == "end"
+                assert [e for e, _ in sse_events(r)][-1] == "end"
         assert wait_until(lambda: open_sessions(gpt2_server) == 0 and open_sessions(again) == 0, 5), \
             f"sessions left open: gpt2 {open_sessions(gpt2_server)}, bdh {open_sessions(again)}"
     finally:
@@ -114,12 +97,12 @@ def test_a_stalled_server_holds_up_only_the_stories_that_need_it(tiny_pair, gpt2
     once BDH goes on (SIGCONT), ends as it would have."""
     with gateway_over_own_bdh(tiny_pair, gpt2_server, start_model_server, step_timeout_s=60,
                               connect_timeout_s=2) as (bdh, gw), httpx.Client(base_url=gw.url, timeout=60) as c:
-        seed = long_story_seed(c)
+        seed = long_story_seed(c.base_url, LONG, tries=40, prompt=PROMPT)
         whole = c.post("/generate", json=stream_request(seed)).json()
         creative = {"prompt": PROMPT, "seed": seed, "max_new_tokens": 30, "logic_weight": 0.0}
         before = c.post("/generate", json=creative).json()
         with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
-            events = events_of(r)
+            events = sse_events(r)
             gen_id = next(events)[1]["id"]
             got = [next(events)[1]]
             os.kill(bdh.proc.pid, signal.SIGSTOP)
@@ -137,11 +120,11 @@ def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt
     with gateway_over_own_bdh(tiny_pair, gpt2_server, start_model_server, step_timeout_s=1.0,
                               connect_timeout_s=1.0) as (bdh, gw):
         with httpx.Client(base_url=gw.url, timeout=60) as c:
-            seed = long_story_seed(c)
+            seed = long_story_seed(c.base_url, LONG, tries=40, prompt=PROMPT)
 
             # Mid-stream: the error event names the server and the deadline.
             with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
-                events = events_of(r)
+                events = sse_events(r)
                 assert next(events)[0] == "start" and next(events)[0] == "token"
                 os.kill(bdh.proc.pid, signal.SIGSTOP)
                 t0 = time.monotonic()

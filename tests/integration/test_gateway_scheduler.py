@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from waiting import open_sessions, wait_until
+from harness import free_port, open_sessions, wait_until
 
 from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
@@ -32,8 +31,6 @@ PROMPT = "Once upon a time, Lily found"
 def shipped_servers(tmp_path_factory):
     from plotarmour.modelserver.launch import start_model_server
 
-    if not all((p / "model.safetensors").is_file() for p in SHIPPED.values()):
-        pytest.skip("the shipped checkpoints are not in this checkout")
     servers = {m: start_model_server(m, p, workdir=tmp_path_factory.mktemp(m), threads=1)
                for m, p in SHIPPED.items()}
     yield servers
@@ -68,14 +65,8 @@ def test_a_seeded_story_is_the_same_alone_and_beside_15_others(shipped_servers):
         gw.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_kill_9_of_the_gateway_frees_every_session_on_both_servers(gpt2_server, bdh_server):
-    port = free_port()
+    port = free_port("127.0.0.1")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PLOTARMOUR_GATEWAY_PORT": str(port),
            "PLOTARMOUR_GATEWAY_GPT2_ADDRESS": gpt2_server.address, "PLOTARMOUR_GATEWAY_BDH_ADDRESS": bdh_server.address,
            "PLOTARMOUR_GATEWAY_LOG_LEVEL": "warning"}

@@ -13,11 +13,10 @@ import time
 import httpx
 import numpy as np
 import pytest
-from waiting import open_sessions, wait_until
+from harness import open_sessions, sse_events, wait_until
 
 from plotarmour import sampling
 from services.gateway.presets import NATIVE_DEFAULTS
-from plotarmour.cli import parse_sse
 from services.gateway.settings import GatewaySettings
 from services.gateway.validator import Expected, displaced_bits, group_words
 from fake_servers import GatewayThread
@@ -66,10 +65,6 @@ def reference(engines, which: str, prompt_ids: list[int], n: int, seed: int, eot
     return out
 
 
-
-
-def events_of(r: httpx.Response):
-    return ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
 
 
 def blended_reference(engines, prompt_ids: list[int], n: int, seed: int, eot: int, w: float) -> list[int]:
@@ -127,7 +122,7 @@ def test_same_seed_same_story_and_sse_concatenates(client):
     a, b = (client.post("/generate", json=req).json() for _ in range(2))
     assert a["text"] == b["text"] and [t["id"] for t in a["tokens"]] == [t["id"] for t in b["tokens"]]
     with client.stream("POST", "/generate_stream", json=req) as r:
-        events = list(events_of(r))
+        events = list(sse_events(r))
     assert events[0][0] == "start" and events[-1][0] == "end"
     assert "".join(d["text"] for e, d in events if e == "token") == events[-1][1]["text"] == a["text"]
     assert [d["id"] for e, d in events if e == "token"] == [t["id"] for t in a["tokens"]]
@@ -246,7 +241,7 @@ def test_client_disconnect_frees_both_sessions(client, engines, tiny_tokenizer, 
     try:
         with client.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.5, "seed": seed,
                                                              "max_new_tokens": 200}) as r:
-            events = events_of(r)
+            events = sse_events(r)
             assert next(events)[0] == "start" and next(events)[0] == "token"
             # Freeze GPT-2 so the generation is surely still running: the gateway now waits for it.
             os.kill(gpt2_server.proc.pid, signal.SIGSTOP)
@@ -274,7 +269,7 @@ def test_server_killed_mid_stream_gives_an_error_event(tiny_pair, gpt2_server, s
         with httpx.Client(base_url=gw.url, timeout=60) as c:
             with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.5, "seed": seed,
                                                             "max_new_tokens": 200}) as r:
-                events = events_of(r)
+                events = sse_events(r)
                 assert next(events)[0] == "start" and next(events)[0] == "token"
                 os.kill(bdh.proc.pid, signal.SIGSTOP)  # hold it mid-generation, then kill it there
                 time.sleep(0.2)

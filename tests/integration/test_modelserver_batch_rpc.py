@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_modelserver import SESSIONS, V, decode, stub
-from waiting import open_sessions, wait_until
+from harness import open_sessions, wait_until
 
 from plotarmour.checkpoint import load_checkpoint
 from plotarmour.modelserver.server import create_server
@@ -183,8 +183,6 @@ RSS_BOUND_MIB = 64
 
 
 def test_a_20k_token_score_beside_running_sessions(start_model_server):
-    if not (SHIPPED_BDH / "model.safetensors").is_file():
-        pytest.skip("the shipped checkpoints/bdh is not in this checkout")
     srv = start_model_server(SHIPPED_BDH, service="bdh", max_context=32768, prefill_chunk=256)
     info = stub(srv).GetInfo(pb.InfoRequest(), timeout=10)
     vocab = info.vocab_size

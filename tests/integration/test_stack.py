@@ -170,7 +170,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def test_a_killed_model_server_is_started_again_and_the_gateway_recovers(tiny_pair):
-    from waiting import wait_until
+    from harness import wait_until
 
     stack = RunningStack(tiny_pair["bdh"].parent, "--port", "0")
     try:

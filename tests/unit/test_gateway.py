@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import socket
 import time
 
 import httpx
@@ -18,17 +17,7 @@ from plotarmour.cli import parse_sse
 from services.gateway.presets import NATIVE_DEFAULTS
 from services.gateway.settings import GatewaySettings
 from fake_servers import FakeLanguageModel, FakeServer, fake_stack, start_gateway
-
-
-def closes_soon(*servers, timeout: float = 5.0) -> bool:
-    """True once every fake server's open sessions are 0: a stream's end reaches the
-    server's thread a moment after the client has seen its last event."""
-    deadline = time.monotonic() + timeout
-    while any(s.model.open_sessions for s in servers):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+from harness import closes_soon, free_port, sse_events
 
 
 PROMPT = "Once upon a time"
@@ -56,10 +45,6 @@ def expected_tokens(tok, fakes, prompt: str, w, n: int, seed: int, blend="linear
             break
         last, pos = t, pos + 1
     return out
-
-
-def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
-    return [(e, json.loads(d)) for e, d in parse_sse(response.iter_lines())]
 
 
 def error_param(r: httpx.Response) -> str:
@@ -111,7 +96,7 @@ def test_sse_events_concatenate_to_the_final_text(client):
     req = {"prompt": PROMPT, "max_new_tokens": 40, "seed": 9, "logic_weight": 0.6}
     with client.stream("POST", "/generate_stream", json=req) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(r)
+        events = list(sse_events(r))
     kinds = [e for e, _ in events]
     assert kinds[0] == "start" and kinds[-1] == "end" and set(kinds[1:-1]) == {"token"}
     start, end = events[0][1], events[-1][1]
@@ -442,14 +427,8 @@ def test_over_the_concurrency_limit_is_429(tiny_tokenizer):
             assert rejected and float(rejected.group(1)) >= 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_starts_without_servers_then_becomes_ready(tiny_tokenizer):
-    gp, bp = free_port(), free_port()
+    gp, bp = free_port("127.0.0.1"), free_port("127.0.0.1")
     gw = start_gateway(f"127.0.0.1:{gp}", f"127.0.0.1:{bp}", connect_timeout_s=1, retry_interval_s=0.1)
     try:
         with httpx.Client(base_url=gw.url, timeout=20) as c:
@@ -486,7 +465,7 @@ def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer, caplo
             # One seed for both requests: the first shows it writes 4 tokens before the failure
             # (a random seed could draw end-of-text first, and the story would end in time).
             with c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": 30, "seed": 5}) as r:
-                events = sse_events(r)
+                events = list(sse_events(r))
             assert [e for e, _ in events][-1] == "error"
             assert sum(e == "token" for e, _ in events) == 4
             err = events[-1][1]

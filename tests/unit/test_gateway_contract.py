@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from waiting import wait_until
+from harness import wait_until
 
 from fake_servers import FakeLanguageModel, FakeServer, HangingServer, fake_stack, start_gateway
 
