@@ -151,21 +151,6 @@ def blend(gpt2: np.ndarray, bdh: np.ndarray, w: float, mode: str = "linear") -> 
 # number by their sum.
 
 
-def apply_temperature(p: np.ndarray, temperature) -> np.ndarray:
-    """p^(1/T), renormalised, per row. T = 1 returns p unchanged; T = 0 is the caller's (argmax)."""
-    t = np.asarray(temperature, dtype=np.float64)
-    if t.ndim == 0 and t == 1.0:
-        return p
-    with np.errstate(divide="ignore", over="ignore"):
-        logp = np.log(np.asarray(p, dtype=np.float64))
-        # Shift so the best token sits at 0 before dividing: with a tiny temperature the
-        # others then run to -inf (greedy, as the limit should be) instead of every score
-        # overflowing to -inf alike (which would read as uniform).
-        t = t.reshape(-1, 1) if t.ndim else t
-        q = np.exp((logp - logp.max(axis=-1, keepdims=True)) / t)
-    return q / q.sum(axis=-1, keepdims=True)
-
-
 def _top(q: np.ndarray, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The k most probable tokens of q (V,), most probable first, ties broken by lower id,
     as (ids, float64 values); `candidates` holds at least k ids, among them the k largest."""
@@ -271,41 +256,6 @@ def _top_k_candidates(p: np.ndarray, params: Sequence[SamplingParams]) -> list[n
     return out
 
 
-def top_k_mask(p: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the k most probable tokens (ties broken by lower id). k = 0 keeps all."""
-    return _mask(p, SamplingParams(top_k=k))
-
-
-def top_p_mask(p: np.ndarray, top_p: float) -> np.ndarray:
-    """Boolean mask of the smallest most-probable set whose mass reaches top_p (≥ 1 token)."""
-    return _mask(p, SamplingParams(top_p=top_p))
-
-
-def _mask(p: np.ndarray, sp: SamplingParams) -> np.ndarray:
-    p = np.asarray(p)
-    kept = _kept(p, sp, _top_k_candidates(p[None], [sp])[0])
-    keep = np.ones(p.size, dtype=bool)
-    if kept is not None:
-        keep[:] = False
-        keep[kept[0]] = True
-    return keep
-
-
-def filtered(p: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """Temperature, then top-k, then top-p (within the top-k set); renormalised (V,) float64."""
-    p = np.asarray(p)
-    kept = _kept(p, params, _top_k_candidates(p[None], [params])[0])
-    if kept is None:
-        q = p
-        if params.temperature not in (0.0, 1.0):
-            q = _tempered(q, params.temperature)
-        q = q.astype(np.float64)
-    else:
-        q = np.zeros(p.size)
-        q[kept[0]] = kept[1]
-    return q / q.sum()
-
-
 # ---- the draw ----------------------------------------------------------------------------
 
 
@@ -319,11 +269,6 @@ def _draw(ids: np.ndarray | None, weights: np.ndarray, u: float) -> int:
     while weights[i] == 0.0 and i > 0:
         i -= 1
     return i if ids is None else int(ids[i])
-
-
-def draw(p: np.ndarray, rng: np.random.Generator) -> int:
-    """Draw one token from p (V,) with one number from rng."""
-    return _draw(None, np.asarray(p), rng.random())
 
 
 def sample_rows(p: np.ndarray, params: Sequence[SamplingParams], rngs: Sequence[np.random.Generator]) -> np.ndarray:

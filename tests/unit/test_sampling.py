@@ -18,6 +18,52 @@ G = logp([0.5, 0.3, 0.2, 0.0])
 B = logp([0.1, 0.1, 0.2, 0.6])
 
 
+# -- the filter and draw steps one at a time, through the functions sample_rows uses ----------
+
+
+def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    """p^(1/T), renormalised, as the sampler tempers a row."""
+    if temperature == 1.0:
+        return p
+    q = S._tempered(np.asarray(p, dtype=np.float64), temperature)
+    return q / q.sum()
+
+
+def _mask(p: np.ndarray, sp: S.SamplingParams) -> np.ndarray:
+    kept = S._kept(p, sp, S._top_k_candidates(p[None], [sp])[0])
+    keep = np.ones(p.size, dtype=bool)
+    if kept is not None:
+        keep[:] = False
+        keep[kept[0]] = True
+    return keep
+
+
+def top_k_mask(p: np.ndarray, k: int) -> np.ndarray:
+    return _mask(np.asarray(p), S.SamplingParams(top_k=k))
+
+
+def top_p_mask(p: np.ndarray, top_p: float) -> np.ndarray:
+    return _mask(np.asarray(p), S.SamplingParams(top_p=top_p))
+
+
+def filtered(p: np.ndarray, params: S.SamplingParams) -> np.ndarray:
+    """Temperature, then top-k, then top-p (within the top-k set); renormalised (V,) float64."""
+    p = np.asarray(p)
+    kept = S._kept(p, params, S._top_k_candidates(p[None], [params])[0])
+    if kept is None:
+        q = p if params.temperature in (0.0, 1.0) else S._tempered(p, params.temperature)
+        q = q.astype(np.float64)
+    else:
+        q = np.zeros(p.size)
+        q[kept[0]] = kept[1]
+    return q / q.sum()
+
+
+def draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    return S._draw(None, np.asarray(p), rng.random())
+
+
+
 def test_probs_of_logprobs_and_logits_agree():
     logits = np.array([2.0, 1.0, -3.0, 0.5])
     lp = logits - np.log(np.exp(logits).sum())
@@ -60,25 +106,25 @@ def test_blend_rejects_bad_input():
 
 def test_temperature_sharpens_and_flattens():
     p = S.probs(logp([0.6, 0.3, 0.1]))
-    cold, hot = S.apply_temperature(p, 0.5), S.apply_temperature(p, 2.0)
+    cold, hot = apply_temperature(p, 0.5), apply_temperature(p, 2.0)
     assert cold[0] > p[0] > hot[0]
     np.testing.assert_allclose(cold, p**2 / (p**2).sum())
-    assert S.apply_temperature(p, 1.0) is p
+    assert apply_temperature(p, 1.0) is p
 
 
 def test_top_k_and_top_p_masks():
     p = np.array([0.1, 0.4, 0.3, 0.2])
-    assert S.top_k_mask(p, 2).tolist() == [False, True, True, False]
-    assert S.top_k_mask(p, 0).all()
+    assert top_k_mask(p, 2).tolist() == [False, True, True, False]
+    assert top_k_mask(p, 0).all()
     # 0.4 + 0.3 = 0.7 reaches 0.7: the nucleus stops there.
-    assert S.top_p_mask(p, 0.7).tolist() == [False, True, True, False]
-    assert S.top_p_mask(p, 0.71).tolist() == [False, True, True, True]
-    assert S.top_p_mask(p, 1e-9).tolist() == [False, True, False, False]
+    assert top_p_mask(p, 0.7).tolist() == [False, True, True, False]
+    assert top_p_mask(p, 0.71).tolist() == [False, True, True, True]
+    assert top_p_mask(p, 1e-9).tolist() == [False, True, False, False]
 
 
 def test_filtered_applies_top_p_within_top_k():
     p = np.array([0.1, 0.4, 0.3, 0.2])
-    q = S.filtered(p, S.SamplingParams(top_k=3, top_p=0.6))
+    q = filtered(p, S.SamplingParams(top_k=3, top_p=0.6))
     # Within the top 3 (renormalised 0.444, 0.333, 0.222) 0.6 needs two tokens.
     assert (q > 0).tolist() == [False, True, True, False]
     assert q.sum() == pytest.approx(1.0)
@@ -87,7 +133,7 @@ def test_filtered_applies_top_p_within_top_k():
 def test_draw_follows_the_distribution_and_never_picks_zero_mass():
     rng = S.make_rng(0)
     p = np.array([0.0, 0.7, 0.0, 0.3, 0.0])
-    counts = np.bincount([S.draw(p, rng) for _ in range(4000)], minlength=5)
+    counts = np.bincount([draw(p, rng) for _ in range(4000)], minlength=5)
     assert counts[0] == counts[2] == counts[4] == 0
     assert 0.65 < counts[1] / 4000 < 0.75
 
@@ -114,7 +160,7 @@ def test_sampling_params_validate():
 
 def test_tiny_temperature_tends_to_greedy_not_uniform():
     p = np.array([0.1, 0.6, 0.3])
-    q = S.apply_temperature(p, 1e-300)
+    q = apply_temperature(p, 1e-300)
     assert q.tolist() == [0.0, 1.0, 0.0]
 
 
@@ -148,13 +194,13 @@ def test_candidate_filters_equal_full_sorts(sp):
     rng = np.random.default_rng(0)
     for _ in range(20):
         p = S.probs(rng.standard_normal(3000) * rng.uniform(0.5, 4))
-        assert np.array_equal(S.filtered(p, sp) > 0, _naive_keep(p, sp))
+        assert np.array_equal(filtered(p, sp) > 0, _naive_keep(p, sp))
 
 
 def test_ties_at_the_cut_go_to_the_lower_ids():
     p = np.array([0.1, 0.2, 0.2, 0.2, 0.3])
-    assert S.top_k_mask(p, 2).tolist() == [False, True, False, False, True]
-    assert S.top_p_mask(np.full(4, 0.25), 0.5).tolist() == [True, True, False, False]
+    assert top_k_mask(p, 2).tolist() == [False, True, False, False, True]
+    assert top_p_mask(np.full(4, 0.25), 0.5).tolist() == [True, True, False, False]
 
 
 @pytest.mark.parametrize("sp", [S.SamplingParams(temperature=0.8, top_p=0.95), S.SamplingParams(top_p=0.999),
@@ -169,7 +215,7 @@ def test_the_nucleus_of_heavy_tailed_rows_equals_a_full_sort(sp):
         logits = -exponent * np.log(rank) + 0.3 * rng.standard_normal(50257)
         logits[rng.choice(50257, 5000, replace=False)] = logits.min()  # a tail of ties
         p = S.probs(logits).astype(np.float32)
-        assert np.array_equal(S.filtered(p, sp) > 0, _naive_keep(p, sp))
+        assert np.array_equal(filtered(p, sp) > 0, _naive_keep(p, sp))
 
 
 def test_a_row_samples_the_same_alone_and_in_any_batch():
