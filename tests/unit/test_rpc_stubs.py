@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 pytest.importorskip("grpc_tools", reason="grpcio-tools (a dev dependency) compiles the protos")
@@ -53,17 +51,15 @@ def test_stubs_import_from_plotarmour_rpc():
 
 
 def test_stub_text_is_what_the_generator_writes():
-    # Exact text only means something with the grpcio-tools version that wrote it, which the
-    # dev extra pins: a different one installed is a failure to fix, not a reason to skip.
-    import grpc_tools
+    # Regenerated with whatever grpcio-tools is installed and compared but for the version
+    # stamps, so the check never skips: an edited stub or a changed proto fails it.
+    assert generate.stale_files(ignore_versions=True) == [], HINT
 
-    made_by = re.search(r"GRPC_GENERATED_VERSION = '([^']+)'", pb_grpc.__loader__.get_source(pb_grpc.__name__))
-    installed = getattr(grpc_tools, "__version__", None)
-    if installed is None:
-        from importlib.metadata import version
 
-        installed = version("grpcio-tools")
-    assert made_by is not None and made_by.group(1) == installed, (
-        f"the stubs were written by grpcio-tools {made_by and made_by.group(1)}, {installed} is installed: install "
-        "the pinned one (pyproject.toml's dev extra), or regenerate the stubs with this one and move the pin")
-    assert generate.stale_files() == [], HINT
+def test_the_version_stamps_are_all_that_is_ignored():
+    text = (generate.HERE / "language_model_pb2.py").read_text(encoding="utf-8")
+    restamped = text.replace("# Protobuf Python Version: ", "# Protobuf Python Version: 99.")
+    assert generate.unstamped(restamped) == generate.unstamped(text)
+    assert "99." not in generate.unstamped(restamped) and "DESCRIPTOR" in generate.unstamped(text)
+    edited = text.replace("_sym_db = _symbol_database.Default()", "_sym_db = None")
+    assert generate.unstamped(edited) != generate.unstamped(text)
