@@ -40,8 +40,11 @@ def fake_logprobs(salt: int, last_token: int, position: int, vocab_size: int) ->
 class FakeLanguageModel(pb_grpc.LanguageModelServicer):
     def __init__(self, tokenizer: Tokenizer, *, model_type: str, salt: int, max_context: int = 512,
                  step_delay_s: float = 0.0, fail_at_step: int | None = None, fingerprint_override: str | None = None,
-                 poison_token: int | None = None, score_delay_s: float = 0.0):
+                 poison_token: int | None = None, score_delay_s: float = 0.0, end_at: int | None = None):
         self.tok, self.model_type, self.salt = tokenizer, model_type, salt
+        # From this many tokens of story on, end-of-text is certain: a test says when a
+        # story ends instead of hunting for a seed that ends it.
+        self.end_at = end_at
         self.vocab_size = tokenizer.get_vocab_size()
         self.max_context = max_context
         self.step_delay_s, self.fail_at_step = step_delay_s, fail_at_step
@@ -55,6 +58,10 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
         self._lock = threading.Lock()
 
     def dist(self, last_token: int, position: int) -> np.ndarray:
+        if self.end_at is not None and position >= self.end_at:
+            row = np.full(self.vocab_size, -1e4, dtype="<f4")
+            row[eot_id(self.tok)] = 0.0
+            return row
         return fake_logprobs(self.salt, last_token, position, self.vocab_size)
 
     def GetInfo(self, request, context):
