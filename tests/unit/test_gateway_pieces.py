@@ -91,7 +91,7 @@ def test_unless_disconnected_cancels_the_work_only_when_the_client_left():
     import asyncio
 
     from services.gateway.errors import ClientGone
-    from services.gateway.service import unless_disconnected
+    from services.gateway.runs import unless_disconnected
 
     class Request:
         def __init__(self):
@@ -124,7 +124,7 @@ def test_a_run_of_several_stories_closes_every_stream_its_pumps_are_reading():
     import asyncio
 
     from services.gateway.metrics import GatewayMetrics
-    from services.gateway.service import Limiter, Run
+    from services.gateway.runs import Limiter, Run
 
     async def main():
         closed = []

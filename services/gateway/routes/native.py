@@ -9,7 +9,8 @@ from plotarmour.sampling import SamplingParams
 from ..errors import OpenAIErrors, gateway_error_body
 from ..schemas import GenerateRequest, SteerRequest
 from ..params import GenerationParams
-from ..service import GatewayDep, unless_disconnected
+from ..runs import unless_disconnected
+from ..service import GatewayDep
 from ..streaming import event_stream, sse
 
 router = APIRouter(tags=["native"], route_class=OpenAIErrors)

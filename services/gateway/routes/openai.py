@@ -28,7 +28,8 @@ from plotarmour.sampling import SamplingParams
 from ..errors import InvalidField, OpenAIErrors, UnknownModel, gateway_error_body, logprob, openai_body
 from ..params import GenerationParams
 from ..schemas import ChatCompletionRequest, CompletionRequest, OpenAIBase, chat_prompt
-from ..service import GatewayDep, SettingsDep, unless_disconnected
+from ..runs import unless_disconnected
+from ..service import GatewayDep, SettingsDep
 from ..streaming import data_line, event_stream
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrors)

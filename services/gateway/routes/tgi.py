@@ -15,7 +15,8 @@ from plotarmour.sampling import SamplingParams
 from ..errors import TgiErrors, gateway_error_body, logprob
 from ..params import GenerationParams
 from ..schemas import TGIRequest
-from ..service import GatewayDep, unless_disconnected
+from ..runs import unless_disconnected
+from ..service import GatewayDep
 from ..streaming import data_line, event_stream
 
 router = APIRouter(tags=["tgi"], route_class=TgiErrors)

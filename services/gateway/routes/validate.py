@@ -9,10 +9,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from .. import validation
+from ..errors import OpenAIErrors
 from ..schemas import ValidateRequest
-from ..service import GatewayDep, unless_disconnected
+from ..runs import unless_disconnected
+from ..service import GatewayDep
 
-router = APIRouter(tags=["validate"])
+router = APIRouter(tags=["validate"], route_class=OpenAIErrors)
 
 
 @router.post("/validate")
