@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tokenizers import Tokenizer
 
 from plotarmour.rpc import language_model_pb2 as pb
+from plotarmour.roles import ROLES
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
 from .errors import GatewayError, IncompatibleModels, ModelBusy, ModelFault, ModelGone, ModelRejected, ModelUnavailable
@@ -436,7 +437,7 @@ class ModelPair:
             for b, info in up:
                 b.info, b.problem = info, None
 
-    async def ensure_ready(self, roles: tuple[str, ...] = ("gpt2", "bdh")) -> Tokenizer:
+    async def ensure_ready(self, roles: tuple[str, ...] = tuple(ROLES)) -> Tokenizer:
         """The shared tokenizer, once the servers `roles` names answer: contacting them first
         if they have not answered yet (or failed since); raises the first one's problem."""
         needed = [b for b in self if b.role in roles]

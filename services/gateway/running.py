@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from plotarmour.roles import ROLES
+
 
 @dataclass
 class Generation:
@@ -33,14 +35,15 @@ class Generation:
         return self.logic_weight
 
 
+# The scheduler indexes the roles in this order: 0 the creativity role, 1 the logic role.
+ROLE_ORDER = tuple(ROLES)
+
+
 def roles_for(weight: float) -> tuple[int, ...]:
-    """The models (0 gpt2, 1 bdh) a token drawn at this weight needs: at an end of the slider
-    the other model's probabilities are multiplied by 0, so it need not be asked."""
-    if weight == 0.0:
-        return (0,)
-    if weight == 1.0:
-        return (1,)
-    return (0, 1)
+    """The roles (indexes into ROLE_ORDER) a token drawn at this weight needs: at an end of
+    the slider the other role's probabilities are multiplied by 0, so it need not be asked."""
+    alone = [i for i, name in enumerate(ROLE_ORDER) if ROLES[name].alone_at == weight]
+    return tuple(alone) or tuple(range(len(ROLE_ORDER)))
 
 
 class Registry:

@@ -25,7 +25,7 @@ from fastapi import Depends, Request
 from .backends import ModelPair
 from .errors import GatewayError, InvalidField, ModelUnavailable, NotFound
 from .params import GenerationParams
-from .running import Registry, roles_for
+from .running import ROLE_ORDER, Registry, roles_for
 from .scheduler import GenerationLoop, generate
 from .replicas import Peers, owner_part
 from .runs import Limiter, Run
@@ -70,7 +70,7 @@ class Gateway:
             raise InvalidField(names["stop"], f"{len(job.stop)} stop sequences; at most {s.max_stop_sequences}")
         # Only the servers this story's weights need (a story at 0 or 1 goes on with one down).
         weights = [job.logic_weight, *(w for _, w in job.steering)]
-        tok = await self.pair.ensure_ready(tuple({("gpt2", "bdh")[r] for w in weights for r in roles_for(w)}))
+        tok = await self.pair.ensure_ready(tuple({ROLE_ORDER[r] for w in weights for r in roles_for(w)}))
         ids = tok.encode(job.prompt).ids
         if job.truncate:
             ids = ids[-job.truncate:]
