@@ -113,8 +113,9 @@ _CODE = {UnknownModel: "model_not_found", ModelBusy: "busy", TooBusy: "busy",
 
 
 def _code(e: GatewayError) -> str | None:
-    if type(e) in _CODE:
-        return _CODE[type(e)]
+    listed = next((_CODE[c] for c in type(e).__mro__ if c in _CODE), None)
+    if listed is not None:
+        return listed
     return None if isinstance(e, InvalidField) else type(e).__name__
 
 
