@@ -85,7 +85,7 @@ class Live:
         return [role for role in roles_for(self.weight) if self.sessions[role] is None]
 
 
-class GenerationLoop:
+class Scheduler:
     """One loop steps every live generation of a model pair together (TGI's router).
 
     Each iteration blends and samples every ready row at once, hands each token to its
@@ -465,7 +465,7 @@ class GenerationLoop:
 _INLINE_SAMPLING = 32 * 1024
 
 
-async def generate(loop: GenerationLoop, gen: Generation, params: GenerationParams) -> AsyncIterator[dict]:
+async def generate(loop: Scheduler, gen: Generation, params: GenerationParams) -> AsyncIterator[dict]:
     """Yield {"type": "start"|"token"|"end", ...} events for one generation.
 
     Errors are raised, never swallowed: the caller decides between an HTTP status and an

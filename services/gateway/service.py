@@ -26,7 +26,7 @@ from .backends import ModelPair
 from .errors import GatewayError, InvalidField, ModelUnavailable, NotFound
 from .params import GenerationParams
 from .running import ROLE_ORDER, Registry, roles_for
-from .scheduler import GenerationLoop, generate
+from .scheduler import Scheduler, generate
 from .replicas import Peers, owner_part
 from .runs import Limiter, Run
 from .metrics import GatewayMetrics, StepTimer
@@ -49,7 +49,7 @@ class Gateway:
         # With peers, each story's id names this replica, so the others can forward to it.
         self.registry = Registry(owner_part(self.peers.me) if self.peers.enabled else "")
         self.pair = ModelPair(settings)
-        self.loop = GenerationLoop(self.pair, on_join=metrics.queue_wait.observe)
+        self.loop = Scheduler(self.pair, on_join=metrics.queue_wait.observe)
 
     def note_failure(self, e: GatewayError) -> None:
         self.metrics.model_errors.labels(type(e).__name__).inc()

@@ -520,7 +520,7 @@ def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
     from services.gateway.errors import ModelUnavailable
     from services.gateway.params import GenerationParams
     from services.gateway.running import Generation
-    from services.gateway.scheduler import GenerationLoop, generate
+    from services.gateway.scheduler import Scheduler, generate
 
     g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1, step_delay_s=0.05))
     b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2, step_delay_s=0.05))
@@ -528,7 +528,7 @@ def test_gateway_shutdown_ends_running_stories_with_an_error(tiny_tokenizer):
     async def story_across_shutdown() -> list[str]:
         pair = ModelPair(GatewaySettings(gpt2_address=g.address, bdh_address=b.address))
         await pair.refresh()
-        loop = GenerationLoop(pair)
+        loop = Scheduler(pair)
         params = GenerationParams(prompt_ids=tiny_tokenizer.encode(PROMPT).ids, logic_weight=0.5,
                                   max_new_tokens=1000, seed=0)
         events = generate(loop, Generation(id="gen-test", logic_weight=0.5), params)
