@@ -14,7 +14,7 @@ rescore a /validate answer under them. How each measured: bench/VALIDATOR.md.
 - `flag_words` (with `PREVIOUS_BAR_BITS`): the flag rule shipped before displaced
   expectations; `one_in`: the wording of the reasons before them.
 - `validate`: the validator's answer under any of these (the defaults give the shipped
-  answer, exactly: tests/unit/test_validator.py checks it).
+  answer, exactly: tests/inprocess/test_validator.py checks it).
 """
 
 from __future__ import annotations

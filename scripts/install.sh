@@ -22,16 +22,16 @@ if [ "${1:-}" = "--dev" ]; then
         command -v chromium >/dev/null || missing+=(chromium)
         command -v docker-compose >/dev/null || missing+=(docker-compose)
         command -v npm >/dev/null || missing+=(npm)  # (brings nodejs) for axe-core, below
-        # nginx: the load balancer in front of two gateway replicas in tests/integration/test_gateway_peers.py
+        # nginx: the load balancer in front of two gateway replicas in tests/processes/test_gateway_peers.py
         command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
         if [ ${#missing[@]} -gt 0 ]; then
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
         fi
     fi
-    # axe-core for the page's accessibility test, from npm into tests/e2e/node_modules
+    # axe-core for the page's accessibility test, from npm into tests/browser/node_modules
     # (git-ignored; the test injects node_modules/axe-core/axe.min.js into the page).
     if command -v npm >/dev/null; then
-        npm install --prefix tests/e2e --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+        npm install --prefix tests/browser --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
             "axe-core@^4.10" >/dev/null \
             || echo "install.sh: npm could not install axe-core; the accessibility test will skip" >&2
     fi

@@ -10,17 +10,20 @@ from corpus import make_corpus
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
-# Markers by where a test lives, so a run can leave out the slow kinds:
-#   pytest -m "not browser and not notebook and not ddp and not deploy"
-MARKERS = {"e2e": "browser", "test_notebook_kaggle.py": "notebook", "test_training_ddp.py": "ddp",
-           "deploy": "deploy"}
+# Each folder says what its tests start: inprocess/ (everything in the test process: fakes
+# and servers on threads), processes/ (real server processes), browser/ (Chromium),
+# deploy/ (the deployment tools). Markers follow the folder, so a run can choose:
+#   pytest -m "not slow"      the in-process loop (anything else starts processes or a browser)
+FOLDER_MARKERS = {"processes": ("slow",), "browser": ("slow", "browser"), "deploy": ("slow", "deploy")}
+FILE_MARKERS = {"test_notebook_kaggle.py": "notebook", "test_training_ddp.py": "ddp"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        for part, marker in MARKERS.items():
-            if part in item.path.parts:
-                item.add_marker(marker)
+        for marker in FOLDER_MARKERS.get(item.path.parent.name, ()):
+            item.add_marker(marker)
+        if item.path.name in FILE_MARKERS:
+            item.add_marker(FILE_MARKERS[item.path.name])
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@
 
 Where a test's fixtures live: tests/conftest.py (the tiny corpus and models),
 tests/fake_servers.py (scripted model servers and an in-process gateway),
-tests/integration/conftest.py (real model-server processes), tests/e2e/ (the browser).
+tests/processes/conftest.py (real model-server processes), tests/browser/ (the browser).
 """
 
 from __future__ import annotations

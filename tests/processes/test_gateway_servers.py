@@ -172,7 +172,7 @@ def test_validate_matches_in_process_scores(client, engines, tiny_tokenizer):
     assert [w["text"] for w in body["words"]] == ["Tom", "was", "happy", ".", "The", "end", "."]
     # Untrained models are near-uniform: no expectation reaches the flag rule's p ≥ 0.03, so
     # nothing is flagged even at the highest sensitivity (the fakes' peaked distributions
-    # check the contradictions' reasons and alternatives: tests/unit/test_gateway.py).
+    # check the contradictions' reasons and alternatives: tests/inprocess/test_gateway.py).
     assert body["consistent"] is True and body["contradictions"] == []
     assert client.post("/validate", json={"draft": "x" * 30_000}).status_code == 422
 

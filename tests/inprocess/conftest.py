@@ -1,4 +1,5 @@
-"""Fixtures of the unit tests: fake model servers (numpy only, no torch) for the gateway."""
+"""Fixtures of the in-process tests: fake model servers on threads (numpy only, no torch)
+for the gateway."""
 
 import httpx
 import pytest

@@ -45,6 +45,7 @@ def decode_all(engine, ids, prefill):
     return torch.stack(out)
 
 
+@pytest.mark.slow  # 1,024 steps, each checked against a full forward pass
 @pytest.mark.parametrize("prefill", [1, 7, 300])
 def test_decode_matches_full_forward_up_to_1024(prefill):
     model = small_bdh()

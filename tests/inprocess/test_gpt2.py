@@ -40,6 +40,7 @@ def test_config_uses_end_of_text_as_bos_and_eos():
     assert (c.bos_token_id, c.eos_token_id) == (5, 5)
 
 
+@pytest.mark.slow  # 1,024 steps, each checked against a full forward pass
 @pytest.mark.parametrize("prefill", [1, 500])
 def test_cached_decode_matches_full_forward_up_to_1024(model, prefill):
     ids = rand_ids(1024, 1)

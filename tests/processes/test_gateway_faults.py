@@ -48,7 +48,7 @@ def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pai
                                                                        start_model_server):
     bdh = start_model_server(tiny_pair["bdh"], "bdh")
     # recover_timeout_s 1: the story waits a second for the server to come back, then fails
-    # (tests/integration/test_stack.py has one that comes back in time).
+    # (tests/processes/test_stack.py has one that comes back in time).
     gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh.address, port=0,
                                        step_timeout_s=30, connect_timeout_s=2, retry_interval_s=0.2,
                                        recover_timeout_s=1))

@@ -1,5 +1,5 @@
 """The gateway over HTTP against fake model servers (numpy, no torch): the blending loop,
-SSE, steering, limits and every error path. Real model servers: tests/integration."""
+SSE, steering, limits and every error path. Real model servers: tests/processes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The studio's recovery points at the three viewports people use (1440×900, 1366×768 and a
-390×844 phone), each with a screenshot under tests/e2e/artifacts/: colour only where one
+390×844 phone), each with a screenshot under tests/browser/artifacts/: colour only where one
 model clearly led and never at 0% or 100%, a switch that turns it off, a share link that
 writes its story again at once, a history entry that brings back its text, a slider that
 stays under the pointer, and one model down leaving the other's stories working with a
