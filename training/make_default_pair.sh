@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the shipped pair under checkpoints/ from TinyStories text, one CPU thread per run.
-# Five stages per model (six for GPT-2), each continuing the last (--init), as the pair was made:
+# Six stages per model, each continuing the last (--init), as the pair was made:
 #   1. tiny_cpu.json: 2.4M tokens of the 2 MB train part in 256-token windows;
 #   2. tiny_cpu_long.json: 800k more in 512-token windows, the length of the stories served;
 #   3. the warm start: tiny_cpu_long.json on the train part + the extra stories (3.68M
@@ -11,6 +11,10 @@
 #   5. again, lower: GPT-2 lr 3e-4 -> 1.5e-5, 4.5M tokens; BDH with dropout 0.1, lr 4e-4 ->
 #      2e-5, 4M tokens; seed 2027. Then GPT-2 alone, stage "6A" (the arm of an A/B on the
 #      recased stories that did not use them): lr 1.5e-4 -> 1e-5, 1.2M tokens, seed 2028.
+#   6. both again, side by side, seed 2029: GPT-2 (stage "7") from 6A with dropout 0.15, lr
+#      2.5e-4 -> 1e-5, 5M tokens; BDH (stage "6") lr 2.5e-4 -> 1e-5, begun for 5M tokens and
+#      cut to 3.4M at step 421 (stopped, then --resume with the shorter budget), so that its
+#      cosine ended within the session.
 # --init takes the architecture from the checkpoint, dropout included, so stages 4 and 5
 # set the dropout in a copy of the stage before's config.json (dropout changes no weight).
 # It overwrites checkpoints/ (--force); for a pair of your own, follow the README instead.
@@ -66,16 +70,28 @@ EOF
     train "$model" 5 tiny_cpu_long "$R/$model-4-init" --set data=data/tinystories --set warmup_steps=50 \
         --set eval_windows=40 --set seed=2027 "${last[@]}"
     final="$R/$model-5"
-    if [ "$model" = gpt2 ]; then  # stage 6 (GPT-2 only, while BDH's stage 5 ran): a short, lower cosine
+    if [ "$model" = gpt2 ]; then  # 6A (while BDH's stage 5 ran): a short, lower cosine; then 7
         train gpt2 6A tiny_cpu_long "$R/gpt2-5" --set data=data/tinystories --set warmup_steps=20 \
             --set eval_windows=40 --set seed=2028 --set max_tokens=1200000 --set lr=0.00015 --set min_lr=0.00001 \
             --set eval_interval=200
-        final="$R/gpt2-6A"
+        rm -rf "$R/gpt2-6A-init" && cp -r "$R/gpt2-6A" "$R/gpt2-6A-init"
+        python -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.update(resid_pdrop=0.15, embd_pdrop=0.15, attn_pdrop=0.15); json.dump(c, open(p, "w"), indent=2)' \
+            "$R/gpt2-6A-init/config.json"
+        train gpt2 7 tiny_cpu_long "$R/gpt2-6A-init" --set data=data/tinystories --set warmup_steps=50 \
+            --set eval_windows=40 --set seed=2029 --set max_tokens=5000000 --set lr=0.00025 --set min_lr=0.00001 \
+            --set eval_interval=150
+        final="$R/gpt2-7"
+    else
+        train bdh 6 tiny_cpu_long "$R/bdh-5" --set data=data/tinystories --set warmup_steps=50 \
+            --set eval_windows=40 --set seed=2029 --set max_tokens=5000000 --set lr=0.00025 --set min_lr=0.00001 \
+            --set eval_interval=150 --stop-after 421
+        python -m training.train --resume results/state/default-bdh-6 --set max_tokens=3400000
+        final="$R/bdh-6"
     fi
     rm -rf "checkpoints/$model" && cp -r "$final" "checkpoints/$model"
 done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs/5 --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --logs checkpoints/logs/6 checkpoints/logs/7 --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
     --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
