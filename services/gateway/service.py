@@ -1,12 +1,11 @@
-"""What every route shares: the model pair, the generation loop, the concurrency limit,
-and turning a request into running generations.
+"""What every route shares: the model pair, the scheduler, the concurrency limit, and
+turning a request into running generations.
 
 A route builds `GenerationParams` (params.py; one per story to write) and hands them to
 `Gateway.open`, which takes one slot, checks and tokenizes them (`prepare`), prefills every
 story and returns a `Run` (runs.py): its events, merged, with one `aclose` that frees
-everything.
-Steering and a story's state go through the service too (`steer`, `state`), on whichever
-replica runs the story. Routes get the pieces as FastAPI dependencies
+everything. Steering and a story's state go through the service too (`steer`, `state`), on
+whichever replica runs the story. Routes get the pieces as FastAPI dependencies
 (`GatewayDep`, `SettingsDep`, `PairDep`, `LimiterDep`).
 """
 
@@ -24,12 +23,12 @@ from fastapi import Depends, Request
 
 from .backends import ModelPair
 from .errors import GatewayError, InvalidField, ModelUnavailable, NotFound
-from .params import GenerationParams
-from .running import ROLE_ORDER, Registry, roles_for
-from .scheduler import Scheduler, generate
-from .replicas import Peers, owner_part
-from .runs import Limiter, Run
 from .metrics import GatewayMetrics, StepTimer
+from .params import GenerationParams
+from .replicas import Peers, owner_part
+from .running import ROLE_ORDER, Registry, roles_for
+from .runs import Limiter, Run
+from .scheduler import Scheduler, generate
 from .settings import GatewaySettings
 
 log = logging.getLogger("plotarmour.gateway")
