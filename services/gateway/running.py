@@ -39,11 +39,15 @@ class Generation:
 ROLE_ORDER = tuple(ROLES)
 
 
+# Built once: the scheduler asks for every story at every step.
+_ALONE = {ROLES[name].alone_at: (i,) for i, name in enumerate(ROLE_ORDER)}
+_BOTH = tuple(range(len(ROLE_ORDER)))
+
+
 def roles_for(weight: float) -> tuple[int, ...]:
     """The roles (indexes into ROLE_ORDER) a token drawn at this weight needs: at an end of
     the slider the other role's probabilities are multiplied by 0, so it need not be asked."""
-    alone = [i for i, name in enumerate(ROLE_ORDER) if ROLES[name].alone_at == weight]
-    return tuple(alone) or tuple(range(len(ROLE_ORDER)))
+    return _ALONE.get(weight, _BOTH)
 
 
 class Registry:

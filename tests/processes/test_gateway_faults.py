@@ -44,6 +44,19 @@ def stream_request(seed: int) -> dict:
     return {"prompt": PROMPT, "seed": seed, "max_new_tokens": LONG}
 
 
+def signalled_mid_story(c: httpx.Client, seed: int, pid: int, *signals: int) -> tuple[list, float]:
+    """Stream the long story of `seed`, send `signals` to `pid` after its first token, and
+    read what comes: (the rest of its events, seconds from the signals to the stream's end)."""
+    with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
+        events = sse_events(r)
+        assert next(events)[0] == "start" and next(events)[0] == "token"
+        for sig in signals:
+            os.kill(pid, sig)
+        t0 = time.monotonic()
+        rest = list(events)
+        return rest, time.monotonic() - t0
+
+
 def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pair, gpt2_server,
                                                                        start_model_server):
     bdh = start_model_server(tiny_pair["bdh"], "bdh")
@@ -55,15 +68,8 @@ def test_killed_server_errors_fast_then_gateway_reconnects_on_same_port(tiny_pai
     try:
         with httpx.Client(base_url=gw.url, timeout=60) as c:
             seed = long_story_seed(c.base_url, LONG, tries=40, prompt=PROMPT)
-            with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
-                events = sse_events(r)
-                assert next(events)[0] == "start" and next(events)[0] == "token"
-                # Freeze it first so the kill surely lands mid-generation, then kill -9 there.
-                os.kill(bdh.proc.pid, signal.SIGSTOP)
-                t_kill = time.monotonic()
-                os.kill(bdh.proc.pid, signal.SIGKILL)
-                rest = list(events)
-                waited = time.monotonic() - t_kill
+            # Freeze it first so the kill surely lands mid-generation, then kill -9 there.
+            rest, waited = signalled_mid_story(c, seed, bdh.proc.pid, signal.SIGSTOP, signal.SIGKILL)
             assert rest and rest[-1][0] == "error", [e for e, _ in rest]
             assert waited < 5, f"error event after {waited:.1f} s"
             assert rest[-1][1]["status"] == 503 and "The logic model (BDH)" in rest[-1][1]["error"]["message"]
@@ -123,13 +129,7 @@ def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt
             seed = long_story_seed(c.base_url, LONG, tries=40, prompt=PROMPT)
 
             # Mid-stream: the error event names the server and the deadline.
-            with c.stream("POST", "/generate_stream", json=stream_request(seed)) as r:
-                events = sse_events(r)
-                assert next(events)[0] == "start" and next(events)[0] == "token"
-                os.kill(bdh.proc.pid, signal.SIGSTOP)
-                t0 = time.monotonic()
-                rest = list(events)
-                waited = time.monotonic() - t0
+            rest, waited = signalled_mid_story(c, seed, bdh.proc.pid, signal.SIGSTOP)
             assert rest[-1][0] == "error", [e for e, _ in rest]
             err = rest[-1][1]
             assert err["status"] == 503
