@@ -56,7 +56,9 @@ class ServerProcess:
 
     def health(self, timeout: float = 2.0) -> int:
         """The health status (health_pb2.HealthCheckResponse.SERVING, ...) of the model service."""
-        with grpc.insecure_channel(self.address) as ch:
+        # A connection of its own: one shared with a channel that saw this port refused
+        # would inherit its back-off and report a server that is up as unreachable.
+        with grpc.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             return stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout).status
 

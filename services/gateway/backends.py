@@ -28,6 +28,11 @@ from .settings import GatewaySettings
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # Each channel owns its connections. By default gRPC shares them between channels to the
+    # same address in one process, so a new channel to a server that has just come up on a
+    # port another channel saw refused inherits that connection's back-off and fails with
+    # "Connection refused" for up to two minutes.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

@@ -285,6 +285,29 @@ def test_a_story_outlives_its_model_server_restarting(tiny_tokenizer):
             assert [t["id"] for t in got] == [t["id"] for t in whole["tokens"]]
 
 
+def test_a_new_gateway_reaches_a_server_just_up_where_another_saw_none(tiny_tokenizer):
+    """One gateway has seen BDH's port refuse (nothing listened there yet) and keeps
+    trying; BDH then starts on that port and a second gateway in the same process asks it
+    at once. The second must reach it: its channels share no connection, and so no
+    back-off, with the first's (gRPC shares them by default)."""
+    g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
+    port = free_port("127.0.0.1")
+    first = start_gateway(g.address, f"127.0.0.1:{port}", connect_timeout_s=1, retry_interval_s=0.2)
+    b = second = None
+    try:
+        with httpx.Client(base_url=first.url, timeout=20) as c:
+            assert c.get("/ready").status_code == 503
+        b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2), port=port)
+        second = start_gateway(g.address, b.address, connect_timeout_s=1)
+        with httpx.Client(base_url=second.url, timeout=20) as c:
+            r = c.post("/generate", json={"prompt": PROMPT, "logic_weight": 0.5, "max_new_tokens": 4})
+            assert r.status_code == 200, r.text
+    finally:
+        for server in (second, b, first, g):
+            if server is not None:
+                server.stop()
+
+
 def test_a_steering_schedule_applies_from_its_token(client):
     r = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 12, "logic_weight": 0.25, "seed": 3,
                                        "steering": [{"at": 4, "logic_weight": 1.0}, {"at": 9, "logic_weight": 0}]})
