@@ -277,8 +277,12 @@ class ModelBackend:
 
     def __init__(self, role: str, address: str, settings: GatewaySettings):
         self.role, self.address, self.settings = role, address, settings
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[*_CHANNEL_OPTIONS, ("grpc.lb_policy_name", settings.lb_policy)])
+        # gRPC's own reconnect back-off grows to two minutes; held to retry_interval_s, a
+        # restarted server is reached within that of coming up, as the setting promises.
+        backoff_ms = max(1, round(settings.retry_interval_s * 1000))
+        self.channel = grpc.aio.insecure_channel(address, options=[
+            *_CHANNEL_OPTIONS, ("grpc.lb_policy_name", settings.lb_policy),
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms), ("grpc.max_reconnect_backoff_ms", backoff_ms)])
         self.stub = pb_grpc.LanguageModelStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.info: ServerInfo | None = None
