@@ -99,7 +99,9 @@ class _Block:
     as the engine steps them (no per-row futures, no stacking for the reply)."""
 
     future: asyncio.Future  # set once every row has its answer
-    rows: np.ndarray  # (n, V) float32, in the caller's order
+    size: int  # rows asked for
+    vocab_size: int
+    rows: np.ndarray | None = None  # (size, V) float32, in the caller's order, once any row is in
     pending: int = 0
     errors: dict[int, Exception] = field(default_factory=dict)  # row index → what closed it
     engine_s: float = 0.0  # the engine's steps its rows took part in (what the server's own cost excludes)
@@ -107,6 +109,22 @@ class _Block:
     def fail(self, index: int, error: Exception) -> None:
         self.errors[index] = error
         self.done_one()
+
+    def put(self, dst: list[int], batch: np.ndarray, src: list[int]) -> None:
+        """Rows `dst` of the answer are the batch's rows `src` (both ascending). The usual
+        case, a caller's whole block stepped as one run of the batch, is taken as a view:
+        no copy of the step's log-probs (a megabyte at 64 rows)."""
+        n = len(dst)
+        if self.rows is None and n == self.size and src[-1] - src[0] == n - 1:
+            self.rows = batch[src[0]:src[0] + n]
+        else:
+            self.answer()[dst] = batch[src]
+        self.done_one(n)
+
+    def answer(self) -> np.ndarray:
+        if self.rows is None:
+            self.rows = np.empty((self.size, self.vocab_size), dtype="<f4")
+        return self.rows
 
     def done_one(self, n: int = 1) -> None:
         self.pending -= n
@@ -235,8 +253,7 @@ class Scheduler:
         Never refused for load: a running story always gets its step.
         """
         self._check_up()
-        block = _Block(asyncio.get_running_loop().create_future(),
-                       np.empty((len(sessions), self.vocab_size), dtype="<f4"))
+        block = _Block(asyncio.get_running_loop().create_future(), len(sessions), self.vocab_size)
         now = time.monotonic()
         for i, (s, token) in enumerate(zip(sessions, tokens)):
             problem = self._step_problem(s, token)
@@ -255,7 +272,7 @@ class Scheduler:
                     if s in self._rows and self._rows[s][1] is block:
                         del self._rows[s]
                 raise
-        return block.rows, block.errors, block.engine_s
+        return block.answer(), block.errors, block.engine_s
 
     def close(self, session: Session) -> None:
         """Free a session. Never blocks: the loop frees it at its next iteration."""
@@ -517,15 +534,14 @@ class Scheduler:
             if isinstance(value, Exception):
                 block.fail(i, value)
             elif batch is None:
-                block.rows[i] = value
+                block.answer()[i] = value
                 block.done_one()
             else:
                 dst, src = into.setdefault(block, ([], []))
                 dst.append(i)
                 src.append(j)
-        for block, (dst, src) in into.items():  # one copy per caller, not one per row
-            block.rows[dst] = batch[src]
-            block.done_one(len(dst))
+        for block, (dst, src) in into.items():  # at most one copy per caller, not one per row
+            block.put(dst, batch, src)
 
     def _deliver_work(self, work: _Work | None, result) -> None:
         if work is None:
