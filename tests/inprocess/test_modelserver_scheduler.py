@@ -130,6 +130,30 @@ def test_batches_are_capped_at_max_batch_size(engine):
     assert spy.steps == [3, 3, 2]
 
 
+@pytest.mark.parametrize("max_batch_size", [64, 3])
+def test_a_callers_block_is_its_own_rows_in_order_however_the_batches_fall(engine, max_batch_size):
+    """Three callers' blocks stepped at once: whole in one batch (each block a view of its
+    run of the step's rows, the second's starting mid-batch), or split over batches of 3
+    (copied in as they come); the third has a bad token in one row. Each block holds its
+    own sessions' rows, in its order."""
+    tokens = [[7, 8, 9, 10], [20, 21], [30, 10 ** 6]]
+
+    async def body(s: Scheduler):
+        sessions = [(await s.open(p))[0] for p in PROMPTS]
+        blocks = [sessions[:4], sessions[4:6], sessions[6:]]
+        return await asyncio.gather(*(s.step_block(b, t) for b, t in zip(blocks, tokens)))
+
+    answers = run(engine, body, max_batch_size=max_batch_size)
+    assert [list(errors) for _, errors, _ in answers] == [[], [], [1]]
+    reference, first = fresh(engine), 0
+    for (rows, errors, _), block_tokens in zip(answers, tokens):
+        assert rows.shape[0] == len(block_tokens)
+        for i, token in enumerate(block_tokens):
+            if i not in errors:
+                np.testing.assert_allclose(rows[i], alone(reference, PROMPTS[first + i], [token])[1], atol=1e-5)
+        first += len(block_tokens)
+
+
 def test_batched_scheduling_equals_one_by_one_decoding_as_sessions_join_and_leave(engine):
     """Sessions at mixed positions join (their prefill runs beside the batch) and leave
     (closed between steps) mid-run; every row is what the session gets decoding alone."""
