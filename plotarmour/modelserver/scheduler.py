@@ -122,6 +122,7 @@ class _Block:
         self.done_one(n)
 
     def answer(self) -> np.ndarray:
+        """The (size, V) answer, made here when no view of a batch became it."""
         if self.rows is None:
             self.rows = np.empty((self.size, self.vocab_size), dtype="<f4")
         return self.rows
