@@ -42,7 +42,9 @@ class GatewaySettings(BaseSettings):
     # with 503 (or an SSE error event), never hang.
     connect_timeout_s: float = Field(5.0, gt=0, description="GetInfo and health checks of the model servers")
     step_timeout_s: float = Field(10.0, gt=0, description="one decoding step, one prompt's prefill or one Score call")
-    retry_interval_s: float = Field(1.0, gt=0, description="background reconnect to servers not yet ready")
+    retry_interval_s: float = Field(
+        1.0, gt=0, description="background reconnect to servers not yet ready, and the longest gRPC waits "
+                               "between tries to reach one")
     recover_timeout_s: float = Field(
         30.0, ge=0, description="a story whose model server goes away mid-way waits this long for it (or another "
                                 "replica) to come back, reopens its session from the story's tokens and goes on, "
