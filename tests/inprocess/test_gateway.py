@@ -308,10 +308,10 @@ def test_a_new_gateway_reaches_a_server_just_up_where_another_saw_none(tiny_toke
                 server.stop()
 
 
-@pytest.mark.slow  # a 12 s outage
+@pytest.mark.slow  # a 20 s outage
 def test_a_server_back_after_a_long_outage_is_reached_within_the_retry_interval(tiny_tokenizer):
-    """BDH is away for 12 s, then comes up on its port: the gateway, retrying every 0.2 s,
-    is ready again within about that, not after gRPC's own back-off (by then 3-7 s)."""
+    """BDH is away for 20 s, then comes up on its port: the gateway, retrying every 0.2 s,
+    is ready again within about that, not after gRPC's own back-off (by then 5-11 s)."""
     g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1))
     port = free_port("127.0.0.1")
     gw = start_gateway(g.address, f"127.0.0.1:{port}", connect_timeout_s=1, retry_interval_s=0.2)
@@ -319,11 +319,11 @@ def test_a_server_back_after_a_long_outage_is_reached_within_the_retry_interval(
     try:
         with httpx.Client(base_url=gw.url, timeout=20) as c:
             assert c.get("/ready").status_code == 503
-            time.sleep(12)
+            time.sleep(20)
             b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2), port=port)
             up = time.monotonic()
             while c.get("/ready").status_code != 200:
-                assert time.monotonic() - up < 1.5, "the gateway did not reach BDH within 1.5 s of its coming up"
+                assert time.monotonic() - up < 3, "the gateway did not reach BDH within 3 s of its coming up"
                 time.sleep(0.05)
     finally:
         for server in (gw, b, g):
