@@ -15,7 +15,8 @@
 #      2.5e-4 -> 1e-5, 5M tokens; BDH (stage "6") lr 2.5e-4 -> 1e-5, begun for 5M tokens and
 #      cut to 3.4M at step 421 (stopped, then --resume with the shorter budget), so that its
 #      cosine ended within the session.
-# --init takes the architecture from the checkpoint, dropout included, so stages 4 and 5
+#   7. BDH alone (stage "7"), seed 2030: dropout 0.15, lr 2e-4 -> 1e-5, 3.6M tokens.
+# --init takes the architecture from the checkpoint, dropout included, so stages 4, 5 and 7
 # set the dropout in a copy of the stage before's config.json (dropout changes no weight).
 # It overwrites checkpoints/ (--force); for a pair of your own, follow the README instead.
 # Usage: bash training/make_default_pair.sh [TINYSTORIES_DIR]   (default ../shared/data/tinystories)
@@ -86,12 +87,18 @@ EOF
             --set eval_windows=40 --set seed=2029 --set max_tokens=5000000 --set lr=0.00025 --set min_lr=0.00001 \
             --set eval_interval=150 --stop-after 421
         python -m training.train --resume results/state/default-bdh-6 --set max_tokens=3400000
-        final="$R/bdh-6"
+        rm -rf "$R/bdh-6-init" && cp -r "$R/bdh-6" "$R/bdh-6-init"
+        python -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c["dropout"] = 0.15; json.dump(c, open(p, "w"), indent=2)' \
+            "$R/bdh-6-init/config.json"
+        train bdh 7 tiny_cpu_long "$R/bdh-6-init" --set data=data/tinystories --set warmup_steps=50 \
+            --set eval_windows=40 --set seed=2030 --set max_tokens=3600000 --set lr=0.0002 --set min_lr=0.00001 \
+            --set eval_interval=150
+        final="$R/bdh-7"
     fi
     rm -rf "checkpoints/$model" && cp -r "$final" "checkpoints/$model"
 done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs/6 checkpoints/logs/7 --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --logs checkpoints/logs/7 --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
     --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
