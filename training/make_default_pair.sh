@@ -36,23 +36,29 @@ train() {  # model stage preset init extra-settings...
         ${init:+--init "$init"} --set out="$R/$model-$stage" --set state_dir="results/state/default-$model-$stage" \
         --set log_dir="checkpoints/logs/$stage" "$@"
 }
+init_copy() {  # checkpoint [dropout]: copy it to <checkpoint>-init for --init, with that dropout
+    rm -rf "$1-init" && cp -r "$1" "$1-init"
+    [ -z "${2:-}" ] || python - "$1-init/config.json" "$2" <<'EOF'
+import json, sys
+path, dropout = sys.argv[1], float(sys.argv[2])
+config = json.load(open(path))
+# GPT-2 has three dropouts, BDH one.
+keys = ["resid_pdrop", "embd_pdrop", "attn_pdrop"] if config["model_type"] == "gpt2" else ["dropout"]
+config.update(dict.fromkeys(keys, dropout))
+json.dump(config, open(path, "w"), indent=2)
+EOF
+}
 for model in gpt2 bdh; do
     train "$model" 1 tiny_cpu "" --set data=data/tinystories-part
     train "$model" 2 tiny_cpu_long "$R/$model-1" --set data=data/tinystories-part
     if [ "$model" = gpt2 ]; then warm=9000000; else warm=2700000; fi
     train "$model" 3 tiny_cpu_long "$R/$model-2" --set data=data/tinystories --set max_tokens=$warm \
         --set eval_interval=300 --set eval_windows=40 --set warmup_steps=30
-    rm -rf "$R/$model-3-init" && cp -r "$R/$model-3" "$R/$model-3-init"
     if [ "$model" = gpt2 ]; then
-        python - "$R/gpt2-3-init/config.json" <<'EOF'
-import json, sys
-path = sys.argv[1]
-config = json.load(open(path))
-config.update(resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
-json.dump(config, open(path, "w"), indent=2)
-EOF
+        init_copy "$R/gpt2-3" 0.1
         last=(--set max_tokens=6000000 --set lr=0.0004 --set min_lr=0.00002 --set eval_interval=300)
     else
+        init_copy "$R/bdh-3"
         last=(--set max_tokens=3500000 --set lr=0.0006 --set min_lr=0.00003 --set eval_interval=150)
     fi
     train "$model" 4 tiny_cpu_long "$R/$model-3-init" --set data=data/tinystories --set warmup_steps=50 \
@@ -60,12 +66,11 @@ EOF
     # Stage 5, both models again, from a lower peak; BDH now with dropout 0.1 too (by then
     # it has seen the data about 1.7 times, and unseen training-split stories score 0.38
     # nats worse than seen ones: it memorises).
-    rm -rf "$R/$model-4-init" && cp -r "$R/$model-4" "$R/$model-4-init"
     if [ "$model" = gpt2 ]; then
+        init_copy "$R/gpt2-4"
         last=(--set max_tokens=4500000 --set lr=0.0003 --set min_lr=0.000015 --set eval_interval=300)
     else
-        python -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c["dropout"] = 0.1; json.dump(c, open(p, "w"), indent=2)' \
-            "$R/bdh-4-init/config.json"
+        init_copy "$R/bdh-4" 0.1
         last=(--set max_tokens=4000000 --set lr=0.0004 --set min_lr=0.00002 --set eval_interval=150)
     fi
     train "$model" 5 tiny_cpu_long "$R/$model-4-init" --set data=data/tinystories --set warmup_steps=50 \
@@ -75,9 +80,7 @@ EOF
         train gpt2 6A tiny_cpu_long "$R/gpt2-5" --set data=data/tinystories --set warmup_steps=20 \
             --set eval_windows=40 --set seed=2028 --set max_tokens=1200000 --set lr=0.00015 --set min_lr=0.00001 \
             --set eval_interval=200
-        rm -rf "$R/gpt2-6A-init" && cp -r "$R/gpt2-6A" "$R/gpt2-6A-init"
-        python -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.update(resid_pdrop=0.15, embd_pdrop=0.15, attn_pdrop=0.15); json.dump(c, open(p, "w"), indent=2)' \
-            "$R/gpt2-6A-init/config.json"
+        init_copy "$R/gpt2-6A" 0.15
         train gpt2 7 tiny_cpu_long "$R/gpt2-6A-init" --set data=data/tinystories --set warmup_steps=50 \
             --set eval_windows=40 --set seed=2029 --set max_tokens=5000000 --set lr=0.00025 --set min_lr=0.00001 \
             --set eval_interval=150
@@ -87,9 +90,7 @@ EOF
             --set eval_windows=40 --set seed=2029 --set max_tokens=5000000 --set lr=0.00025 --set min_lr=0.00001 \
             --set eval_interval=150 --stop-after 421
         python -m training.train --resume results/state/default-bdh-6 --set max_tokens=3400000
-        rm -rf "$R/bdh-6-init" && cp -r "$R/bdh-6" "$R/bdh-6-init"
-        python -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c["dropout"] = 0.15; json.dump(c, open(p, "w"), indent=2)' \
-            "$R/bdh-6-init/config.json"
+        init_copy "$R/bdh-6" 0.15
         train bdh 7 tiny_cpu_long "$R/bdh-6-init" --set data=data/tinystories --set warmup_steps=50 \
             --set eval_windows=40 --set seed=2030 --set max_tokens=3600000 --set lr=0.0002 --set min_lr=0.00001 \
             --set eval_interval=150
