@@ -212,6 +212,31 @@ class HangingServer:
             conn.close()
 
 
+class ClosingPort:
+    """A TCP port that closes every connection at once, counting them: a server that is not
+    up yet, as seen by a client's reconnect attempts."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
 class GatewayThread:
     """The gateway app under uvicorn on a background thread (port 0 unless settings say otherwise)."""
 
