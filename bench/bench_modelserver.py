@@ -4,7 +4,8 @@ For 1, 4, 16 and 64 live sessions, with a 32-token prompt each:
   engine alone   the engine stepping all sessions as one batch in this process, with the
                  server's own per-step work (log-softmax, bytes): the ceiling
   Batch stream   one Batch stream; each step is ONE message naming every session (what
-                 the gateway does), answered by one buffer
+                 the gateway does), answered by one buffer of float16 rows (the gateway's
+                 default; --rows float16 float32 measures both, alternating)
   Decode streams a Decode stream per session, each stepping on its own (simple clients)
 Printed: tokens/s, the mean batch the server ran (its `plotarmour_batch_size` histogram,
 sum / count, over the measurement) against the live sessions, the ratio served : engine
@@ -51,6 +52,7 @@ PROMPT = list(range(1, 33))
 CONCURRENCY = (1, 4, 16, 64)
 STALL_SCORE_TOKENS = 8000
 HAS_BATCH = "Batch" in pb.DESCRIPTOR.services_by_name["LanguageModel"].methods_by_name
+HAS_F16 = hasattr(pb, "LOG_PROBS_F16")  # step rows in float16 (older servers: float32 only)
 
 
 def build_models(root: Path) -> dict[str, Path]:
@@ -110,8 +112,10 @@ class EngineAlone:
 # -- clients ---------------------------------------------------------------------------------
 
 
-async def batch_stream_rate(address: str, sessions: int, steps: int) -> float:
-    """n sessions on one Batch stream, every step one message for all of them."""
+async def batch_stream_rate(address: str, sessions: int, steps: int, rows: str = "float32") -> float:
+    """n sessions on one Batch stream, every step one message for all of them, answered in
+    rows of that type (an older server without the choice answers float32)."""
+    kind = {"kind": pb.LOG_PROBS_F16} if rows == "float16" and HAS_F16 else {}
     async with grpc.aio.insecure_channel(address) as ch:
         call = pb_grpc.LanguageModelStub(ch).Batch()
         for sid in range(1, sessions + 1):
@@ -122,7 +126,8 @@ async def batch_stream_rate(address: str, sessions: int, steps: int) -> float:
         ids = list(range(1, sessions + 1))
         t0 = time.perf_counter()
         for i in range(steps):
-            await call.write(pb.BatchRequest(step=pb.StepSessions(step=i, sessions=ids, tokens=[token(i)] * sessions)))
+            await call.write(pb.BatchRequest(step=pb.StepSessions(step=i, sessions=ids, tokens=[token(i)] * sessions,
+                                                                  **kind)))
             r = await call.read()
             assert r.WhichOneof("kind") == "stepped" and not r.stepped.errors, r
         elapsed = time.perf_counter() - t0
@@ -237,6 +242,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads, here and in the server")
     ap.add_argument("--steps", type=int, default=320, help="tokens per measurement (split over the sessions)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of every measurement")
+    ap.add_argument("--rows", nargs="+", default=["float16"], choices=["float16", "float32"],
+                    help="the Batch stream's step rows: a column for each type listed")
     ap.add_argument("--no-stall", action="store_true", help="skip the stall measurement")
     ap.add_argument("--long-prompts", action="store_true", help="also 1, 2 and 3 long prompts at once (BDH)")
     ap.add_argument("--stall-only", action="store_true", help="skip the throughput table")
@@ -264,7 +271,7 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
     settings = {"device": args.device, "max_sessions": 256, **({"threads": args.threads} if args.threads else {})}
     if model == "bdh":
         settings["max_context"] = 16384  # room for the stall's 8,000-token Score (new BDH default: 8192)
-    modes = ["engine"] + (["batch"] if HAS_BATCH else []) + ["decode"]
+    modes = ["engine"] + ([f"batch {rows}" for rows in args.rows] if HAS_BATCH else []) + ["decode"]
     rates = {(m, n): [] for m in modes for n in CONCURRENCY}
     rows_batches = {(m, n): [0.0, 0.0] for m in modes[1:] for n in CONCURRENCY}
     local = EngineAlone(ckpt, args.device)
@@ -278,8 +285,9 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
                 steps = max(6, min(args.steps // n, info.max_context - len(PROMPT) - 8))
                 rates["engine", n].append(local.tokens_per_second(n, steps))
                 for mode in modes[1:]:
-                    client = batch_stream_rate if mode == "batch" else decode_streams_rate
-                    rate, rows, batches = measured(srv.metrics_url, lambda: asyncio.run(client(srv.address, n, steps)))
+                    run = (lambda: batch_stream_rate(srv.address, n, steps, mode.split()[1])) \
+                        if mode.startswith("batch") else (lambda: decode_streams_rate(srv.address, n, steps))
+                    rate, rows, batches = measured(srv.metrics_url, lambda: asyncio.run(run()))
                     rates[mode, n].append(rate)
                     rows_batches[mode, n][0] += rows
                     rows_batches[mode, n][1] += batches
@@ -294,7 +302,8 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
     rate = {k: statistics.median(v) if v else float("nan") for k, v in rates.items()}
     print(f"{model}: {info.num_parameters / 1e6:.2f}M parameters, vocabulary {info.vocab_size}; "
           f"one step in-process {step_local:.2f} ms")
-    names = {"engine": "engine alone", "batch": "Batch stream", "decode": "Decode streams"}
+    names = {"engine": "engine alone", "decode": "Decode streams",
+             **{f"batch {r}": f"Batch stream, {r if HAS_F16 else 'float32'} rows" for r in args.rows}}
     print(f"  {'sessions':>8}  {names['engine']:>14}" + "".join(f"  {names[m]:>36}" for m in modes[1:]))
     for n in CONCURRENCY:
         cells = [f"{rate['engine', n]:8.0f} tok/s"]

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"plotarmour/v1/language_model.proto\x12\rplotarmour.v1\"(\n\x0bInfoRequest\x12\x19\n\x11include_tokenizer\x18\x01 \x01(\x08\"\x87\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x04 \x01(\t\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x16\n\x0enum_parameters\x18\x08 \x01(\x04\x12\x14\n\x0c\x65ot_token_id\x18\t \x01(\r\x12\x14\n\x0cmax_sessions\x18\n \x01(\r\x12\x16\n\x0etokenizer_json\x18\x0b \x01(\t\x12\x15\n\ropen_sessions\x18\x0c \x01(\r\"\x1b\n\x06Prompt\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"R\n\rDecodeRequest\x12\'\n\x06prompt\x18\x01 \x01(\x0b\x32\x15.plotarmour.v1.PromptH\x00\x12\x0f\n\x05token\x18\x02 \x01(\rH\x00\x42\x07\n\x05input\"K\n\x0c\x44istribution\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.plotarmour.v1.DistributionKind\"M\n\x0e\x44\x65\x63odeResponse\x12)\n\x04next\x18\x01 \x01(\x0b\x32\x1b.plotarmour.v1.Distribution\x12\x10\n\x08position\x18\x02 \x01(\r\"A\n\x0cScoreRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x08\"]\n\rScoreResponse\x12\x11\n\tlog_probs\x18\x01 \x01(\x0c\x12\x0f\n\x07top_ids\x18\x02 \x01(\x0c\x12\x15\n\rtop_log_probs\x18\x03 \x01(\x0c\x12\x11\n\tentropies\x18\x04 \x01(\x0c\"f\n\x0bOpenSession\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x12\n\nprompt_ids\x18\x02 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x13\n\x0bmax_wait_ms\x18\x04 \x01(\r\">\n\x0cStepSessions\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08sessions\x18\x02 \x03(\x04\x12\x0e\n\x06tokens\x18\x03 \x03(\r\"!\n\rCloseSessions\x12\x10\n\x08sessions\x18\x01 \x03(\x04\"\x9e\x01\n\x0c\x42\x61tchRequest\x12*\n\x04open\x18\x01 \x01(\x0b\x32\x1a.plotarmour.v1.OpenSessionH\x00\x12+\n\x04step\x18\x02 \x01(\x0b\x32\x1b.plotarmour.v1.StepSessionsH\x00\x12-\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1c.plotarmour.v1.CloseSessionsH\x00\x42\x06\n\x04kind\">\n\x0cSessionError\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"]\n\rSessionOpened\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12)\n\x04next\x18\x02 \x01(\x0b\x32\x1b.plotarmour.v1.Distribution\x12\x10\n\x08position\x18\x03 \x01(\r\"\x96\x01\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08sessions\x18\x02 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.plotarmour.v1.DistributionKind\x12+\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x1b.plotarmour.v1.SessionError\"\xa3\x01\n\rBatchResponse\x12.\n\x06opened\x18\x01 \x01(\x0b\x32\x1c.plotarmour.v1.SessionOpenedH\x00\x12,\n\x07stepped\x18\x02 \x01(\x0b\x32\x19.plotarmour.v1.StepResultH\x00\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.plotarmour.v1.SessionErrorH\x00\x42\x06\n\x04kind*P\n\x10\x44istributionKind\x12!\n\x1d\x44ISTRIBUTION_KIND_UNSPECIFIED\x10\x00\x12\r\n\tLOG_PROBS\x10\x01\x12\n\n\x06LOGITS\x10\x02\x32\xa7\x02\n\rLanguageModel\x12?\n\x07GetInfo\x12\x1a.plotarmour.v1.InfoRequest\x1a\x18.plotarmour.v1.ModelInfo\x12I\n\x06\x44\x65\x63ode\x12\x1c.plotarmour.v1.DecodeRequest\x1a\x1d.plotarmour.v1.DecodeResponse(\x01\x30\x01\x12\x42\n\x05Score\x12\x1b.plotarmour.v1.ScoreRequest\x1a\x1c.plotarmour.v1.ScoreResponse\x12\x46\n\x05\x42\x61tch\x12\x1b.plotarmour.v1.BatchRequest\x1a\x1c.plotarmour.v1.BatchResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"plotarmour/v1/language_model.proto\x12\rplotarmour.v1\"(\n\x0bInfoRequest\x12\x19\n\x11include_tokenizer\x18\x01 \x01(\x08\"\x87\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmodel_type\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x04 \x01(\t\x12\x13\n\x0bmax_context\x18\x05 \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\x16\n\x0enum_parameters\x18\x08 \x01(\x04\x12\x14\n\x0c\x65ot_token_id\x18\t \x01(\r\x12\x14\n\x0cmax_sessions\x18\n \x01(\r\x12\x16\n\x0etokenizer_json\x18\x0b \x01(\t\x12\x15\n\ropen_sessions\x18\x0c \x01(\r\"\x1b\n\x06Prompt\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"R\n\rDecodeRequest\x12\'\n\x06prompt\x18\x01 \x01(\x0b\x32\x15.plotarmour.v1.PromptH\x00\x12\x0f\n\x05token\x18\x02 \x01(\rH\x00\x42\x07\n\x05input\"K\n\x0c\x44istribution\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.plotarmour.v1.DistributionKind\"M\n\x0e\x44\x65\x63odeResponse\x12)\n\x04next\x18\x01 \x01(\x0b\x32\x1b.plotarmour.v1.Distribution\x12\x10\n\x08position\x18\x02 \x01(\r\"A\n\x0cScoreRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x08\"]\n\rScoreResponse\x12\x11\n\tlog_probs\x18\x01 \x01(\x0c\x12\x0f\n\x07top_ids\x18\x02 \x01(\x0c\x12\x15\n\rtop_log_probs\x18\x03 \x01(\x0c\x12\x11\n\tentropies\x18\x04 \x01(\x0c\"f\n\x0bOpenSession\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x12\n\nprompt_ids\x18\x02 \x03(\r\x12\x1d\n\x15tokenizer_fingerprint\x18\x03 \x01(\t\x12\x13\n\x0bmax_wait_ms\x18\x04 \x01(\r\"m\n\x0cStepSessions\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08sessions\x18\x02 \x03(\x04\x12\x0e\n\x06tokens\x18\x03 \x03(\r\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.plotarmour.v1.DistributionKind\"!\n\rCloseSessions\x12\x10\n\x08sessions\x18\x01 \x03(\x04\"\x9e\x01\n\x0c\x42\x61tchRequest\x12*\n\x04open\x18\x01 \x01(\x0b\x32\x1a.plotarmour.v1.OpenSessionH\x00\x12+\n\x04step\x18\x02 \x01(\x0b\x32\x1b.plotarmour.v1.StepSessionsH\x00\x12-\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1c.plotarmour.v1.CloseSessionsH\x00\x42\x06\n\x04kind\">\n\x0cSessionError\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"]\n\rSessionOpened\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12)\n\x04next\x18\x02 \x01(\x0b\x32\x1b.plotarmour.v1.Distribution\x12\x10\n\x08position\x18\x03 \x01(\r\"\x96\x01\n\nStepResult\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x10\n\x08sessions\x18\x02 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.plotarmour.v1.DistributionKind\x12+\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x1b.plotarmour.v1.SessionError\"\xa3\x01\n\rBatchResponse\x12.\n\x06opened\x18\x01 \x01(\x0b\x32\x1c.plotarmour.v1.SessionOpenedH\x00\x12,\n\x07stepped\x18\x02 \x01(\x0b\x32\x19.plotarmour.v1.StepResultH\x00\x12,\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.plotarmour.v1.SessionErrorH\x00\x42\x06\n\x04kind*c\n\x10\x44istributionKind\x12!\n\x1d\x44ISTRIBUTION_KIND_UNSPECIFIED\x10\x00\x12\r\n\tLOG_PROBS\x10\x01\x12\n\n\x06LOGITS\x10\x02\x12\x11\n\rLOG_PROBS_F16\x10\x03\x32\xa7\x02\n\rLanguageModel\x12?\n\x07GetInfo\x12\x1a.plotarmour.v1.InfoRequest\x1a\x18.plotarmour.v1.ModelInfo\x12I\n\x06\x44\x65\x63ode\x12\x1c.plotarmour.v1.DecodeRequest\x1a\x1d.plotarmour.v1.DecodeResponse(\x01\x30\x01\x12\x42\n\x05Score\x12\x1b.plotarmour.v1.ScoreRequest\x1a\x1c.plotarmour.v1.ScoreResponse\x12\x46\n\x05\x42\x61tch\x12\x1b.plotarmour.v1.BatchRequest\x1a\x1c.plotarmour.v1.BatchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'plotarmour.v1.language_model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISTRIBUTIONKIND']._serialized_start=1634
-  _globals['_DISTRIBUTIONKIND']._serialized_end=1714
+  _globals['_DISTRIBUTIONKIND']._serialized_start=1681
+  _globals['_DISTRIBUTIONKIND']._serialized_end=1780
   _globals['_INFOREQUEST']._serialized_start=53
   _globals['_INFOREQUEST']._serialized_end=93
   _globals['_MODELINFO']._serialized_start=96
@@ -52,19 +52,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENSESSION']._serialized_start=792
   _globals['_OPENSESSION']._serialized_end=894
   _globals['_STEPSESSIONS']._serialized_start=896
-  _globals['_STEPSESSIONS']._serialized_end=958
-  _globals['_CLOSESESSIONS']._serialized_start=960
-  _globals['_CLOSESESSIONS']._serialized_end=993
-  _globals['_BATCHREQUEST']._serialized_start=996
-  _globals['_BATCHREQUEST']._serialized_end=1154
-  _globals['_SESSIONERROR']._serialized_start=1156
-  _globals['_SESSIONERROR']._serialized_end=1218
-  _globals['_SESSIONOPENED']._serialized_start=1220
-  _globals['_SESSIONOPENED']._serialized_end=1313
-  _globals['_STEPRESULT']._serialized_start=1316
-  _globals['_STEPRESULT']._serialized_end=1466
-  _globals['_BATCHRESPONSE']._serialized_start=1469
-  _globals['_BATCHRESPONSE']._serialized_end=1632
-  _globals['_LANGUAGEMODEL']._serialized_start=1717
-  _globals['_LANGUAGEMODEL']._serialized_end=2012
+  _globals['_STEPSESSIONS']._serialized_end=1005
+  _globals['_CLOSESESSIONS']._serialized_start=1007
+  _globals['_CLOSESESSIONS']._serialized_end=1040
+  _globals['_BATCHREQUEST']._serialized_start=1043
+  _globals['_BATCHREQUEST']._serialized_end=1201
+  _globals['_SESSIONERROR']._serialized_start=1203
+  _globals['_SESSIONERROR']._serialized_end=1265
+  _globals['_SESSIONOPENED']._serialized_start=1267
+  _globals['_SESSIONOPENED']._serialized_end=1360
+  _globals['_STEPRESULT']._serialized_start=1363
+  _globals['_STEPRESULT']._serialized_end=1513
+  _globals['_BATCHRESPONSE']._serialized_start=1516
+  _globals['_BATCHRESPONSE']._serialized_end=1679
+  _globals['_LANGUAGEMODEL']._serialized_start=1783
+  _globals['_LANGUAGEMODEL']._serialized_end=2078
 # @@protoc_insertion_point(module_scope)

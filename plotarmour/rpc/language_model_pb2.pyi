@@ -12,9 +12,11 @@ class DistributionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DISTRIBUTION_KIND_UNSPECIFIED: _ClassVar[DistributionKind]
     LOG_PROBS: _ClassVar[DistributionKind]
     LOGITS: _ClassVar[DistributionKind]
+    LOG_PROBS_F16: _ClassVar[DistributionKind]
 DISTRIBUTION_KIND_UNSPECIFIED: DistributionKind
 LOG_PROBS: DistributionKind
 LOGITS: DistributionKind
+LOG_PROBS_F16: DistributionKind
 
 class InfoRequest(_message.Message):
     __slots__ = ("include_tokenizer",)
@@ -115,14 +117,16 @@ class OpenSession(_message.Message):
     def __init__(self, session: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., tokenizer_fingerprint: _Optional[str] = ..., max_wait_ms: _Optional[int] = ...) -> None: ...
 
 class StepSessions(_message.Message):
-    __slots__ = ("step", "sessions", "tokens")
+    __slots__ = ("step", "sessions", "tokens", "kind")
     STEP_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     step: int
     sessions: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, step: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+    kind: DistributionKind
+    def __init__(self, step: _Optional[int] = ..., sessions: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[int]] = ..., kind: _Optional[_Union[DistributionKind, str]] = ...) -> None: ...
 
 class CloseSessions(_message.Message):
     __slots__ = ("sessions",)

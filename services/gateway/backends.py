@@ -56,6 +56,11 @@ def _translate(role: str, address: str, err: BaseException, deadline: str = "its
     return ModelGone(f"{where} failed: {err!r}", role)  # e.g. the server ended the stream
 
 
+# A step's rows: what the gateway asks for (its step_rows setting), and what it reads.
+_ASK_ROWS = {"float16": pb.LOG_PROBS_F16, "float32": pb.LOG_PROBS}
+_ROW_TYPES = {pb.LOG_PROBS: np.dtype("<f4"), pb.LOG_PROBS_F16: np.dtype("<f2")}
+
+
 def to_logprobs(dist: pb.Distribution, vocab_size: int) -> np.ndarray:
     """Decode a Distribution into float32 log-probabilities (V,)."""
     x = np.frombuffer(dist.data, dtype="<f4")
@@ -175,21 +180,23 @@ class BatchStream:
         # Sessions the server already closed (idle timeout) are not sent: their reason stands.
         errors = {s: self.lost.pop(s) for s in sessions if s in self.lost}
         sent = [(s, t) for s, t in zip(sessions, tokens) if s not in errors]
-        step = next(self._step_ids)
+        b, step = self.backend, next(self._step_ids)
         fut = asyncio.get_running_loop().create_future()
         self._steps[step] = fut
         self._outbox.put_nowait(pb.BatchRequest(step=pb.StepSessions(
-            step=step, sessions=[s for s, _ in sent], tokens=[t for _, t in sent])))
+            step=step, sessions=[s for s, _ in sent], tokens=[t for _, t in sent],
+            kind=_ASK_ROWS[b.settings.step_rows])))
         result = await self._answer(fut, "a step")
-        b = self.backend
         n, V = len(result.sessions), b.vocab_size
         data = result.data  # read once: each read of a bytes field copies it (1 MB at 64 rows)
-        if len(data) != n * V * 4 or result.kind != pb.LOG_PROBS:
+        dtype = _ROW_TYPES.get(result.kind)  # either kind is taken: a server may predate float16
+        if dtype is None or len(data) != n * V * dtype.itemsize:
             err = ModelFault(f"{b.role} model server at {b.address} sent a malformed step answer "
                              f"({len(data)} bytes of kind {result.kind} for {n} rows of {V})", b.role)
             self.retire(err)
             raise err
-        rows = np.frombuffer(data, dtype="<f4").reshape(n, V)
+        # Blending and sampling work in float32 (float16 arithmetic would round them again).
+        rows = np.frombuffer(data, dtype=dtype).reshape(n, V).astype(np.float32, copy=False)
         for e in result.errors:
             errors.setdefault(e.session, status_error(b.role, b.address, e.code, e.message))
             self.sessions.discard(e.session)

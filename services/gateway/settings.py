@@ -35,6 +35,10 @@ class GatewaySettings(BaseSettings):
         1, ge=1, le=64, description="Batch streams kept to each model-server address; with round_robin and N "
                                     "replicas behind one address, set N so every replica gets a stream")
 
+    step_rows: Literal["float16", "float32"] = Field(
+        "float16", description="the type the model servers send each step's log-probs in: float16 halves the "
+                               "bytes of every step (each log-prob within 1/2048 of itself); float32 is exact")
+
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 to serve other machines)")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
 

@@ -46,7 +46,15 @@ def engines(tiny_pair):
     return {name: load_checkpoint(path).engine() for name, path in tiny_pair.items()}
 
 
-def reference(engines, which: str, prompt_ids: list[int], n: int, seed: int, eot: int, **params) -> list[int]:
+def as_sent(logits, first: bool, half: bool = True) -> np.ndarray:
+    """The log-probs the gateway receives: a prompt's row in float32, each step's in
+    float16 (its default step_rows) or float32."""
+    lp = torch.log_softmax(logits.float(), dim=-1).numpy()
+    return lp if first or not half else lp.astype(np.float16).astype(np.float32)
+
+
+def reference(engines, which: str, prompt_ids: list[int], n: int, seed: int, eot: int, half: bool = True,
+              **params) -> list[int]:
     """One model alone, in process, with the gateway's own sampling functions and seed."""
     eng = engines[which]
     max_context = min(e.max_context for e in engines.values())  # the gateway stops at the smaller one
@@ -55,7 +63,7 @@ def reference(engines, which: str, prompt_ids: list[int], n: int, seed: int, eot
     out = []
     try:
         while len(out) < n:
-            lp = torch.log_softmax(logits.float(), dim=-1).numpy()  # what the server sends
+            lp = as_sent(logits, first=not out, half=half)
             out.append(sampling.sample(sampling.probs(lp), sp, rng))
             if out[-1] == eot or len(prompt_ids) + len(out) >= max_context:
                 break
@@ -75,7 +83,7 @@ def blended_reference(engines, prompt_ids: list[int], n: int, seed: int, eot: in
     out = []
     try:
         while len(out) < n:
-            lp = {m: torch.log_softmax(r.float(), dim=-1).numpy() for m, r in rows.items()}
+            lp = {m: as_sent(r, first=not out) for m, r in rows.items()}
             out.append(sampling.sample(sampling.blend(lp["gpt2"], lp["bdh"], w), sp, rng))
             if out[-1] == eot:
                 break
@@ -114,7 +122,27 @@ def test_endpoint_weights_reproduce_one_model_alone(client, engines, tiny_tokeni
         got = [t["id"] for t in r.json()["tokens"]]
         assert got == reference(engines, alone, ids, 48, 1234, eot_id(tiny_tokenizer), **params)
         probs_alone = [t["p_gpt2" if alone == "gpt2" else "p_bdh"] for t in r.json()["tokens"]]
-        assert [t["p_blend"] for t in r.json()["tokens"]] == pytest.approx(probs_alone, rel=1e-5)
+        # p_blend comes from the row renormalised, p_gpt2 / p_bdh from the row as sent: float16
+        # rows sum to 1 only to within their rounding (1e-4 here; float32 rows: 1e-6).
+        assert [t["p_blend"] for t in r.json()["tokens"]] == pytest.approx(probs_alone, rel=5e-4)
+
+
+def test_with_float32_step_rows_weight_0_is_gpt2_alone_exactly(gpt2_server, bdh_server, engines, tiny_tokenizer):
+    from plotarmour.tokenizer import eot_id
+
+    gw = GatewayThread(GatewaySettings(gpt2_address=gpt2_server.address, bdh_address=bdh_server.address, port=0,
+                                       step_rows="float32"))
+    try:
+        r = httpx.post(f"{gw.url}/generate", json={"prompt": PROMPT, "logic_weight": 0, "seed": 99,
+                                                   "max_new_tokens": 32}, timeout=60)
+    finally:
+        gw.stop()
+    assert r.status_code == 200, r.text
+    ids = tiny_tokenizer.encode(PROMPT).ids
+    assert [t["id"] for t in r.json()["tokens"]] == reference(engines, "gpt2", ids, 32, 99, eot_id(tiny_tokenizer),
+                                                              half=False)
+    assert [t["p_blend"] for t in r.json()["tokens"]] == pytest.approx([t["p_gpt2"] for t in r.json()["tokens"]],
+                                                                       rel=1e-5)
 
 
 def test_same_seed_same_story_and_sse_concatenates(client):

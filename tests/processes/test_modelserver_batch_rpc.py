@@ -58,10 +58,10 @@ class Batch:
             answers[getattr(r, kind).session] = r
         return answers
 
-    async def step(self, tokens: dict[int, int]) -> pb.StepResult:
+    async def step(self, tokens: dict[int, int], kind: int = 0) -> pb.StepResult:
         self.steps += 1
         await self.call.write(pb.BatchRequest(step=pb.StepSessions(step=self.steps, sessions=list(tokens),
-                                                                   tokens=list(tokens.values()))))
+                                                                   tokens=list(tokens.values()), kind=kind)))
         r = await self.call.read()
         assert r.WhichOneof("kind") == "stepped" and r.stepped.step == self.steps, r
         return r.stepped
@@ -99,6 +99,42 @@ def test_one_message_steps_many_sessions_and_answers_with_one_buffer(server, tin
     ((error,),) = [second.errors]
     assert (error.session, error.code) == (12, grpc.StatusCode.INVALID_ARGUMENT.value[0])
     assert "outside the vocabulary" in error.message
+    assert wait_until(lambda: open_sessions(server) == 0)
+
+
+@pytest.mark.parametrize("server", MODELS, indirect=True)
+def test_rows_asked_for_in_float16_are_the_float32_rows_rounded_in_half_the_bytes(server):
+    prompts = {1: SESSIONS[0][0], 2: SESSIONS[1][0]}
+
+    async def scenario():
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            wide, half = Batch(ch), Batch(ch)  # the same prompts and tokens on two streams
+            for b in (wide, half):
+                await b.open(prompts)
+            rows = await wide.step({1: 5, 2: 7}, pb.LOG_PROBS), await half.step({1: 5, 2: 7}, pb.LOG_PROBS_F16)
+            for b in (wide, half):
+                b.call.cancel()
+            return rows
+
+    wide, half = asyncio.run(scenario())
+    assert half.kind == pb.LOG_PROBS_F16 and len(half.data) == 2 * V * 2 == len(wide.data) // 2
+    np.testing.assert_array_equal(np.frombuffer(half.data, "<f2").reshape(2, V),
+                                  rows_of(wide, V).astype(np.float16))
+
+
+@pytest.mark.parametrize("server", MODELS, indirect=True)
+def test_a_step_asking_for_rows_of_an_unknown_kind_ends_the_stream_naming_it(server):
+    async def scenario():
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            b = Batch(ch)
+            await b.open({1: SESSIONS[0][0]})
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await b.step({1: 5}, pb.LOGITS)
+            return e.value
+
+    e = asyncio.run(scenario())
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "kind 2" in e.details() and "LOG_PROBS_F16" in e.details()
     assert wait_until(lambda: open_sessions(server) == 0)
 
 
