@@ -177,6 +177,46 @@ class DecodeEngine(ABC):
             sess.position += 1
         return logits.float().cpu()
 
+    @torch.inference_mode()
+    def step_and_feed(self, tokens: Mapping[int, int], session: int, ids: Sequence[int],
+                      want: str = "last") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`step(tokens)` and `feed(session, ids, want)` together → (step logits (B, V), the
+        chunk's logits or None). Engines that can run both as one pass (`fuses_chunks`)
+        do: a step beside a prompt then costs little more than the step alone. Both are
+        checked first; an invalid one raises InvalidInput and nothing advances."""
+        if not self.fuses_chunks:
+            return self.step(tokens), self.feed(session, ids, want)
+        if want not in ("none", "last", "all"):
+            raise ValueError(f"want must be 'none', 'last' or 'all', got {want!r}")
+        sessions = [self._get(s) for s in tokens]
+        step_ids = self._check_ids(list(tokens.values()), what="token")
+        for sid, sess in zip(tokens, sessions):
+            if sess.position >= self.max_context:
+                raise InvalidInput(f"session {sid} is at the context limit of {self.max_context} tokens")
+        sess = self._get(session)
+        if any(s is sess for s in sessions):
+            raise InvalidInput(f"session {session} cannot take a step and a chunk in one pass")
+        ids = self._check_ids(ids, what="prompt chunk")
+        if sess.position + len(ids) > self.max_context:
+            raise InvalidInput(f"session {session} would pass the context limit of {self.max_context} tokens")
+        stepped, fed = self._step_and_feed(sessions, torch.tensor(step_ids, dtype=torch.long, device=self.device),
+                                           sess, torch.tensor(ids, dtype=torch.long, device=self.device), want)
+        for s in sessions:
+            s.position += 1
+        sess.position += len(ids)
+        return stepped.float().cpu(), None if fed is None else fed.float().cpu()
+
+    fuses_chunks = False  # whether `_step_and_feed` runs a step and a chunk as one pass
+
+    def step_does_more(self, sessions: Sequence[int]) -> bool:
+        """Whether stepping these sessions next costs more than a usual step (BDH: some
+        fold their pending writes), so that a scheduler can keep a chunk off that pass."""
+        return False
+
+    def _step_and_feed(self, sessions: list[_Session], tokens: torch.Tensor, sess: _Session, ids: torch.Tensor,
+                       want: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
     def close(self, session: int) -> None:
         sess = self._sessions.pop(session, None)
         if sess is not None:

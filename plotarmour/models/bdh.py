@@ -120,6 +120,36 @@ class DenseMemory:
         return a
 
 
+def causal_reads(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What each of a chunk's tokens reads from the ones before it in the chunk, (B, H, T, D):
+    strictly causal and unnormalised, token t reads the inputs of tokens s < t."""
+    B, H, T, _ = q.shape
+    if T == 1:
+        return torch.zeros(B, H, 1, x.shape[-1], dtype=x.dtype, device=x.device)
+    return (q @ q.transpose(-1, -2)).tril(diagonal=-1) @ x
+
+
+class MixedMemory:
+    """One layer's memory for a pass that runs one token for each of B decoding sessions
+    and then a chunk of T prompt tokens of one more session, as one sequence of B + T
+    tokens (vLLM's mixed batch): the token-wise work, most of a step's cost (the weights
+    are read once), is shared; each part reads its own past. Inputs q (1, H, B + T, N), x
+    (1, 1, B + T, D); returns every token's read, its own chunk's included (reads_within)."""
+
+    reads_within = True
+
+    def __init__(self, decode, chunk: DenseMemory, B: int):
+        self.decode, self.chunk, self.B = decode, chunk, B
+
+    def __call__(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B, D = self.B, x.shape[-1]
+        qd = q[0, :, :B].transpose(0, 1).unsqueeze(2)  # (B, H, 1, N): a session per row
+        decoded = self.decode(qd, x[0, 0, :B].view(B, 1, 1, D))  # (B, H, 1, D)
+        qc, xc = q[:, :, B:], x[:, :, B:]
+        chunk = self.chunk(qc, xc) + causal_reads(qc, xc)  # (1, H, T, D)
+        return torch.cat([decoded.squeeze(2).transpose(0, 1).unsqueeze(0), chunk], dim=2)
+
+
 class BDH(nn.Module):
     def __init__(self, config: BDHConfig):
         super().__init__()
@@ -176,6 +206,16 @@ class BDH(nn.Module):
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        x = self.hidden(idx, positions, state, write_only=logits == "none")
+        if logits == "none":
+            return None
+        if logits == "last":
+            x = x[:, -1]  # (B, D)
+        return x @ self.lm_head  # (B, T, V) or (B, V)
+
+    def hidden(self, idx: torch.Tensor, positions: torch.Tensor, state=None, write_only: bool = False):
+        """`extend` up to the lm_head: the last layer's output (B, T, D), or None with
+        `write_only` (only the states are written: the last layer stops at its write)."""
         if isinstance(state, torch.Tensor):
             state = [DenseMemory(S) for S in state]
         x = _ln(self.embed(idx)).unsqueeze(1)  # (B, 1, T, D): broadcasts over heads
@@ -186,30 +226,23 @@ class BDH(nn.Module):
             if recompute:  # keep only each layer's input; its (B, H, T, N) activations are recomputed
                 x = checkpoint(self._layer, x, positions, None, use_reentrant=False)
                 continue
-            # With no logits wanted, the last layer only has its state to write.
-            x = self._layer(x, positions, memory, write_only=logits == "none" and layer == L - 1)
-        if logits == "none":
-            return None
-        x = x.squeeze(1)  # (B, T, D)
-        if logits == "last":
-            x = x[:, -1]  # (B, D)
-        return x @ self.lm_head  # (B, T, V) or (B, V)
+            x = self._layer(x, positions, memory, write_only=write_only and layer == L - 1)
+        return None if write_only else x.squeeze(1)
 
     def _layer(self, x: torch.Tensor, positions: torch.Tensor, memory, write_only: bool = False) -> torch.Tensor:
-        B, _, T, D = x.shape
+        B, _, T, _ = x.shape
         u = F.relu(_per_head(x, self.encoder))  # (B, H, T, N): sparse, non-negative
         q = rope(u, positions, self.rope_freqs)  # query = key
         if memory is not None:
             past = memory(q, x)  # reads the past before this chunk, which the chunk then joins
             if write_only:
                 return x
-        if T > 1:
-            # Strictly causal and unnormalised: token t reads the inputs of tokens s < t.
-            a = (q @ q.transpose(-1, -2)).tril(diagonal=-1) @ x  # (B, H, T, D)
+        if getattr(memory, "reads_within", False):  # the memory also read the tokens' own (MixedMemory)
+            a = past.to(x.dtype)
         else:
-            a = torch.zeros(B, q.shape[1], 1, D, dtype=x.dtype, device=x.device)
-        if memory is not None:
-            a = a + past.to(x.dtype)
+            a = causal_reads(q, x)
+            if memory is not None:
+                a = a + past.to(x.dtype)
         a = _ln(a)
         v = F.relu(_per_head(a, self.encoder_v))  # (B, H, T, N)
         z = self.drop(u * v)

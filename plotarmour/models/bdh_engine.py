@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DecodeEngine, _Session
-from .bdh import BDH
+from .bdh import BDH, DenseMemory, MixedMemory
 
 
 class BDHEngine(DecodeEngine):
@@ -104,17 +104,46 @@ class BDHEngine(DecodeEngine):
 
     # -- one token per session ---------------------------------------------------------
     def _step(self, sessions: list[_Session], tokens: torch.Tensor) -> torch.Tensor:
-        idx = torch.tensor([sess.state for sess in sessions], device=self.device)  # (B,) slots
+        batch = _Batch(self, torch.tensor([sess.state for sess in sessions], device=self.device))
         positions = torch.tensor([[sess.position] for sess in sessions], device=self.device)  # (B, 1)
-        batch = _Batch(self, idx)
         memories = [_DeferredMemory(self, layer, batch) for layer in range(self.model.config.n_layer)]
         logits = self.model.extend(tokens[:, None], positions, memories)[:, 0]  # (B, V)
+        self._stepped(batch)
+        return logits
+
+    def _stepped(self, batch: _Batch) -> None:
+        """The batch's sessions each hold one more pending pair; full ones are folded."""
         fill = batch.fill + 1
-        self._fill[idx] = fill
-        full = idx[fill == self.pending]
+        self._fill[batch.idx] = fill
+        full = batch.idx[fill == self.pending]
         if len(full):
             self._fold(full)
-        return logits
+
+    def step_does_more(self, sessions) -> bool:
+        slots = [self._get(s).state for s in sessions if s in self._sessions]
+        return bool(slots) and bool((self._fill[slots] == self.pending - 1).any())
+
+    # -- both at once ------------------------------------------------------------------
+    fuses_chunks = True
+
+    def _step_and_feed(self, sessions: list[_Session], tokens: torch.Tensor, sess: _Session, ids: torch.Tensor,
+                       want: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One token of each session, then the chunk `ids` of `sess`, as one sequence
+        (bdh.MixedMemory): the weights are read once for both."""
+        slot = sess.state
+        if int(self._fill[slot]):  # as in _feed: the chunk writes S directly
+            self._fold(torch.tensor([slot], device=self.device))
+        B, T = len(sessions), len(ids)
+        batch = _Batch(self, torch.tensor([s.state for s in sessions], device=self.device))
+        positions = torch.cat([torch.tensor([s.position for s in sessions], device=self.device),
+                               torch.arange(sess.position, sess.position + T, device=self.device)])
+        memories = [MixedMemory(_DeferredMemory(self, layer, batch), DenseMemory(self._S[layer, slot : slot + 1]), B)
+                    for layer in range(self.model.config.n_layer)]
+        h = self.model.hidden(torch.cat([tokens, ids])[None], positions[None], memories)[0]  # (B + T, D)
+        self._stepped(batch)
+        head = self.model.lm_head
+        chunk = None if want == "none" else (h[B:] if want == "all" else h[-1]) @ head
+        return h[:B] @ head, chunk
 
 
 class _Batch:

@@ -5,10 +5,14 @@ hands each iteration to ONE worker thread. An iteration is
 
     every decode row waiting now (up to max_batch_size), stepped as one batch
     + at most one chunk of pending prefill or Score work (chunk_size tokens; beside
-      running stories, only as many as cost about 1.5 decode steps)
+      running stories, only as many as cost about 1.25 decode steps)
 
 so a long prompt or Score delays a running story by one chunk at most (vLLM's chunked
-prefill); the rows are answered as soon as they are stepped, before the chunk runs.
+prefill). Where the engine can (BDH: `fuses_chunks`), the rows and the chunk run as one
+pass (vLLM's mixed batch: the chunk adds its tokens' work, not a second pass over the
+weights), and a chunk waits up to a step for running stories' next steps so that they
+ride in its pass; a step that does more than usual (BDH folds every 16 tokens) runs
+alone. Otherwise the rows are answered as soon as they are stepped, before the chunk runs.
 Prompts are prefilled first come, first served, each to its end before the next (two
 long prompts at once finish one after the other, rather than both at twice the time),
 and ahead of Score work, so a story's prompt is not queued behind a 20,000-token Score;
@@ -49,8 +53,13 @@ log = logging.getLogger(__name__)
 # long prompt would crawl.
 _MIN_CHUNK = 8
 # Beside running stories a chunk may cost this many decode steps: a story's gap is then
-# its step plus the chunk, about 2.5 steps, while a long prompt still moves on.
-_CHUNK_STEPS = 1.5
+# its step plus the chunk, about 2.25 steps (BDH's 8,000-token Score: largest gap 2.6-3.0x
+# the median alone, bench_modelserver), while a long prompt still moves on.
+_CHUNK_STEPS = 1.25
+# How long a chunk waits, in steps, for running stories' next steps to share its pass.
+_AWAIT_STEPS = 1.0
+# _step_with_chunk's answer when a step and a chunk could not share a pass.
+_APART = object()
 # The most alternatives a Score call may ask for per position.
 MAX_SCORE_TOP_K = 64
 
@@ -322,6 +331,7 @@ class Scheduler:
                     self._expire_idle()
                     continue
                 await self._gather_stragglers(loop)
+                await self._await_next_steps()
                 rows = self._take_rows()
                 work = self._take_work()
                 closing, self._closing = self._closing, []
@@ -393,6 +403,16 @@ class Scheduler:
             self._wake.clear()
             await self._woken(left)
 
+    async def _await_next_steps(self) -> None:
+        """While stories are being written and only a chunk waits, wait a little for their
+        next steps (a client's round trip away): on an engine that fuses, they then ride
+        in the chunk's pass instead of queueing behind a chunk run alone."""
+        if not (self._work and not self._rows and self.engine.fuses_chunks and self._step_s
+                and self._stepped_lately()):
+            return
+        self._wake.clear()
+        await self._woken(_AWAIT_STEPS * self._step_s)
+
     async def _woken(self, timeout: float | None) -> None:
         """Until `_wake` is set or `timeout` s pass (None: no limit).
 
@@ -408,6 +428,14 @@ class Scheduler:
     def _iterate(self, loop, closing: list[int], rows: dict, work: _Work | None):
         for sid in closing:
             self.engine.close(sid)
+        if rows and work is not None and self.engine.fuses_chunks:
+            if not self.engine.step_does_more([s.id for s in rows]):
+                return self._run_chunk(work, loop, rows)  # the rows ride in the chunk's pass
+            # A heavier step (BDH folds every 16 tokens) runs alone: with a chunk beside
+            # it, it would be the stories' longest gap. The chunk keeps its place.
+            stepped = self._step_rows(rows, usual=False)
+            loop.call_soon_threadsafe(self._deliver_rows, rows, stepped, self.last_step_s)
+            return None
         if rows:
             # Answer the steps before the chunk runs: their callers get their rows (and
             # can send their next step) one chunk sooner. Callbacks run in order, so
@@ -416,7 +444,9 @@ class Scheduler:
             loop.call_soon_threadsafe(self._deliver_rows, rows, stepped, self.last_step_s)
         return self._run_chunk(work) if work is not None else None
 
-    def _step_rows(self, rows: dict) -> tuple[np.ndarray | None, dict | None]:
+    def _step_rows(self, rows: dict, usual: bool = True) -> tuple[np.ndarray | None, dict | None]:
+        """Step the rows as one batch. A step that is not `usual` (it does more, see
+        step_does_more) stays out of the step cost that chunks are sized by."""
         t0 = time.perf_counter()
         tokens = {s.id: token for s, (token, _, _) in rows.items()}
         try:
@@ -426,7 +456,8 @@ class Scheduler:
             # slip through, step the rows one by one so only its own session fails.
             out = None, {s: self._step_one(s.id, token) for s, (token, _, _) in rows.items()}
         took = self.last_step_s = time.perf_counter() - t0
-        self._step_s = took if self._step_s is None else 0.8 * self._step_s + 0.2 * took
+        if usual:
+            self._step_s = took if self._step_s is None else 0.8 * self._step_s + 0.2 * took
         self.metrics.step_latency.observe(took)
         self.metrics.batch_size.observe(len(rows))
         self.metrics.steps.inc(len(rows))
@@ -443,9 +474,9 @@ class Scheduler:
     def _chunk_budget(self, kind: str = "prefill") -> int:
         """Tokens for this iteration's chunk (vLLM's per-iteration token budget).
 
-        While stories are being written (`_stepped_lately`), a chunk may cost about 1.5
-        decode steps, so a running story's gap between tokens stays within about 2.5 times
-        its usual; with no story running, the full chunk_size goes at once.
+        While stories are being written (`_stepped_lately`), a chunk may cost about 1.25
+        decode steps, so a running story's gap between tokens stays within about 2.25
+        times its usual; with no story running, the full chunk_size goes at once.
         """
         if self._step_s is None or not self._stories:
             return self.chunk_size
@@ -460,26 +491,30 @@ class Scheduler:
         except InvalidInput as e:
             return InvalidArgument(str(e))
 
-    def _run_chunk(self, work: _Work) -> np.ndarray | Exception | None:
-        """One chunk of `work`; returns its result when finished, None while not."""
+    def _run_chunk(self, work: _Work, loop=None, rows: dict | None = None) -> np.ndarray | Exception | None:
+        """One chunk of `work`; returns its result when finished, None while not. With
+        `rows`, the engine steps them in the same pass and they are delivered from here."""
         try:
             if work.sid is None:
                 work.sid = self.engine.begin()
             a = work.done
             b = min(a + self._chunk_budget(work.kind), work.end)
             last = b == work.end
+            want = "all" if work.kind == "score" else "last" if last else "none"
             t0 = time.perf_counter()
-            if work.kind == "prefill":
-                logits = self.engine.feed(work.sid, work.ids[a:b], "last" if last else "none")
+            logits = self._step_with_chunk(loop, rows, work.sid, work.ids[a:b], want) if rows else _APART
+            if logits is _APART:
+                logits = self.engine.feed(work.sid, work.ids[a:b], want)
             else:
-                logits = self.engine.feed(work.sid, work.ids[a:b], "all")
+                t0 += self._step_s or 0.0  # the chunk's own cost: what the pass took beyond a step
+            if work.kind == "score":
                 if work.logp is None:
                     work.logp = np.empty(work.end, dtype="<f4")
                 work.logp[a:b] = score_chunk(logits, work.ids, a).numpy()
                 if work.top_k or work.entropy:
                     self._expected_chunk(work, logits, a, b)
             work.done = b
-            per_token = (time.perf_counter() - t0) / (b - a)
+            per_token = max(time.perf_counter() - t0, 0.0) / (b - a)
             known = self._token_s.get(work.kind)
             self._token_s[work.kind] = per_token if known is None else 0.8 * known + 0.2 * per_token
             self.metrics.prompt_tokens.inc(b - a)
@@ -497,8 +532,30 @@ class Scheduler:
         except InvalidInput as e:
             return InvalidArgument(str(e))
         except Exception as e:  # e.g. out of memory in one long chunk: fail this work, not the server
+            if rows:
+                raise  # a pass that carried steps failed as a step does (the loop fails everyone)
             log.exception("a %s chunk failed", work.kind)
             return WorkFailed(f"the {work.kind} failed inside the model server: {e!r}")
+
+    def _step_with_chunk(self, loop, rows: dict, sid: int, ids: list[int], want: str):
+        """The rows' step and a chunk as one pass (vLLM's mixed batch: the chunk adds its
+        tokens' work, not a second pass over the weights); the rows are delivered here.
+        Returns the chunk's logits, or _APART where either part is invalid: the rows have
+        then stepped alone (each invalid row failing alone) and the chunk is still to run."""
+        tokens = {s.id: token for s, (token, _, _) in rows.items()}
+        t0 = time.perf_counter()
+        try:
+            stepped, logits = self.engine.step_and_feed(tokens, sid, ids, want)
+        except InvalidInput:
+            step = self._step_rows(rows)
+            loop.call_soon_threadsafe(self._deliver_rows, rows, step, self.last_step_s)
+            return _APART
+        took = self.last_step_s = time.perf_counter() - t0
+        self.metrics.step_latency.observe(took)
+        self.metrics.batch_size.observe(len(rows))
+        self.metrics.steps.inc(len(rows))
+        loop.call_soon_threadsafe(self._deliver_rows, rows, (log_probs(stepped), None), took)
+        return logits
 
     @staticmethod
     def _expected_chunk(work: _Work, logits: torch.Tensor, a: int, b: int) -> None:

@@ -49,7 +49,7 @@ class ModelServerSettings(BaseSettings):
                                                               "max_context is not given (BDH has none)")
     max_batch_size: int = Field(64, ge=1, description="decode rows stepped in one forward pass")
     prefill_chunk: int = Field(256, ge=1, description="most prompt or Score tokens run per scheduler iteration; "
-                                                      "beside running stories a chunk is cut to cost about 1.5 "
+                                                      "beside running stories a chunk is cut to cost about 1.25 "
                                                       "decode steps")
     max_scores: int = Field(16, ge=1, description="Score calls waiting or running at once; beyond: "
                                                   "RESOURCE_EXHAUSTED (steps are never refused)")

@@ -237,6 +237,53 @@ def test_feed_after_steps_folds_pending_pairs_first():
     assert (out - full[16:]).abs().max().item() <= TOL
 
 
+@pytest.mark.parametrize("want", ["none", "last", "all"])
+def test_a_step_and_a_chunk_in_one_pass_equal_the_two_apart(want):
+    """step_and_feed runs decoding sessions and another session's prompt chunk as one
+    sequence (MixedMemory): each must get exactly what it gets alone, across folds."""
+    model = small_bdh()
+    gen = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(0, 61, (n,), generator=gen).tolist() for n in (5, 9, 3)]
+    chunks = torch.randint(0, 61, (12, 5), generator=gen).tolist()
+
+    def run(fused: bool):
+        engine = BDHEngine(model, pending=4)  # a fold every 4 steps: several below
+        sids = [engine.open(p)[0] for p in prompts]
+        engine.step({sids[0]: 1, sids[1]: 2})  # unequal pending pairs
+        chunk_sid = engine.begin()
+        out = []
+        for k, chunk in enumerate(chunks):
+            tokens = {sid: (3 * k + j) % 61 for j, sid in enumerate(sids)}
+            out.append(engine.step_and_feed(tokens, chunk_sid, chunk, want) if fused
+                       else (engine.step(tokens), engine.feed(chunk_sid, chunk, want)))
+        return out, [engine.position(s) for s in [*sids, chunk_sid]]
+
+    (apart, at_apart), (fused, at_fused) = run(False), run(True)
+    assert at_fused == at_apart
+    for (step_a, chunk_a), (step_f, chunk_f) in zip(apart, fused):
+        assert (step_f - step_a).abs().max().item() <= 1e-5
+        assert (chunk_a is None) == (chunk_f is None) == (want == "none")
+        if chunk_a is not None:
+            assert chunk_f.shape == chunk_a.shape and (chunk_f - chunk_a).abs().max().item() <= 1e-5
+
+
+def test_a_step_and_a_chunk_refused_together_leave_every_session_where_it_was():
+    from plotarmour.models.base import InvalidInput
+
+    engine = BDHEngine(small_bdh(), max_context=12, pending=4)
+    a, _ = engine.open([1, 2, 3])
+    b = engine.begin()
+    for tokens, session, ids in [({a: 61}, b, [4]), ({a: 5}, b, [99]), ({a: 5}, b, list(range(13))),
+                                 ({a: 5}, a, [4])]:
+        with pytest.raises(InvalidInput):
+            engine.step_and_feed(tokens, session, ids)
+        assert (engine.position(a), engine.position(b)) == (3, 0)
+    for t in range(3):  # a fold every 4 tokens: the 4th step folds
+        assert engine.step_does_more([a]) is False
+        engine.step({a: t})
+    assert engine.step_does_more([a, b]) is True
+
+
 def test_want_none_last_all():
     model = small_bdh()
     ids = torch.randint(0, 61, (12,), generator=torch.Generator().manual_seed(8)).tolist()

@@ -42,14 +42,16 @@ def bdh_engine(tiny_pair):
 
 
 class Spy:
-    """Counts an engine's calls: the batch size of every step, every feed, in order."""
+    """Counts an engine's calls: the batch size of every step, every feed, in order. A
+    step and a chunk in one pass (step_and_feed) counts as a step, then a feed."""
 
     def __init__(self, engine):
         self.steps: list[int] = []  # batch size of each engine.step
         self.feeds = 0
+        self.fused = 0  # passes that ran a step and a chunk together
         self.events: list[str] = []  # "step" / "feed", in the order the worker ran them
         self.feeds_at_step: list[int] = []  # feeds run before each step
-        step, feed = engine.step, engine.feed
+        step, feed, step_and_feed = engine.step, engine.feed, engine.step_and_feed
 
         def spy_step(tokens):
             self.steps.append(len(tokens))
@@ -62,7 +64,16 @@ class Spy:
             self.events.append("feed")
             return feed(session, ids, want)
 
-        engine.step, engine.feed = spy_step, spy_feed
+        def spy_step_and_feed(tokens, session, ids, want="last"):
+            out = step_and_feed(tokens, session, ids, want)  # first: an invalid pair counts as nothing
+            self.fused += 1
+            self.steps.append(len(tokens))
+            self.feeds_at_step.append(self.feeds)
+            self.feeds += 1
+            self.events += ["step", "feed"]
+            return out
+
+        engine.step, engine.feed, engine.step_and_feed = spy_step, spy_feed, spy_step_and_feed
 
 
 def run(engine, body, **settings):
@@ -231,6 +242,44 @@ def test_long_prefill_and_score_run_chunk_by_chunk_while_sessions_keep_stepping(
     assert all(ran - asked <= 1 for asked, ran in zip(submitted, spy.feeds_at_step))
     # ... so from one step to the next the engine ran two chunks at most.
     assert max(np.diff(spy.feeds_at_step)) <= 2
+
+
+def test_on_bdh_a_story_rides_in_the_chunks_pass_except_when_it_folds(engine):
+    """BDH runs a story's step and a Score's chunk as one pass (vLLM's mixed batch), the
+    chunk waiting a moment for the story's next step rather than running alone; a step
+    that folds (every 16th) runs alone. GPT-2 runs them apart. Either way every row and
+    the Score equal what each gets alone."""
+    spy = Spy(engine)
+    heavy = []  # at each fused pass: whether its step would fold
+    fused_pass = engine.step_and_feed
+
+    def watched(tokens, session, ids, want="last"):
+        heavy.append(engine.step_does_more(list(tokens)))
+        return fused_pass(tokens, session, ids, want)
+
+    engine.step_and_feed = watched
+    prompt, tokens = [1, 2, 3], [5 + i % 40 for i in range(200)]
+    ids = [1 + (7 * i) % 250 for i in range(161)]  # 160 tokens fed: 20 chunks of 8
+
+    async def body(s: Scheduler):
+        story, first = await s.open(prompt)
+        rows = [first]
+        scoring = asyncio.ensure_future(s.score(ids))
+        for t in tokens:
+            if scoring.done():
+                break
+            rows.append(await story.step(t))
+        return rows, await scoring
+
+    rows, scored = run(engine, body, chunk_size=8)
+    reference = fresh(engine)
+    for got, want in zip(rows, alone(reference, prompt, tokens[: len(rows) - 1])):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(scored, reference.score(ids).numpy(), atol=1e-4)
+    if engine.fuses_chunks:
+        assert spy.fused >= 10 and not any(heavy)  # most chunks shared a pass; no fold did
+    else:
+        assert spy.fused == 0
 
 
 def test_score_equals_the_full_forward_across_chunks(engine):
@@ -469,13 +518,13 @@ def test_batch_wait_never_holds_a_session_that_is_alone(engine):
 def test_when_the_loop_dies_every_waiter_fails_at_once_and_so_do_later_calls(engine):
     fatal = []
 
-    def broken_step(tokens):
+    def broken_step(*_):
         raise SystemError("a bug in the engine")
 
     async def body(s: Scheduler):
         a, _ = await s.open([1, 2])
         b, _ = await s.open([3])
-        engine.step = broken_step
+        engine.step = engine.step_and_feed = broken_step  # alone or beside a chunk (BDH fuses them)
         waiters = [
             asyncio.ensure_future(s.step([a, b], [4, 5])),  # the batch that breaks
             asyncio.ensure_future(s.open(list(range(1, 100)))),  # its prefill chunk in the same iteration
@@ -512,13 +561,13 @@ def test_after_stop_calls_fail_at_once(bdh_engine):
     asyncio.run(main())
 
 
-def test_chunks_beside_running_stories_cost_about_a_step_and_a_half(engine):
+def test_chunks_beside_running_stories_cost_about_a_step_and_a_quarter(engine):
     s = Scheduler(engine, Metrics(), chunk_size=256)
     assert s._chunk_budget() == 256  # nothing measured, nobody stepping: the whole chunk
     s._step_s, s._stories = 0.005, True
     assert s._chunk_budget() == 8  # stories running, chunk cost unknown: start small
     s._token_s["prefill"] = 0.0001  # 50 tokens cost one step
-    assert s._chunk_budget() == 75
+    assert s._chunk_budget() == 62
     s._token_s["prefill"] = 0.002  # 2.5 tokens cost one step: never below the floor
     assert s._chunk_budget() == 8
     s._token_s["prefill"] = 1e-6
