@@ -10,7 +10,7 @@ hands each iteration to ONE worker thread. An iteration is
 so a long prompt or Score delays a running story by one chunk at most (vLLM's chunked
 prefill). Where the engine can (BDH: `fuses_chunks`), the rows and the chunk run as one
 pass (vLLM's mixed batch: the chunk adds its tokens' work, not a second pass over the
-weights), and a chunk waits up to a step for running stories' next steps so that they
+weights), and a chunk waits up to two steps for running stories' next steps so that they
 ride in its pass; a step that does more than usual (BDH folds every 16 tokens) runs
 alone. Otherwise the rows are answered as soon as they are stepped, before the chunk runs.
 Prompts are prefilled first come, first served, each to its end before the next (two
@@ -53,11 +53,10 @@ log = logging.getLogger(__name__)
 # long prompt would crawl.
 _MIN_CHUNK = 8
 # Beside running stories a chunk may cost this many decode steps: a story's gap is then
-# its step plus the chunk, about 2.25 steps (BDH's 8,000-token Score: largest gap 2.6-3.0x
-# the median alone, bench_modelserver), while a long prompt still moves on.
+# its step plus the chunk, about 2.25 steps, while a long prompt still moves on.
 _CHUNK_STEPS = 1.25
 # How long a chunk waits, in steps, for running stories' next steps to share its pass.
-_AWAIT_STEPS = 1.0
+_AWAIT_STEPS = 2.0
 # _step_with_chunk's answer when a step and a chunk could not share a pass.
 _APART = object()
 # The most alternatives a Score call may ask for per position.
@@ -404,9 +403,10 @@ class Scheduler:
             await self._woken(left)
 
     async def _await_next_steps(self) -> None:
-        """While stories are being written and only a chunk waits, wait a little for their
-        next steps (a client's round trip away): on an engine that fuses, they then ride
-        in the chunk's pass instead of queueing behind a chunk run alone."""
+        """While stories are being written and only a chunk waits, wait up to two steps for
+        their next steps (a client's round trip away): on an engine that fuses, they then
+        ride in the chunk's pass instead of queueing behind a chunk run alone (a story
+        silent for longer is not running)."""
         if not (self._work and not self._rows and self.engine.fuses_chunks and self._step_s
                 and self._stepped_lately()):
             return
