@@ -184,8 +184,6 @@ class DecodeEngine(ABC):
         chunk's logits or None). Engines that can run both as one pass (`fuses_chunks`)
         do: a step beside a prompt then costs little more than the step alone. Both are
         checked first; an invalid one raises InvalidInput and nothing advances."""
-        if not self.fuses_chunks:
-            return self.step(tokens), self.feed(session, ids, want)
         if want not in ("none", "last", "all"):
             raise ValueError(f"want must be 'none', 'last' or 'all', got {want!r}")
         sessions = [self._get(s) for s in tokens]
@@ -199,6 +197,8 @@ class DecodeEngine(ABC):
         ids = self._check_ids(ids, what="prompt chunk")
         if sess.position + len(ids) > self.max_context:
             raise InvalidInput(f"session {session} would pass the context limit of {self.max_context} tokens")
+        if not self.fuses_chunks:
+            return self.step(tokens), self.feed(session, ids, want)
         stepped, fed = self._step_and_feed(sessions, torch.tensor(step_ids, dtype=torch.long, device=self.device),
                                            sess, torch.tensor(ids, dtype=torch.long, device=self.device), want)
         for s in sessions:

@@ -144,9 +144,10 @@ class MixedMemory:
     def __call__(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         B, D = self.B, x.shape[-1]
         qd = q[0, :, :B].transpose(0, 1).unsqueeze(2)  # (B, H, 1, N): a session per row
-        decoded = self.decode(qd, x[0, 0, :B].view(B, 1, 1, D))  # (B, H, 1, D)
+        decoded = self.decode(qd, x[0, 0, :B].view(B, 1, 1, D)).to(x.dtype)  # (B, H, 1, D)
         qc, xc = q[:, :, B:], x[:, :, B:]
-        chunk = self.chunk(qc, xc) + causal_reads(qc, xc)  # (1, H, T, D)
+        # In the model's dtype and order, as BDH._layer adds them apart (bf16 rounds alike).
+        chunk = causal_reads(qc, xc) + self.chunk(qc, xc).to(x.dtype)  # (1, H, T, D)
         return torch.cat([decoded.squeeze(2).transpose(0, 1).unsqueeze(0), chunk], dim=2)
 
 

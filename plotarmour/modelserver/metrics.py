@@ -26,8 +26,9 @@ class Metrics:
         self.prompt_tokens = Counter("plotarmour_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.batch_size = Histogram("plotarmour_batch_size", "Sessions per batched step", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.step_latency = Histogram("plotarmour_step_latency_seconds", "One batched decode step, worker side",
-                                      registry=r, buckets=_LATENCY_BUCKETS)
+        self.step_latency = Histogram(
+            "plotarmour_step_latency_seconds", "One batched decode step, worker side (on BDH, with the prompt "
+            "chunk that shares its pass, if any)", registry=r, buckets=_LATENCY_BUCKETS)
         self.overhead = Histogram(
             "plotarmour_step_overhead_seconds", "One Batch step message, from its arrival to its answer queued for "
             "sending, less the engine steps its rows took part in: the server's own cost, waiting behind a "

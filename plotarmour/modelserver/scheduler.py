@@ -12,7 +12,8 @@ prefill). Where the engine can (BDH: `fuses_chunks`), the rows and the chunk run
 pass (vLLM's mixed batch: the chunk adds its tokens' work, not a second pass over the
 weights), and a chunk waits up to two steps for running stories' next steps so that they
 ride in its pass; a step that does more than usual (BDH folds every 16 tokens) runs
-alone. Otherwise the rows are answered as soon as they are stepped, before the chunk runs.
+alone, its chunk waiting for the next pass (once in a row at most). Otherwise the rows
+are answered as soon as they are stepped, before the chunk runs.
 Prompts are prefilled first come, first served, each to its end before the next (two
 long prompts at once finish one after the other, rather than both at twice the time),
 and ahead of Score work, so a story's prompt is not queued behind a 20,000-token Score;
@@ -59,6 +60,12 @@ _CHUNK_STEPS = 1.25
 _AWAIT_STEPS = 2.0
 # _step_with_chunk's answer when a step and a chunk could not share a pass.
 _APART = object()
+
+
+class _PassFailed(Exception):
+    """A pass that stepped rows failed (its __cause__ says how): unlike a chunk alone,
+    it takes the loop down, as a failed step does."""
+
 # The most alternatives a Score call may ask for per position.
 MAX_SCORE_TOP_K = 64
 
@@ -198,6 +205,8 @@ class Scheduler:
         # One token of a chunk, per kind of work: a Score's chunk also computes every
         # position's logits and log-softmax, which a prompt's skips.
         self._token_s: dict[str, float] = {}
+        self._skipped = False  # the last iteration kept a chunk off a heavier step (worker side)
+        self._stepped_at = 0.0  # monotonic time of the last rows delivered (loop side)
         self._stories = False  # whether a story is being written (read by the worker for this iteration)
         self.last_step_s = 0.0  # the engine's time for the latest decode step (what a step's caller waited on)
         self._wake = asyncio.Event()
@@ -408,7 +417,7 @@ class Scheduler:
         ride in the chunk's pass instead of queueing behind a chunk run alone (a story
         silent for longer is not running)."""
         if not (self._work and not self._rows and self.engine.fuses_chunks and self._step_s
-                and self._stepped_lately()):
+                and time.monotonic() - self._stepped_at < (_AWAIT_STEPS + 1) * self._step_s):
             return
         self._wake.clear()
         await self._woken(_AWAIT_STEPS * self._step_s)
@@ -429,10 +438,13 @@ class Scheduler:
         for sid in closing:
             self.engine.close(sid)
         if rows and work is not None and self.engine.fuses_chunks:
-            if not self.engine.step_does_more([s.id for s in rows]):
+            # A heavier step (BDH folds every 16 tokens) runs alone: with a chunk beside it,
+            # it would be the stories' longest gap. The chunk keeps its place, but only
+            # once in a row: stories at other fold phases would otherwise starve it.
+            skip = not self._skipped and self.engine.step_does_more([s.id for s in rows])
+            self._skipped = skip
+            if not skip:
                 return self._run_chunk(work, loop, rows)  # the rows ride in the chunk's pass
-            # A heavier step (BDH folds every 16 tokens) runs alone: with a chunk beside
-            # it, it would be the stories' longest gap. The chunk keeps its place.
             stepped = self._step_rows(rows, usual=False)
             loop.call_soon_threadsafe(self._deliver_rows, rows, stepped, self.last_step_s)
             return None
@@ -471,17 +483,18 @@ class Scheduler:
         cutoff = time.monotonic() - 1.0
         return any(s.last_active > cutoff for s in self._sessions)
 
-    def _chunk_budget(self, kind: str = "prefill") -> int:
+    def _chunk_budget(self, kind: str = "prefill", beside_rows: bool = False) -> int:
         """Tokens for this iteration's chunk (vLLM's per-iteration token budget).
 
         While stories are being written (`_stepped_lately`), a chunk may cost about 1.25
         decode steps, so a running story's gap between tokens stays within about 2.25
-        times its usual; with no story running, the full chunk_size goes at once.
+        times its usual; with no story running, the full chunk_size goes at once. A chunk
+        in a pass with steps (`beside_rows`) starts small while no step is measured yet.
         """
-        if self._step_s is None or not self._stories:
-            return self.chunk_size
         token_s = self._token_s.get(kind)
-        if token_s is None:  # no chunk of this kind measured yet: start small
+        if not self._stories or (self._step_s is None and not beside_rows):
+            return self.chunk_size
+        if self._step_s is None or not token_s:  # a step or a chunk not measured yet: start small
             return min(self.chunk_size, _MIN_CHUNK)
         return min(self.chunk_size, max(_MIN_CHUNK, int(_CHUNK_STEPS * self._step_s / token_s)))
 
@@ -493,20 +506,26 @@ class Scheduler:
 
     def _run_chunk(self, work: _Work, loop=None, rows: dict | None = None) -> np.ndarray | Exception | None:
         """One chunk of `work`; returns its result when finished, None while not. With
-        `rows`, the engine steps them in the same pass and they are delivered from here."""
+        `rows`, the engine steps them in the same pass and they are delivered from here
+        (alone, if the chunk fails before its pass)."""
+        waiting = rows  # rows not yet delivered
         try:
             if work.sid is None:
                 work.sid = self.engine.begin()
             a = work.done
-            b = min(a + self._chunk_budget(work.kind), work.end)
+            b = min(a + self._chunk_budget(work.kind, beside_rows=bool(rows)), work.end)
             last = b == work.end
             want = "all" if work.kind == "score" else "last" if last else "none"
             t0 = time.perf_counter()
             logits = self._step_with_chunk(loop, rows, work.sid, work.ids[a:b], want) if rows else _APART
+            waiting = None
             if logits is _APART:
+                t0 = time.perf_counter()  # (after a fallback, the rows' own step is not the chunk's)
                 logits = self.engine.feed(work.sid, work.ids[a:b], want)
             else:
-                t0 += self._step_s or 0.0  # the chunk's own cost: what the pass took beyond a step
+                # The chunk's own cost is what the pass took beyond a step (at least half of it:
+                # the step cost measured earlier may be a larger batch's).
+                t0 += min(self._step_s or 0.0, 0.5 * (time.perf_counter() - t0))
             if work.kind == "score":
                 if work.logp is None:
                     work.logp = np.empty(work.end, dtype="<f4")
@@ -514,7 +533,7 @@ class Scheduler:
                 if work.top_k or work.entropy:
                     self._expected_chunk(work, logits, a, b)
             work.done = b
-            per_token = max(time.perf_counter() - t0, 0.0) / (b - a)
+            per_token = (time.perf_counter() - t0) / (b - a)
             known = self._token_s.get(work.kind)
             self._token_s[work.kind] = per_token if known is None else 0.8 * known + 0.2 * per_token
             self.metrics.prompt_tokens.inc(b - a)
@@ -529,11 +548,15 @@ class Scheduler:
                 return Scored(work.logp)
             work.expected.log_probs = work.logp
             return work.expected
-        except InvalidInput as e:
-            return InvalidArgument(str(e))
-        except Exception as e:  # e.g. out of memory in one long chunk: fail this work, not the server
-            if rows:
-                raise  # a pass that carried steps failed as a step does (the loop fails everyone)
+        except _PassFailed as e:
+            raise e.__cause__  # a pass that carried steps failed as a step does: the loop fails everyone
+        except Exception as e:
+            if waiting:
+                stepped = self._step_rows(waiting)
+                loop.call_soon_threadsafe(self._deliver_rows, waiting, stepped, self.last_step_s)
+            if isinstance(e, InvalidInput):
+                return InvalidArgument(str(e))
+            # e.g. out of memory in one long chunk: fail this work, not the server
             log.exception("a %s chunk failed", work.kind)
             return WorkFailed(f"the {work.kind} failed inside the model server: {e!r}")
 
@@ -550,6 +573,8 @@ class Scheduler:
             step = self._step_rows(rows)
             loop.call_soon_threadsafe(self._deliver_rows, rows, step, self.last_step_s)
             return _APART
+        except Exception as e:
+            raise _PassFailed from e
         took = self.last_step_s = time.perf_counter() - t0
         self.metrics.step_latency.observe(took)
         self.metrics.batch_size.observe(len(rows))
@@ -577,6 +602,7 @@ class Scheduler:
 
     # -- back on the event loop --------------------------------------------------------------
     def _deliver_rows(self, rows: dict, stepped, took: float) -> None:
+        self._stepped_at = time.monotonic()
         batch, singles = stepped
         for block in {block for _, block, _ in rows.values()}:
             block.engine_s += took

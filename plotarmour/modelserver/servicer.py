@@ -131,13 +131,13 @@ class LanguageModelServicer(pb_grpc.LanguageModelServicer):
 
 
 # The kinds a step's rows may be sent as (unset: float32).
-_ROW_TYPES = {pb.DISTRIBUTION_KIND_UNSPECIFIED, pb.LOG_PROBS, pb.LOG_PROBS_F16}
+_ROW_KINDS = {pb.DISTRIBUTION_KIND_UNSPECIFIED, pb.LOG_PROBS, pb.LOG_PROBS_F16}
 
 
 def as_half(rows: np.ndarray) -> np.ndarray:
     """float32 rows → float16, by torch: its vectorised cast takes 0.06 ms for 64 rows of
     4,096, numpy's astype 0.5 ms (more than sending the saved half costs)."""
-    return torch.from_numpy(rows).to(torch.float16).numpy()
+    return torch.from_numpy(rows).to(torch.float16).numpy().astype("<f2", copy=False)
 
 _STATUS = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -200,7 +200,7 @@ class BatchStream:
                 if len(step.sessions) != len(step.tokens):
                     raise InvalidArgument(
                         f"step {step.step} has {len(step.sessions)} sessions but {len(step.tokens)} tokens")
-                if step.kind not in _ROW_TYPES:
+                if step.kind not in _ROW_KINDS:
                     raise InvalidArgument(f"step {step.step} asks for rows of kind {step.kind}; this server "
                                           f"sends LOG_PROBS (float32, also when unset) or LOG_PROBS_F16 (float16)")
                 self._spawn(self._step(step))

@@ -282,6 +282,53 @@ def test_on_bdh_a_story_rides_in_the_chunks_pass_except_when_it_folds(engine):
         assert spy.fused == 0
 
 
+def test_stories_folding_in_turn_do_not_starve_a_score(bdh_engine):
+    """With 16 stories at 16 different fold phases every step folds; a chunk kept off a
+    folding step waits one pass at most, so the Score still moves (it waited for ever)."""
+    async def body(s: Scheduler):
+        stories = [(await s.open([1 + i, 2]))[0] for i in range(16)]
+        for i, story in enumerate(stories):  # story i has i pending pairs: a fold each step
+            for t in range(i):
+                await story.step(3 + t)
+        scoring = asyncio.ensure_future(s.score([1 + i % 50 for i in range(41)]))  # 5 chunks of 8
+        rounds = 0
+        while not scoring.done() and rounds < 40:
+            await s.step(stories, [7] * 16)
+            rounds += 1
+        return scoring.done(), rounds
+
+    done, rounds = run(bdh_engine, body, chunk_size=8)
+    assert done and rounds <= 20
+
+
+def test_a_chunk_that_fails_beside_steps_fails_only_its_own_call(bdh_engine):
+    """Outside the shared pass (here: opening the Score's session) a failure is the chunk's
+    alone; the stories beside it go on."""
+    begin = bdh_engine.begin
+    failed = []
+
+    def begin_once_broken():
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("out of memory (a stand-in)")
+        return begin()
+
+    async def body(s: Scheduler):
+        story, _ = await s.open([1, 2])
+        bdh_engine.begin = begin_once_broken
+        scoring = asyncio.ensure_future(s.score(list(range(1, 30))))
+        rows = []
+        while not scoring.done():
+            rows.append(await story.step(5))
+        with pytest.raises(WorkFailed, match="out of memory"):
+            await scoring
+        rows.append(await story.step(6))
+        return rows
+
+    rows = run(bdh_engine, body, chunk_size=8)
+    assert all(r.shape == (bdh_engine.vocab_size,) for r in rows)
+
+
 def test_score_equals_the_full_forward_across_chunks(engine):
     ids = [1 + (13 * i) % 300 for i in range(61)]
     model = copy.deepcopy(engine.model).double()  # float64: no kernel rounding in the reference
@@ -572,6 +619,11 @@ def test_chunks_beside_running_stories_cost_about_a_step_and_a_quarter(engine):
     assert s._chunk_budget() == 8
     s._token_s["prefill"] = 1e-6
     assert s._chunk_budget() == 256  # never above chunk_size
+    s._token_s["prefill"] = 0.0  # a chunk measured at no cost is not believed
+    assert s._chunk_budget() == 8
+    s._step_s, s._token_s["prefill"] = None, 0.0001  # no step measured yet: in a pass with steps, start small
+    assert s._chunk_budget(beside_rows=True) == 8 and s._chunk_budget() == 256
+    s._step_s = 0.005
     assert s._chunk_budget("score") == 8  # a Score's chunks are measured on their own
     s._stories = False  # no story being written: full chunks again
     assert s._chunk_budget() == 256
