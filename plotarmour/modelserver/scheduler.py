@@ -339,7 +339,7 @@ class Scheduler:
                     self._expire_idle()
                     continue
                 await self._gather_stragglers(loop)
-                await self._await_next_steps()
+                await self._await_next_steps(loop)
                 rows = self._take_rows()
                 work = self._take_work()
                 closing, self._closing = self._closing, []
@@ -367,11 +367,15 @@ class Scheduler:
                 rows[s] = entry
         return rows
 
+    def _next_work(self) -> _Work | None:
+        """The work whose chunk is next: the oldest prompt (first come, first served), else
+        the Score whose turn it is."""
+        return next((w for w in self._work if w.kind == "prefill"), self._work[0]) if self._work else None
+
     def _take_work(self) -> _Work | None:
-        """The next chunk's work: the oldest prompt (first come, first served), else the Score
-        whose turn it is."""
+        """Take the next chunk's work (`_next_work`), passing over any whose caller has gone."""
         while self._work:
-            work = next((w for w in self._work if w.kind == "prefill"), self._work[0])
+            work = self._next_work()
             self._work.remove(work)
             if not work.future.done():
                 return work
@@ -411,7 +415,7 @@ class Scheduler:
             self._wake.clear()
             await self._woken(left)
 
-    async def _await_next_steps(self) -> None:
+    async def _await_next_steps(self, loop) -> None:
         """While stories are being written and only a chunk waits, wait up to two steps for
         their next steps (a client's round trip away): on an engine that fuses, they then
         ride in the chunk's pass instead of queueing behind a chunk run alone (a story
@@ -420,7 +424,22 @@ class Scheduler:
                 and time.monotonic() - self._stepped_at < (_AWAIT_STEPS + 1) * self._step_s):
             return
         self._wake.clear()
-        await self._woken(_AWAIT_STEPS * self._step_s)
+        work = self._next_work()
+        if work is not None and work.sid is None:
+            # Open its session meanwhile (BDH: zeroing a state slot, ~2 ms), off the pass
+            # the steps will share with its first chunk.
+            await loop.run_in_executor(self._worker, self._begin, work)
+        if not self._rows:
+            await self._woken(_AWAIT_STEPS * self._step_s)
+
+    def _begin(self, work: _Work) -> None:
+        """On the worker: open work's session ahead of its first chunk. A failure is left
+        for that chunk to meet and report."""
+        try:
+            if work.sid is None:
+                work.sid = self.engine.begin()
+        except Exception:
+            pass
 
     async def _woken(self, timeout: float | None) -> None:
         """Until `_wake` is set or `timeout` s pass (None: no limit).

@@ -304,18 +304,13 @@ def test_stories_folding_in_turn_do_not_starve_a_score(bdh_engine):
 def test_a_chunk_that_fails_beside_steps_fails_only_its_own_call(bdh_engine):
     """Outside the shared pass (here: opening the Score's session) a failure is the chunk's
     alone; the stories beside it go on."""
-    begin = bdh_engine.begin
-    failed = []
-
-    def begin_once_broken():
-        if not failed:
-            failed.append(1)
-            raise RuntimeError("out of memory (a stand-in)")
-        return begin()
+    def broken_begin():
+        raise RuntimeError("out of memory (a stand-in)")
 
     async def body(s: Scheduler):
         story, _ = await s.open([1, 2])
-        bdh_engine.begin = begin_once_broken
+        await story.step(4)  # a step measured: the chunk may also wait for the story's steps
+        bdh_engine.begin = broken_begin
         scoring = asyncio.ensure_future(s.score(list(range(1, 30))))
         rows = []
         while not scoring.done():
