@@ -60,14 +60,13 @@ _CHUNK_STEPS = 1.25
 _AWAIT_STEPS = 2.0
 # _step_with_chunk's answer when a step and a chunk could not share a pass.
 _APART = object()
+# The most alternatives a Score call may ask for per position.
+MAX_SCORE_TOP_K = 64
 
 
 class _PassFailed(Exception):
     """A pass that stepped rows failed (its __cause__ says how): unlike a chunk alone,
     it takes the loop down, as a failed step does."""
-
-# The most alternatives a Score call may ask for per position.
-MAX_SCORE_TOP_K = 64
 
 
 def log_probs(logits: torch.Tensor) -> np.ndarray:
