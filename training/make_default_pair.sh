@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the shipped pair under checkpoints/ from TinyStories text, one CPU thread per run.
-# Six stages per model, each continuing the last (--init), as the pair was made:
+# Stage by stage, each continuing the last (--init), as the pair was made:
 #   1. tiny_cpu.json: 2.4M tokens of the 2 MB train part in 256-token windows;
 #   2. tiny_cpu_long.json: 800k more in 512-token windows, the length of the stories served;
 #   3. the warm start: tiny_cpu_long.json on the train part + the extra stories (3.68M
@@ -16,6 +16,8 @@
 #      cut to 3.4M at step 421 (stopped, then --resume with the shorter budget), so that its
 #      cosine ended within the session.
 #   7. BDH alone (stage "7"), seed 2030: dropout 0.15, lr 2e-4 -> 1e-5, 3.6M tokens.
+#   8. BDH alone (stage "8"), seed 2031: lr 1.5e-4 -> 1e-5, begun for 4.2M tokens and cut to
+#      3.6M at step 450 (stopped, then --resume with the shorter budget), as stage 6 was.
 # --init takes the architecture from the checkpoint, dropout included, so stages 4, 5 and 7
 # set the dropout in a copy of the stage before's config.json (dropout changes no weight).
 # It overwrites checkpoints/ (--force); for a pair of your own, follow the README instead.
@@ -94,12 +96,16 @@ for model in gpt2 bdh; do
         train bdh 7 tiny_cpu_long "$R/bdh-6-init" --set data=data/tinystories --set warmup_steps=50 \
             --set eval_windows=40 --set seed=2030 --set max_tokens=3600000 --set lr=0.0002 --set min_lr=0.00001 \
             --set eval_interval=150
-        final="$R/bdh-7"
+        train bdh 8 tiny_cpu_long "$R/bdh-7" --set data=data/tinystories --set warmup_steps=50 \
+            --set eval_windows=40 --set seed=2031 --set max_tokens=4200000 --set lr=0.00015 --set min_lr=0.00001 \
+            --set eval_interval=150 --stop-after 450
+        python -m training.train --resume results/state/default-bdh-8 --set max_tokens=3600000
+        final="$R/bdh-8"
     fi
     rm -rf "checkpoints/$model" && cp -r "$final" "checkpoints/$model"
 done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs/7 --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --logs checkpoints/logs/8 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
     --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
