@@ -231,3 +231,17 @@ def test_eager_attention_and_the_pool_in_the_models_dtype():
     assert half.pool.keys.dtype == half.pool.values.dtype == torch.bfloat16
     sid, first = half.open(ids[:20])
     assert first.dtype == torch.float32 and half.step({sid: ids[20]}).shape == (1, V)
+
+
+def test_a_step_and_a_chunk_are_both_checked_before_either_runs(model):
+    """GPT-2 runs step_and_feed as a step, then a chunk: an invalid chunk must be refused
+    before the step advances anything (the step ran first, then the chunk failed)."""
+    engine = GPT2Engine(model)
+    a, _ = engine.open(rand_ids(5, 1))
+    b = engine.begin()
+    with pytest.raises(InvalidInput):
+        engine.step_and_feed({a: 3}, b, [model.config.vocab_size])
+    assert (engine.position(a), engine.position(b)) == (5, 0)
+    stepped, fed = engine.step_and_feed({a: 3}, b, rand_ids(4, 2), "last")
+    assert stepped.shape == (1, model.config.vocab_size) and fed.shape == (model.config.vocab_size,)
+    assert (engine.position(a), engine.position(b)) == (6, 4)
