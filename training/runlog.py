@@ -10,6 +10,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+def claim_log(log_dir: Path, model: str, stamp: str) -> Path:
+    """A new run's log file, <model>-<stamp>.csv, created here so that two runs started in
+    the same second (side by side, one log_dir) never write one file: the second gets
+    <model>-<stamp>_2.csv, which sorts after the first ('_' > '.')."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = log_dir / f"{model}-{stamp}{'' if n == 1 else f'_{n}'}.csv"
+        try:
+            path.open("x").close()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{log_dir}: 999 logs named {model}-{stamp}*.csv already")
+
+
 class CsvLog:
     """One row per logged step. Opening it at a resumed step drops the rows written after
     that step's saved state (a run killed mid-way wrote them; the resumed run writes them

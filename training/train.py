@@ -49,7 +49,7 @@ from .config import (ConfigError, TrainConfig, load_preset, parse_override, resu
 from .data import DataError, RandomWindows, eval_windows, open_tokens, read_meta
 from .modeling import (build_model, context_limit, enable_grad_checkpointing, loss_on_windows, next_token_loss,
                        num_parameters)
-from .runlog import CsvLog, StopFlag, TrainingInterrupted
+from .runlog import CsvLog, StopFlag, TrainingInterrupted, claim_log
 from .runtime import Runtime, RuntimeSetupError, forward_flops_per_token, mfu, setup_runtime
 
 STATE_TENSORS = "trainer_state.safetensors"
@@ -325,7 +325,7 @@ class Trainer:
         if rt.main:
             if not p.csv:
                 stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-                p.csv = str(Path(cfg.log_dir) / f"{self.model_type}-{stamp}.csv")
+                p.csv = str(claim_log(Path(cfg.log_dir), self.model_type, stamp))
             log = CsvLog(Path(p.csv), keep_through=p.step)
         if p.step == 0:  # where the run starts from: the baseline every curve is read against
             val = self.evaluate()
