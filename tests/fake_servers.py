@@ -40,11 +40,14 @@ def fake_logprobs(salt: int, last_token: int, position: int, vocab_size: int) ->
 class FakeLanguageModel(pb_grpc.LanguageModelServicer):
     def __init__(self, tokenizer: Tokenizer, *, model_type: str, salt: int, max_context: int = 512,
                  step_delay_s: float = 0.0, fail_at_step: int | None = None, fingerprint_override: str | None = None,
-                 poison_token: int | None = None, score_delay_s: float = 0.0, end_at: int | None = None):
+                 poison_token: int | None = None, score_delay_s: float = 0.0, end_at: int | None = None,
+                 never_end: bool = False, certain: dict[int, int] | None = None):
         self.tok, self.model_type, self.salt = tokenizer, model_type, salt
         # From this many tokens of story on, end-of-text is certain: a test says when a
         # story ends instead of hunting for a seed that ends it.
         self.end_at = end_at
+        self.never_end = never_end  # end-of-text never drawn: a story runs to its length
+        self.certain = certain or {}  # context length -> the token that comes next, for sure
         self.vocab_size = tokenizer.get_vocab_size()
         self.max_context = max_context
         self.step_delay_s, self.fail_at_step = step_delay_s, fail_at_step
@@ -59,10 +62,19 @@ class FakeLanguageModel(pb_grpc.LanguageModelServicer):
 
     def dist(self, last_token: int, position: int) -> np.ndarray:
         if self.end_at is not None and position >= self.end_at:
-            row = np.full(self.vocab_size, -1e4, dtype="<f4")
-            row[eot_id(self.tok)] = 0.0
-            return row
-        return fake_logprobs(self.salt, last_token, position, self.vocab_size)
+            return self._sure(eot_id(self.tok))
+        if position in self.certain:
+            return self._sure(self.certain[position])
+        row = fake_logprobs(self.salt, last_token, position, self.vocab_size)
+        if self.never_end:
+            row[eot_id(self.tok)] = -1e4
+            row -= np.logaddexp.reduce(row)  # the rest, renormalised
+        return row
+
+    def _sure(self, token: int) -> np.ndarray:
+        row = np.full(self.vocab_size, -1e4, dtype="<f4")
+        row[token] = 0.0
+        return row
 
     def GetInfo(self, request, context):
         return pb.ModelInfo(

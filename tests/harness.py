@@ -6,6 +6,7 @@
     sse_events(response)             (event, data) pairs of a Server-Sent Events response, as they arrive
     long_story_seed(url, n, ...)     a seed whose story runs n tokens, found once per gateway
     free_port(host)                  a port nobody listens on (plotarmour.stack's)
+    free_ports(n)                    n distinct such ports on 127.0.0.1, for a process that takes them all
 
 Where a test's fixtures live: tests/conftest.py (the tiny corpus and models),
 tests/fake_servers.py (scripted model servers and an in-process gateway),
@@ -15,6 +16,7 @@ tests/processes/conftest.py (real model-server processes), tests/browser/ (the b
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import grpc
@@ -25,6 +27,18 @@ from plotarmour.cli import parse_sse
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from plotarmour.stack import free_port  # noqa: F401  (one for the stack, the tests and the benches)
+
+
+def free_ports(n: int) -> list[int]:
+    """n ports nobody listens on, distinct: all bound at once before any is released."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_until(cond, timeout: float = 10.0) -> bool:

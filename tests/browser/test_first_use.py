@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from pagekit import (PLAIN, PROMPT, WAIT_MS, fill_settings, hold_mid_story, long_story_seed, open_settings, reachable,
+from pagekit import (PLAIN, WAIT_MS, fill_settings, hold_mid_story, long_story_seed, open_settings, reachable,
                      set_weight, story_text, wait_done)
 
 ALL_PANES = ("#pane-blend", "#pane-gpt2", "#pane-bdh")
@@ -252,20 +252,21 @@ def test_the_blend_menu_speaks_plainly_and_a_stop_is_not_shown_as_an_error(page,
 # ---- 6. no visible indent at the start of a line ----------------------------------------------------
 
 
-def test_a_line_that_starts_after_a_line_break_shows_no_indent(open_page, fake_gateway):
-    gw = fake_gateway()
+def test_a_line_that_starts_after_a_line_break_shows_no_indent(open_page, fake_gateway, tiny_tokenizer):
     prompt = "Once upon a time.\n"
-    found = None
-    for seed in range(400):
-        tokens = httpx.post(gw.url + "/generate", timeout=30, json={
-            "prompt": prompt, "seed": seed, "max_new_tokens": 40, "logic_weight": 0.5, **PLAIN}).json()["tokens"]
-        texts = [t["text"] for t in tokens if t["text"]]
-        after_break = [i for i, x in enumerate(texts) if re.match(r" \S", x) and (texts[i - 1] if i else prompt).endswith("\n")]
-        if after_break:
-            found = seed, texts, after_break
-            break
-    assert found, "no fake story starts a line with a spaced word"
-    seed, texts, after_break = found
+    # Both fakes write a spaced word right after the prompt's line break (the blend of two
+    # certainties is certain), then go on as they like.
+    tok = tiny_tokenizer
+    spaced = next(i for i in range(tok.get_vocab_size()) if re.fullmatch(r" \w+", tok.decode([i])))
+    opening = {"certain": {len(tok.encode(prompt).ids): spaced}}
+    gw = fake_gateway(gpt2=opening, bdh=opening)
+    seed = 1
+    tokens = httpx.post(gw.url + "/generate", timeout=30, json={
+        "prompt": prompt, "seed": seed, "max_new_tokens": 40, "logic_weight": 0.5, **PLAIN}).json()["tokens"]
+    texts = [t["text"] for t in tokens if t["text"]]
+    after_break = [i for i, x in enumerate(texts)
+                   if re.match(r" \S", x) and (texts[i - 1] if i else prompt).endswith("\n")]
+    assert after_break and after_break[0] == 0, texts
     page = open_page(gw.url + "/", permissions=["clipboard-read", "clipboard-write"])
     fill_settings(page, seed=seed, max_tokens=40, split=False)
     page.fill("#prompt", prompt)  # (typed, its Enter would generate)

@@ -5,21 +5,18 @@ replica's loss ends only its own stories. Fake model servers behind both."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from plotarmour.cli import parse_sse
-from plotarmour.stack import free_port
 from services.gateway.replicas import owner_of, owner_part
 from services.gateway.settings import GatewaySettings
 from fake_servers import FakeLanguageModel, FakeServer, GatewayThread
+from harness import free_port, sse_events, wait_until
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (scripts/install.sh --dev installs it)")
@@ -67,15 +64,16 @@ class Replicas:
         self.nginx = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while True:
+
+        def listening() -> bool:
+            assert self.nginx.poll() is None, self.nginx.stderr.read().decode()
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return True
             except OSError:
-                assert self.nginx.poll() is None, self.nginx.stderr.read().decode()
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
+                return False
+
+        assert wait_until(listening), "nginx did not start"
 
     def upstreams(self, path: str) -> set[str]:
         """The replicas nginx sent requests for `path` to."""
@@ -103,7 +101,7 @@ def story(c: httpx.Client, seed: int):
     r = c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "logic_weight": 0.5, "seed": seed,
                                                    "max_new_tokens": 150, "temperature": 1.5})
     response = r.__enter__()
-    events = ((e, json.loads(d)) for e, d in parse_sse(response.iter_lines()))
+    events = sse_events(response)
     kind, start = next(events)
     assert kind == "start", start
     return start["id"], events, r

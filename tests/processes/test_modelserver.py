@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 
 import grpc
@@ -19,6 +18,7 @@ from plotarmour.checkpoint import load_checkpoint
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from plotarmour.tokenizer import eot_id, fingerprint
+from harness import wait_until
 
 MODELS = ["bdh", "gpt2"]
 rng = np.random.default_rng(0)
@@ -70,13 +70,6 @@ def in_process(checkpoint, prompt_ids, tokens) -> list[np.ndarray]:
 
 def stub(srv) -> pb_grpc.LanguageModelStub:
     return pb_grpc.LanguageModelStub(grpc.insecure_channel(srv.address))
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def metric(srv, name: str) -> float:
@@ -180,8 +173,8 @@ def test_cancelling_a_stream_frees_its_session(server):
                 call.cancel()
 
     asyncio.run(open_and_cancel())
-    wait_until(lambda: s.GetInfo(pb.InfoRequest(), timeout=5).open_sessions == 0, what="open_sessions == 0")
-    wait_until(lambda: metric(server, "plotarmour_open_sessions") == 0, what="the open-sessions gauge at 0")
+    assert wait_until(lambda: s.GetInfo(pb.InfoRequest(), timeout=5).open_sessions == 0), "sessions still open"
+    assert wait_until(lambda: metric(server, "plotarmour_open_sessions") == 0), "the open-sessions gauge never read 0"
 
 
 @pytest.mark.parametrize("server", MODELS, indirect=True)
@@ -205,7 +198,7 @@ def test_a_client_that_vanishes_frees_its_session(server):
         assert s.GetInfo(pb.InfoRequest(), timeout=5).open_sessions == 1
         proc.kill()
         proc.wait()
-        wait_until(lambda: s.GetInfo(pb.InfoRequest(), timeout=5).open_sessions == 0, what="open_sessions == 0")
+        assert wait_until(lambda: s.GetInfo(pb.InfoRequest(), timeout=5).open_sessions == 0), "sessions still open"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -11,8 +11,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
+from harness import free_ports, long_story_seed, sse_events, wait_until
 
 
 def children_of(pid: int) -> set[int]:
@@ -156,22 +158,7 @@ def child_running(parent: int, module: str) -> int | None:
     return None
 
 
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def test_a_killed_model_server_is_started_again_and_the_gateway_recovers(tiny_pair):
-    from harness import wait_until
-
     stack = RunningStack(tiny_pair["bdh"].parent, "--port", "0")
     try:
         before = generate(stack.url)
@@ -234,20 +221,15 @@ def test_the_cli_finds_a_stack_started_on_a_free_port(tiny_pair, tmp_path):
 def test_a_story_completes_across_a_model_server_killed_under_the_stack(tiny_pair):
     """kill -9 of the GPT-2 server mid-story: the stack starts it again, the gateway reopens
     the story's session from its tokens, and the story ends as an uninterrupted one does."""
-    import httpx
-
-    from plotarmour.cli import parse_sse
-
     stack = RunningStack(tiny_pair["bdh"].parent, "--port", "0")
     try:
-        body = {"prompt": "Once upon a time", "logic_weight": 0.5, "max_new_tokens": 60, "temperature": 0.7}
+        body = {"prompt": "Once upon a time", "logic_weight": 0.5, "temperature": 0.7}
+        body["seed"], body["max_new_tokens"] = long_story_seed(stack.url, 60, **body), 60  # a story that runs all 60
         with httpx.Client(base_url=stack.url, timeout=120) as c:
-            seed, whole = next((s, w) for s in range(50)
-                               if (w := c.post("/generate", json={**body, "seed": s}).json())["usage"][
-                                   "completion_tokens"] == 60)
+            whole = c.post("/generate", json=body).json()
             gpt2 = child_running(stack.proc.pid, "services.gpt2")
-            with c.stream("POST", "/generate_stream", json={**body, "seed": seed}) as r:
-                events = ((e, json.loads(d)) for e, d in parse_sse(r.iter_lines()))
+            with c.stream("POST", "/generate_stream", json=body) as r:
+                events = sse_events(r)
                 assert next(events)[0] == "start"
                 got = [next(events)[1]]
                 os.kill(gpt2, signal.SIGSTOP)  # hold it mid-story, then kill it there
