@@ -6,7 +6,7 @@ A route builds `GenerationParams` (params.py; one per story to write) and hands 
 story and returns a `Run` (runs.py): its events, merged, with one `aclose` that frees
 everything. Steering and a story's state go through the service too (`steer`, `state`), on
 whichever replica runs the story. Routes get the pieces as FastAPI dependencies
-(`GatewayDep`, `SettingsDep`, `PairDep`, `LimiterDep`).
+(`GatewayDep`, `SettingsDep`, `PairDep`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,33 @@ class Gateway:
         self.registry = Registry(owner_part(self.peers.me) if self.peers.enabled else "")
         self.pair = ModelPair(settings)
         self.loop = Scheduler(self.pair, on_join=metrics.queue_wait.observe)
+        self._readiness_logged = ""  # the problems last written to the log
 
     def note_failure(self, e: GatewayError) -> None:
         self.metrics.model_errors.labels(type(e).__name__).inc()
         if isinstance(e, ModelUnavailable):
             self.pair.mark(e)  # the next request that needs that server re-checks it first
+
+    async def readiness(self) -> list[str]:
+        """What keeps the gateway from serving every story (empty: ready), written to the log
+        once per change rather than once per probe."""
+        problems = await self.pair.readiness()
+        said = "; ".join(problems)
+        if said != self._readiness_logged:
+            log.warning("not ready: %s", said) if problems else log.info("ready")
+            self._readiness_logged = said
+        return problems
+
+    def token_limits(self) -> tuple[int | None, int, int | None]:
+        """(the models' context, None until both have answered; the longest prompt in tokens;
+        the longest prompt plus story). With context shift a prompt may be longer than the
+        contexts (each model reads its last window) and a story runs to the prompt plus
+        max_new_tokens."""
+        s, p = self.settings, self.pair
+        context = p.max_context if p.problem is None and all(b.info for b in p) else None
+        if s.context_shift:
+            return context, s.max_prompt_tokens, s.max_prompt_tokens + s.max_new_tokens_limit
+        return context, min(s.max_prompt_tokens, context - 1) if context else s.max_prompt_tokens, context
 
     async def prepare(self, job: GenerationParams, names: dict[str, str]) -> GenerationParams:
         """Settings-dependent checks (no server needed), then tokenize with the servers'
@@ -169,11 +191,6 @@ def get_pair(request: Request) -> ModelPair:
     return request.app.state.gateway.pair
 
 
-def get_limiter(request: Request) -> Limiter:
-    return request.app.state.gateway.limiter
-
-
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 PairDep = Annotated[ModelPair, Depends(get_pair)]
-LimiterDep = Annotated[Limiter, Depends(get_limiter)]

@@ -3,6 +3,10 @@
 // sends a server's address or gRPC text (those are in its log).
 
 import { ApiError } from "./api.js";
+import { FAMILIES } from "./roles.js";
+
+// The gateway names a missing model by its role and family: "The logic model (BDH) is not answering".
+const NAMES_A_MODEL = new RegExp(`model \\((${FAMILIES.map(([, f]) => f).join("|")})\\)`);
 
 /** {message, detail} for an error; message is plain language, detail the technical part. */
 export function explain(err) {
@@ -25,7 +29,7 @@ export function explain(err) {
     case 503:
     case 504:
       // The gateway names the model in words and says what to do: say just that.
-      if (/model \((GPT-2|BDH)\)/.test(err.message)) return { message: err.message, detail: `HTTP ${err.status}` };
+      if (NAMES_A_MODEL.test(err.message)) return { message: err.message, detail: `HTTP ${err.status}` };
       return { message: `A model is not answering right now.${wait}`, detail };
     default:
       if (err.midStream) return { message: "The story stopped early: a model stopped answering. Your story so far is kept.", detail };
@@ -39,10 +43,4 @@ const NAMES = { prompt: "the start of the story", max_new_tokens: "Length (word 
 
 function fieldName(field) {
   return NAMES[field] || field;
-}
-
-/** One line: the plain message and, in brackets, the technical detail (for small spaces). */
-export function describe(err) {
-  const { message, detail } = explain(err);
-  return `${message} (${detail})`;
 }
