@@ -59,9 +59,10 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_validator import FALSE_ALARM_TARGET, load_triples, pct  # noqa: E402
 from plotarmour.checkpoint import load_checkpoint  # noqa: E402
 from plotarmour.models import FAMILIES  # noqa: E402
+from plotarmour.roles import ROLES  # noqa: E402
 from plotarmour.tokenizer import eot_id  # noqa: E402
 
-MODELS = ("gpt2", "bdh")
+MODELS = tuple(ROLES)  # gpt2, bdh
 LOG2 = float(np.log(2.0))
 WORD = re.compile(r"\w+(?:['’]\w+)*")
 EXPECTED_CANDIDATES = 5  # each model's top whole words at a slot, as swap candidates

@@ -35,7 +35,8 @@ from plotarmour.roles import ROLES
 # The blend's two roles (plotarmour.roles), each a service of its own. Which model family
 # a role serves is its checkpoint's business (config.json's model_type, looked up in
 # plotarmour.models.FAMILIES by the server).
-MODELS = ("bdh", "gpt2")  # started in this order
+MODELS = tuple(reversed(ROLES))  # listed and started logic first, as the stack always has
+_PORT_KEYS = [f"{name}{kind}_port" for kind in ("", "_metrics") for name in MODELS]  # bdh_port, ...
 DEFAULT_PORTS = {"gateway": 8000,
                  **{name: ROLES[name].port for name in MODELS},
                  **{f"{name}_metrics": ROLES[name].metrics_port for name in MODELS}}
@@ -281,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="stop the stack when a service fails this many times in a row, each soon after "
                          "it started [5]")
     args = ap.parse_args(argv)
-    for key in ("bdh_port", "gpt2_port", "bdh_metrics_port", "gpt2_metrics_port"):
+    for key in _PORT_KEYS:
         if getattr(args, key) is None:  # with --port 0 the model servers pick free ports too
             setattr(args, key, 0 if args.port == 0 else DEFAULT_PORTS[key.removesuffix("_port")])
     return args
@@ -290,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ports_to_check(args: argparse.Namespace) -> list[tuple[int, str]]:
     """Every port the stack will bind, with the flag that chooses it."""
     out = [(args.port, "--port")]
-    for key in ("bdh_port", "gpt2_port", "bdh_metrics_port", "gpt2_metrics_port"):
+    for key in _PORT_KEYS:
         out.append((getattr(args, key), "--" + key.replace("_", "-")))
     taken = {}
     for port, flag in out:

@@ -52,7 +52,7 @@ Each choice here is bench/bench_validator.py's pick among the alternatives that
 bench/validator_variants.py holds (other weights and terms, other flag rules); how they
 measured is in bench/VALIDATOR.md.
 
-Pure numpy and plain data: the validation service (../validation.py) feeds it the Score
+Pure numpy and plain data: the validation service (validation.py) feeds it the Score
 answers; tests feed it made-up log-probabilities.
 """
 
@@ -65,9 +65,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from plotarmour.roles import ROLES
+
 _LOG2 = float(np.log(2.0))
-MODELS = ("gpt2", "bdh")
-NAMES = {"gpt2": "GPT-2", "bdh": "BDH"}
+MODELS = tuple(ROLES)  # the roles, in the order the gateway asks them: rows of every measure
+NAMES = {name: role.family for name, role in ROLES.items()}  # "GPT-2" in a reason's words
 # A word: letters and digits, with inner apostrophes ("Lily's", "don't"); or a run of
 # punctuation, which is scored (the draft's probability includes it, and a sentence that
 # ends where the context says it should not is evidence too) but never flagged.

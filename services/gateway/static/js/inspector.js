@@ -6,10 +6,11 @@
 // (to read its columns) and Esc or Tab brings it back to the word.
 
 import { formatProb, percent, visible } from "./format.js";
+import { FAMILIES, family } from "./roles.js";
 import { CLEAR_LEAD, lead } from "./story.js";
 
 const $ = (id) => document.getElementById(id);
-const COLUMNS = [["blend", "Blend"], ["gpt2", "GPT-2"], ["bdh", "BDH"]];
+const COLUMNS = [["blend", "Blend"], ...FAMILIES];
 
 /** A part of the whole as a whole percentage, never a misleading 0% or 100%. */
 function sharePercent(x) {
@@ -17,7 +18,6 @@ function sharePercent(x) {
   if (x < 1 && x > 0.995) return "> 99%";
   return `${Math.round(x * 100)}%`;
 }
-const ROLE_NAMES = { gpt2: "GPT-2", bdh: "BDH" };
 
 export class Inspector {
   /** panes: the StoryPanes whose words it explains. */
@@ -106,7 +106,7 @@ export class Inspector {
     const shifted = t.context_shift || [];
     shift.hidden = !shifted.length;
     shift.textContent = shifted.length
-      ? `${shifted.map((r) => ROLE_NAMES[r] || r).join(" and ")} had to forget the start of the story just before this word.`
+      ? `${shifted.map(family).join(" and ")} had to forget the start of the story just before this word.`
       : "";
 
     const alts = $("inspector-alts");

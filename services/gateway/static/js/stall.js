@@ -4,12 +4,10 @@
 import { waitingFor } from "./api.js";
 import { $, state } from "./page.js";
 import { checkReadiness } from "./readiness.js";
+import { words } from "./roles.js";
 import { status } from "./status.js";
 
 const STALL_MS = 2000;  // no token for this long: say what the story waits for
-
-// Every live story steps together, so the gateway knows which server's answer is late.
-const WAITED_FOR = { gpt2: "the creativity model (GPT-2)", bdh: "the logic model (BDH)" };
 
 /** Start watching the run that has just begun (generate clears run.stallTimer at its end). */
 export function watchForStalls() {
@@ -39,12 +37,13 @@ function showStall() {
   }
 }
 
+// Every live story steps together, so the gateway knows which server's answer is late.
 async function nameTheStall(thisRun, stall) {
   const late = thisRun.id ? await waitingFor(thisRun.id) : null;
   // Only for this stall of this run, while it lasts (an answer may come after the tokens did).
   if (state.run !== thisRun || thisRun.ended || thisRun.stalls !== stall || !thisRun.stalledFor) return;
   if (!late || !late.length) return;
-  thisRun.stalledOn = late.length === 1 ? WAITED_FOR[late[0]] || late[0] : "both models";
+  thisRun.stalledOn = late.length === 1 ? words(late[0]) : "both models";
   showStall();
   status();
 }

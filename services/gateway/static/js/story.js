@@ -11,6 +11,7 @@
 // token inspector opens by click, tap or keyboard.
 
 import { blendName, percent } from "./format.js";
+import { family } from "./roles.js";
 
 // A word is coloured when one model gave it at least this many times the other's probability;
 // the colour is full at FULL_LEAD times.
@@ -22,7 +23,6 @@ export function lead(pBdh, pGpt2) {
   if (!(pBdh > 0) && !(pGpt2 > 0)) return 0;
   return Math.log(Math.max(pBdh, 1e-30) / Math.max(pGpt2, 1e-30));
 }
-const ROLE_NAMES = { gpt2: "GPT-2", bdh: "BDH" };
 
 /** BDH's share of the blended probability of a token drawn at weight w (0.5 when both are 0). */
 export function bdhShare(w, pBdh, pGpt2) {
@@ -200,7 +200,7 @@ export class StoryPane {
     const mark = document.createElement("span");
     mark.className = "shift-mark";
     mark.dataset.roles = roles.join(" ");
-    const who = roles.map((r) => ROLE_NAMES[r] || r).join(" and ");
+    const who = roles.map(family).join(" and ");
     mark.setAttribute("role", "img");
     mark.setAttribute("aria-label", `${who} forgot the start of the story here (its window slid on)`);
     mark.title = mark.getAttribute("aria-label");

@@ -6,9 +6,9 @@
 import { validate } from "./api.js";
 import { explain } from "./errors.js";
 import { formatProb, visible } from "./format.js";
+import { FAMILIES } from "./roles.js";
 
 const $ = (id) => document.getElementById(id);
-const MODELS = [["gpt2", "GPT-2"], ["bdh", "BDH"]];
 
 // A word's score is in bits (how much less likely the context makes it, with its surprisal
 // mixed in), comparable between drafts: the heat is absolute, full at 8 bits, so the same
@@ -78,7 +78,7 @@ export function renderDraft(container, draft, words, contradictions) {
 }
 
 function wordTitle(w) {
-  const bits = (o) => (o ? MODELS.map(([k, n]) => `${n} ${Number(o[k]).toFixed(1)}`).join(", ") : "");
+  const bits = (o) => (o ? FAMILIES.map(([k, n]) => `${n} ${Number(o[k]).toFixed(1)}`).join(", ") : "");
   const parts = [`score ${Number(w.score).toFixed(1)} bits${w.flagged ? " (flagged)" : ""}`];
   if (w.context_bits) parts.push(`the context changes its log-probability by (bits) ${bits(w.context_bits)}`);
   if (w.surprisal_bits) parts.push(`surprisal (bits) ${bits(w.surprisal_bits)}`);
@@ -105,7 +105,7 @@ function renderReasons(list, contradictions) {
     const expected = c.expected || {};
     const dl = document.createElement("dl");
     dl.className = "expected";
-    for (const [key, name] of MODELS) {
+    for (const [key, name] of FAMILIES) {
       const alts = expected[key] || [];
       if (!alts.length) continue;
       const dt = document.createElement("dt");
