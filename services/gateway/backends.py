@@ -389,7 +389,6 @@ class ModelPair:
         self.incompatible: str | None = None  # why the two cannot be blended, once both answered
         self._lock = asyncio.Lock()
         self._recheck: asyncio.Future | None = None
-        self.reported = ""  # the readiness problems /ready last wrote to the log
 
     def __iter__(self):
         return iter((self.gpt2, self.bdh))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import logging
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -17,7 +16,6 @@ from ..errors import OpenAIErrors
 from ..security import authorized
 from ..service import GatewayDep, PairDep, SettingsDep
 
-log = logging.getLogger("plotarmour.gateway")
 router = APIRouter(tags=["operations"], route_class=OpenAIErrors)
 STATIC = Path(__file__).resolve().parent.parent / "static"
 VERSION = "0.1.0"
@@ -41,14 +39,10 @@ async def health():
 
 
 @router.get("/ready")
-async def ready(request: Request, pair: PairDep, settings: SettingsDep):
+async def ready(request: Request, gw: GatewayDep, pair: PairDep, settings: SettingsDep):
     """Ready or not, for anyone (load balancers carry no key); what is wrong, with the
     servers' addresses and gRPC errors, only behind the API key (and always in the log)."""
-    problems = await pair.readiness()
-    said = "; ".join(problems)
-    if said != pair.reported:  # in the log once per change, not once per probe
-        log.warning("not ready: %s", said) if problems else log.info("ready")
-        pair.reported = said
+    problems = await gw.readiness()
     # ready keeps its meaning for probes (both servers up); each role says whether stories
     # that need only it can be written now.
     body = {"ready": not problems, "models": pair.up()}
@@ -60,14 +54,7 @@ async def ready(request: Request, pair: PairDep, settings: SettingsDep):
 @router.get("/info")
 async def info(gw: GatewayDep):
     s, p = gw.settings, gw.pair
-    context = p.max_context if p.problem is None and all(b.info for b in p) else None
-    # With context shift a prompt may be longer than the models' contexts (each reads its
-    # last window), and a story may run to the prompt plus max_new_tokens.
-    if s.context_shift:
-        max_input, max_total = s.max_prompt_tokens, s.max_prompt_tokens + s.max_new_tokens_limit
-    else:
-        max_input = min(s.max_prompt_tokens, context - 1) if context else s.max_prompt_tokens
-        max_total = context
+    context, max_input, max_total = gw.token_limits()
     return {
         "gateway": {"version": VERSION, "problem": p.problem, "blends": BLENDS,
                     "limits": {k: getattr(s, k) for k in (
