@@ -9,6 +9,7 @@
     server.py    create_server() (binds, port 0 for tests) / serve() (signals, logging)
     metrics.py   Prometheus metrics on their own HTTP port
     launch.py    start a server as a subprocess and wait for it (tests, benchmarks)
+    probe.py     the health probe containers run: exit 0 when the server is SERVING
 
 Torch is imported only when a model loads, so importing this package (e.g. for
 `launch`) stays cheap; the names below load lazily.
