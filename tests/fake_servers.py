@@ -2,7 +2,10 @@
 
 The fake speaks the real gRPC contract with made-up but deterministic distributions, so
 gateway tests and the web page's tests can run without loading any model. Its knobs
-(a per-step delay, a step after which it fails) produce the error cases on demand.
+(a per-step delay, a step after which it fails) produce the error cases on demand, and
+others say how a story goes instead of a test hunting for a seed: `end_at` (end-of-text
+certain from that context length on), `never_end` (never drawn) and `certain` (the token
+that comes next at a given context length).
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from pathlib import Path
 def claim_log(log_dir: Path, model: str, stamp: str) -> Path:
     """A new run's log file, <model>-<stamp>.csv, created here so that two runs started in
     the same second (side by side, one log_dir) never write one file: the second gets
-    <model>-<stamp>_2.csv, which sorts after the first ('_' > '.')."""
+    <model>-<stamp>_002.csv, which sorts after the first ('_' > '.'), and so on."""
     log_dir.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
-        path = log_dir / f"{model}-{stamp}{'' if n == 1 else f'_{n}'}.csv"
+        path = log_dir / f"{model}-{stamp}{'' if n == 1 else f'_{n:03d}'}.csv"
         try:
             path.open("x").close()
             return path

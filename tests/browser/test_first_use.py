@@ -254,11 +254,14 @@ def test_the_blend_menu_speaks_plainly_and_a_stop_is_not_shown_as_an_error(page,
 
 def test_a_line_that_starts_after_a_line_break_shows_no_indent(open_page, fake_gateway, tiny_tokenizer):
     prompt = "Once upon a time.\n"
-    # Both fakes write a spaced word right after the prompt's line break (the blend of two
-    # certainties is certain), then go on as they like.
+    # Both fakes write a spaced word right after the prompt's line break, a line break of
+    # their own and another spaced word (the blend of two certainties is certain), then go on
+    # as they like: a line starts at the story's start and within it.
     tok = tiny_tokenizer
     spaced = next(i for i in range(tok.get_vocab_size()) if re.fullmatch(r" \w+", tok.decode([i])))
-    opening = {"certain": {len(tok.encode(prompt).ids): spaced}}
+    newline = next(i for i in range(tok.get_vocab_size()) if tok.decode([i]) == "\n")
+    n = len(tok.encode(prompt).ids)
+    opening = {"certain": {n: spaced, n + 1: newline, n + 2: spaced}}
     gw = fake_gateway(gpt2=opening, bdh=opening)
     seed = 1
     tokens = httpx.post(gw.url + "/generate", timeout=30, json={
@@ -266,7 +269,7 @@ def test_a_line_that_starts_after_a_line_break_shows_no_indent(open_page, fake_g
     texts = [t["text"] for t in tokens if t["text"]]
     after_break = [i for i, x in enumerate(texts)
                    if re.match(r" \S", x) and (texts[i - 1] if i else prompt).endswith("\n")]
-    assert after_break and after_break[0] == 0, texts
+    assert after_break[:2] == [0, 2], texts
     page = open_page(gw.url + "/", permissions=["clipboard-read", "clipboard-write"])
     fill_settings(page, seed=seed, max_tokens=40, split=False)
     page.fill("#prompt", prompt)  # (typed, its Enter would generate)

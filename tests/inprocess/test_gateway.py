@@ -240,8 +240,10 @@ def test_a_stalled_server_holds_up_only_the_stories_that_need_it(tiny_tokenizer)
                 gen_id = next(events)[1]["id"]
                 next(events)
                 g.model.step_delay_s = 3.0
-                assert wait_until(lambda: c.get(f"/generations/{gen_id}").json()["waiting_for"] == ["gpt2"])
-                stalled = c.get(f"/generations/{gen_id}").json()
+                seen = []  # the answer that showed the stall, for the bound below and a failure's message
+                assert wait_until(lambda: seen.append(c.get(f"/generations/{gen_id}").json())
+                                  or seen[-1]["waiting_for"] == ["gpt2"]), seen[-1:]
+                stalled = seen[-1]
                 alone = c.post("/generate", json=body).json()
                 assert alone["tokens"] == before["tokens"]
                 now = c.get(f"/generations/{gen_id}").json()

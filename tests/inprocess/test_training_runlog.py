@@ -11,7 +11,7 @@ from training.runlog import CsvLog, claim_log
 def test_runs_started_in_the_same_second_get_a_log_each(tmp_path):
     first = claim_log(tmp_path, "bdh", "20261207-210956")
     second = claim_log(tmp_path, "bdh", "20261207-210956")
-    assert first.name == "bdh-20261207-210956.csv" and second.name == "bdh-20261207-210956_2.csv"
+    assert first.name == "bdh-20261207-210956.csv" and second.name == "bdh-20261207-210956_002.csv"
     for path, loss in ((first, 2.5), (second, 2.7)):
         log = CsvLog(path, keep_through=0)
         log.row(step=10, tokens=20480, train_loss=loss)

@@ -48,6 +48,7 @@ export class StoryPane {
     this.finishReason = null;  // until this story ends (a Download meanwhile says "not finished")
     this.genStart = 0;  // tokenCount when this pane's current generation began (Continue starts another)
     this.schedule = null;
+    this.heldShift = [];
     this.textEl.addEventListener("keydown", (e) => this.onKey(e));
   }
 
@@ -66,6 +67,7 @@ export class StoryPane {
     this.genStart = 0;
     this.schedule = null;
     this.lineStart = false;
+    this.heldShift = [];  // roles whose window slid at a token with no text yet: the next word tells it
     this.planned = 0;
     this.renderStrip();
   }
@@ -125,9 +127,14 @@ export class StoryPane {
       this.noteWeight(ev.logic_weight);
     }
     this.tokenCount += 1;
+    const shifted = [...new Set([...this.heldShift, ...(ev.context_shift || [])])];
     if (ev.context_shift && ev.context_shift.length) this.addShift(ev.context_shift);
     this.scheduleStrip();
-    if (!ev.text) return;  // end-of-text, or bytes the detokenizer holds until a character is whole
+    if (!ev.text) {  // end-of-text, or bytes the detokenizer holds until a character is whole:
+      this.heldShift = shifted;  // the word shown after the mark tells of the slide
+      return;
+    }
+    this.heldShift = [];
     this.hasStory = true;
     const span = document.createElement("span");
     const share = bdhShare(ev.logic_weight, ev.p_bdh, ev.p_gpt2);
@@ -168,7 +175,7 @@ export class StoryPane {
     span.dataset.share = share.toFixed(4);
     span.tabIndex = this.tokens.length === 0 ? 0 : -1;  // one tab stop per pane: the roving token
     span.setAttribute("aria-describedby", "inspector-summary");
-    this.tokens.push({ ...ev, share, number: this.tokenCount });
+    this.tokens.push({ ...ev, ...(shifted.length ? { context_shift: shifted } : {}), share, number: this.tokenCount });
     this.textEl.append(span);
     this.pieces.push(ev.text);
   }
