@@ -420,7 +420,8 @@ class Scheduler:
         ride in the chunk's pass instead of queueing behind a chunk run alone (a story
         silent for longer is not running)."""
         if not (self._work and not self._rows and self.engine.fuses_chunks and self._step_s
-                and time.monotonic() - self._stepped_at < (_AWAIT_STEPS + 1) * self._step_s):
+                and time.monotonic() - self._stepped_at < (_AWAIT_STEPS + 1) * self._step_s
+                and self._stepped_lately()):  # (a story that has ended sends no next step)
             return
         self._wake.clear()
         work = self._next_work()

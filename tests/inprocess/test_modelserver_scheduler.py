@@ -282,6 +282,25 @@ def test_on_bdh_a_story_rides_in_the_chunks_pass_except_when_it_folds(engine):
         assert spy.fused == 0
 
 
+def test_a_prompt_after_the_last_story_ended_waits_for_no_step(bdh_engine, monkeypatch):
+    """A chunk waits a few steps for the running stories' next steps, but a story that has
+    ended sends none: a prompt opened right after it is prefilled at once (it waited out
+    the whole wait, which doubled the time to first token of a story after another)."""
+    from plotarmour.modelserver import scheduler as module
+
+    monkeypatch.setattr(module, "_AWAIT_STEPS", 10**6)  # a wait would now outlast the test
+
+    async def body(s: Scheduler):
+        story, _ = await s.open([1, 2, 3])
+        for t in range(5):
+            await story.step(4 + t)
+        story.close()
+        return await asyncio.wait_for(s.open([5, 6, 7, 8]), 30)
+
+    _, first = run(bdh_engine, body, chunk_size=2)  # chunked: the chunk is what would wait
+    assert first.shape == (bdh_engine.vocab_size,)
+
+
 def test_stories_folding_in_turn_do_not_starve_a_score(bdh_engine):
     """With 16 stories at 16 different fold phases every step folds; a chunk kept off a
     folding step waits one pass at most, so the Score still moves (it waited for ever)."""
