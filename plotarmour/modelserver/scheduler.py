@@ -36,7 +36,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +45,7 @@ from plotarmour.models.base import expected_chunk, score_chunk
 
 from .errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone, WorkFailed
 from .metrics import Metrics
+from .work import Block, Scored, Session, Work, log_probs
 
 log = logging.getLogger(__name__)
 
@@ -69,108 +69,6 @@ class _PassFailed(Exception):
     it takes the loop down, as a failed step does."""
 
 
-def log_probs(logits: torch.Tensor) -> np.ndarray:
-    """logits (B, V) → float32 log-probabilities (B, V), little-endian, C-contiguous."""
-    return torch.log_softmax(logits.float(), dim=-1).numpy().astype("<f4", copy=False)
-
-
-@dataclass(eq=False)
-class Session:
-    """A session of the engine, as the servicer sees it."""
-
-    id: int  # the engine's session id
-    position: int  # tokens consumed so far
-    scheduler: Scheduler
-    last_active: float = field(default_factory=time.monotonic)
-    on_expire: Callable[[Session, str], None] | None = None  # told when the idle timeout frees it
-    closed: bool = False
-
-    async def step(self, token: int) -> np.ndarray:
-        """The next-token log-probs (V,) after feeding `token`."""
-        result = (await self.scheduler.step([self], [token]))[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def close(self) -> None:
-        self.scheduler.close(self)
-
-
-@dataclass
-class Scored:
-    """A Score's answer: log p of each token (T-1,) and, when asked, what the model
-    expected at each position: top ids and log-probs (T-1, k), entropies in nats (T-1,)."""
-
-    log_probs: np.ndarray
-    top_ids: np.ndarray | None = None
-    top_log_probs: np.ndarray | None = None
-    entropies: np.ndarray | None = None
-
-
-@dataclass(eq=False)
-class _Block:
-    """One step call's rows, answered together: their log-probs land in one (n, V) array
-    as the engine steps them (no per-row futures, no stacking for the reply)."""
-
-    future: asyncio.Future  # set once every row has its answer
-    size: int  # rows asked for
-    vocab_size: int
-    rows: np.ndarray | None = None  # (size, V) float32, in the caller's order, once any row is in
-    pending: int = 0
-    errors: dict[int, Exception] = field(default_factory=dict)  # row index → what closed it
-    engine_s: float = 0.0  # the engine's steps its rows took part in (what the server's own cost excludes)
-
-    def fail(self, index: int, error: Exception) -> None:
-        self.errors[index] = error
-        self.done_one()
-
-    def put(self, dst: list[int], batch: np.ndarray, src: list[int]) -> None:
-        """Rows `dst` of the answer are the batch's rows `src` (both ascending). The usual
-        case, a caller's whole block stepped as one run of the batch, is taken as a view:
-        no copy of the step's log-probs (a megabyte at 64 rows)."""
-        n = len(dst)
-        if self.rows is None and n == self.size and src[-1] - src[0] == n - 1:
-            self.rows = batch[src[0]:src[0] + n]
-        else:
-            self.answer()[dst] = batch[src]
-        self.done_one(n)
-
-    def answer(self) -> np.ndarray:
-        """The (size, V) answer, made here when no view of a batch became it."""
-        if self.rows is None:
-            self.rows = np.empty((self.size, self.vocab_size), dtype="<f4")
-        return self.rows
-
-    def done_one(self, n: int = 1) -> None:
-        self.pending -= n
-        if not self.pending and not self.future.done():
-            self.future.set_result(None)
-
-
-@dataclass(eq=False)
-class _Work:
-    """A prompt to prefill or a sequence to score, run chunk by chunk on the worker."""
-
-    kind: str  # "prefill" | "score"
-    ids: list[int]
-    future: asyncio.Future
-    done: int = 0  # tokens fed so far
-    sid: int | None = None  # the engine session it runs in
-    # score: the answer, filled chunk by chunk. One array made up front, not a list of
-    # small per-chunk pieces: pieces that outlive each chunk's large freed logits pin
-    # the heap (glibc), and a 20,000-token Score grew the process by ~270 MB that way.
-    logp: np.ndarray | None = None
-    top_k: int = 0  # score: alternatives per position, and whether entropies are wanted
-    entropy: bool = False
-    expected: Scored | None = None  # score: filled chunk by chunk, like logp
-    t0: float = field(default_factory=time.perf_counter)
-
-    @property
-    def end(self) -> int:
-        # A score never feeds its last token: it predicts nothing.
-        return len(self.ids) - 1 if self.kind == "score" else len(self.ids)
-
-
 class Scheduler:
     def __init__(self, engine: DecodeEngine, metrics: Metrics, *, max_batch_size: int = 64, chunk_size: int = 256,
                  max_sessions: int = 64, max_scores: int = 16, idle_timeout_s: float = 300.0,
@@ -187,15 +85,15 @@ class Scheduler:
         self.vocab_size = engine.vocab_size
         self.max_context = engine.max_context
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        self._rows: dict[Session, tuple[int, _Block, int]] = {}  # waiting decode rows: session → (token, its block, row)
-        self._work: deque[_Work] = deque()  # prefill and score, taking turns
+        self._rows: dict[Session, tuple[int, Block, int]] = {}  # waiting decode rows: session → (token, its block, row)
+        self._work: deque[Work] = deque()  # prefill and score, taking turns
         self._sessions: set[Session] = set()
         self._admitted = 0  # sessions open or being prefilled: what max_sessions bounds
         self._scores = 0
         self._closing: list[int] = []  # engine sessions to free on the next iteration
         # What the worker runs now: out of _rows and _work, yet its waiters must hear
         # of it if the loop dies or stops mid-iteration.
-        self._inflight: tuple[dict, _Work | None] = ({}, None)
+        self._inflight: tuple[dict, Work | None] = ({}, None)
         # The gauges are read when /metrics is scraped, so they tell the truth between events.
         self.metrics.open_sessions.set_function(lambda: self._admitted)
         self.metrics.queued.set_function(self._queued)
@@ -270,7 +168,7 @@ class Scheduler:
         Never refused for load: a running story always gets its step.
         """
         self._check_up()
-        block = _Block(asyncio.get_running_loop().create_future(), len(sessions), self.vocab_size)
+        block = Block(asyncio.get_running_loop().create_future(), len(sessions), self.vocab_size)
         now = time.monotonic()
         for i, (s, token) in enumerate(zip(sessions, tokens)):
             problem = self._step_problem(s, token)
@@ -358,7 +256,7 @@ class Scheduler:
             if self.on_fatal is not None:
                 self.on_fatal(e)
 
-    def _take_rows(self) -> dict[Session, tuple[int, _Block, int]]:
+    def _take_rows(self) -> dict[Session, tuple[int, Block, int]]:
         rows = {}
         for s in list(self._rows)[: self.max_batch_size]:
             entry = self._rows.pop(s)
@@ -366,12 +264,12 @@ class Scheduler:
                 rows[s] = entry
         return rows
 
-    def _next_work(self) -> _Work | None:
+    def _next_work(self) -> Work | None:
         """The work whose chunk is next: the oldest prompt (first come, first served), else
         the Score whose turn it is."""
         return next((w for w in self._work if w.kind == "prefill"), self._work[0]) if self._work else None
 
-    def _take_work(self) -> _Work | None:
+    def _take_work(self) -> Work | None:
         """Take the next chunk's work (`_next_work`), passing over any whose caller has gone."""
         while self._work:
             work = self._next_work()
@@ -398,7 +296,7 @@ class Scheduler:
             raise Overloaded(f"this {what} would be done in about {eta:.1f} s ({ahead} tokens of other work "
                              f"ahead of its {tokens}), past its deadline of {max_wait_s:.1f} s; retry later")
 
-    def _drop(self, work: _Work) -> None:
+    def _drop(self, work: Work) -> None:
         if work.sid is not None:
             self._closing.append(work.sid)
             work.sid = None
@@ -432,7 +330,7 @@ class Scheduler:
         if not self._rows:
             await self._woken(_AWAIT_STEPS * self._step_s)
 
-    def _begin(self, work: _Work) -> None:
+    def _begin(self, work: Work) -> None:
         """On the worker: open work's session ahead of its first chunk. A failure is left
         for that chunk to meet and report."""
         try:
@@ -453,7 +351,7 @@ class Scheduler:
             waiter.cancel()
 
     # -- on the worker thread ------------------------------------------------------------
-    def _iterate(self, loop, closing: list[int], rows: dict, work: _Work | None):
+    def _iterate(self, loop, closing: list[int], rows: dict, work: Work | None):
         for sid in closing:
             self.engine.close(sid)
         if rows and work is not None and self.engine.fuses_chunks:
@@ -523,7 +421,7 @@ class Scheduler:
         except InvalidInput as e:
             return InvalidArgument(str(e))
 
-    def _run_chunk(self, work: _Work, loop=None, rows: dict | None = None) -> np.ndarray | Exception | None:
+    def _run_chunk(self, work: Work, loop=None, rows: dict | None = None) -> np.ndarray | Exception | None:
         """One chunk of `work`; returns its result when finished, None while not. With
         `rows`, the engine steps them in the same pass and they are delivered from here
         (alone, if the chunk fails before its pass)."""
@@ -602,7 +500,7 @@ class Scheduler:
         return logits
 
     @staticmethod
-    def _expected_chunk(work: _Work, logits: torch.Tensor, a: int, b: int) -> None:
+    def _expected_chunk(work: Work, logits: torch.Tensor, a: int, b: int) -> None:
         """Fill rows a:b of what the model expected (arrays made up front, as for logp)."""
         e = work.expected
         if e is None:
@@ -625,7 +523,7 @@ class Scheduler:
         batch, singles = stepped
         for block in {block for _, block, _ in rows.values()}:
             block.engine_s += took
-        into: dict[_Block, tuple[list[int], list[int]]] = {}  # block → (its rows, the batch's rows)
+        into: dict[Block, tuple[list[int], list[int]]] = {}  # block → (its rows, the batch's rows)
         for j, (s, (_, block, i)) in enumerate(rows.items()):
             value = batch[j] if batch is not None else singles[s]
             if not isinstance(value, Exception):
@@ -646,7 +544,7 @@ class Scheduler:
         for block, (dst, src) in into.items():  # at most one copy per caller, not one per row
             block.put(dst, batch, src)
 
-    def _deliver_work(self, work: _Work | None, result) -> None:
+    def _deliver_work(self, work: Work | None, result) -> None:
         if work is None:
             return
         if result is None:  # more chunks to go: a prompt keeps its place, a Score goes to the back
@@ -671,8 +569,8 @@ class Scheduler:
             work.future.set_result(result)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _submit(self, kind: str, ids: list[int]) -> _Work:
-        work = _Work(kind, ids, asyncio.get_running_loop().create_future())
+    def _submit(self, kind: str, ids: list[int]) -> Work:
+        work = Work(kind, ids, asyncio.get_running_loop().create_future())
         self._work.append(work)
         self._wake.set()
         return work
