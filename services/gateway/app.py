@@ -40,10 +40,14 @@ async def keep_trying(gw: Gateway) -> None:
         if pair.problem is None:
             continue
         try:
-            await pair.recheck()
-            log.info("model servers ready: gpt2 at %s, bdh at %s", s.gpt2_address, s.bdh_address)
+            await pair.recheck()  # (says what is wrong through pair.problem, not by raising)
         except GatewayError as e:
             log.debug("model servers not ready: %s", e)
+            continue
+        if pair.problem is None:
+            log.info("model servers ready: gpt2 at %s, bdh at %s", s.gpt2_address, s.bdh_address)
+        else:
+            log.debug("model servers not ready: %s", pair.problem)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

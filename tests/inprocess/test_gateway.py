@@ -492,6 +492,30 @@ def test_starts_without_servers_then_becomes_ready(tiny_tokenizer):
         gw.stop()
 
 
+def test_the_log_says_ready_only_once_the_servers_are(tiny_tokenizer, caplog):
+    """The gateway re-checks absent servers every retry_interval_s; while they are still
+    absent its log says so (it said "model servers ready" at every try)."""
+    caplog.set_level("DEBUG", logger="plotarmour.gateway")
+
+    def said(text: str) -> int:
+        return sum(r.getMessage().startswith(text) for r in caplog.records)
+
+    gp, bp = free_port("127.0.0.1"), free_port("127.0.0.1")
+    gw = start_gateway(f"127.0.0.1:{gp}", f"127.0.0.1:{bp}", connect_timeout_s=1, retry_interval_s=0.1)
+    try:
+        assert wait_until(lambda: said("model servers not ready") >= 3)
+        assert said("model servers ready") == 0
+        g = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="gpt2", salt=1), port=gp)
+        b = FakeServer(FakeLanguageModel(tiny_tokenizer, model_type="bdh", salt=2), port=bp)
+        try:
+            assert wait_until(lambda: said("model servers ready") == 1)
+        finally:
+            g.stop()
+            b.stop()
+    finally:
+        gw.stop()
+
+
 def test_failure_mid_stream_is_an_error_event_then_the_end(tiny_tokenizer, caplog):
     with fake_stack(tiny_tokenizer, bdh=dict(fail_at_step=4)) as (gw, g, b):
         with httpx.Client(base_url=gw.url, timeout=20) as c:
