@@ -18,6 +18,8 @@
 #   7. BDH alone (stage "7"), seed 2030: dropout 0.15, lr 2e-4 -> 1e-5, 3.6M tokens.
 #   8. BDH alone (stage "8"), seed 2031: lr 1.5e-4 -> 1e-5, begun for 4.2M tokens and cut to
 #      3.6M at step 450 (stopped, then --resume with the shorter budget), as stage 6 was.
+#   9. BDH alone (stage "9"), seed 2032: lr 1e-4 -> 1e-5, begun for 4M tokens and cut to
+#      2.87M at step 886, the same way.
 # --init takes the architecture from the checkpoint, dropout included, so stages 4, 5 and 7
 # set the dropout in a copy of the stage before's config.json (dropout changes no weight).
 # It overwrites checkpoints/ (--force); for a pair of your own, follow the README instead.
@@ -100,12 +102,16 @@ for model in gpt2 bdh; do
             --set eval_windows=40 --set seed=2031 --set max_tokens=4200000 --set lr=0.00015 --set min_lr=0.00001 \
             --set eval_interval=150 --stop-after 450
         python -m training.train --resume results/state/default-bdh-8 --set max_tokens=3600000
-        final="$R/bdh-8"
+        train bdh 9 tiny_cpu_long "$R/bdh-8" --set data=data/tinystories --set warmup_steps=50 \
+            --set eval_windows=40 --set seed=2032 --set max_tokens=4000000 --set lr=0.0001 --set min_lr=0.00001 \
+            --set eval_interval=150 --stop-after 886
+        python -m training.train --resume results/state/default-bdh-9 --set max_tokens=2867200
+        final="$R/bdh-9"
     fi
     rm -rf "checkpoints/$model" && cp -r "$final" "checkpoints/$model"
 done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs/8 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --logs checkpoints/logs/9 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
     --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
