@@ -73,9 +73,15 @@ class Gateway:
         max_new_tokens."""
         s, p = self.settings, self.pair
         context = p.max_context if p.problem is None and all(b.info for b in p) else None
-        if s.context_shift:
-            return context, s.max_prompt_tokens, s.max_prompt_tokens + s.max_new_tokens_limit
-        return context, min(s.max_prompt_tokens, context - 1) if context else s.max_prompt_tokens, context
+        total = s.max_prompt_tokens + s.max_new_tokens_limit if s.context_shift else context
+        return context, self._prompt_limit(context), total
+
+    def _prompt_limit(self, context: int | None) -> int:
+        """The longest prompt in tokens. With context shift each model reads its last window
+        of a longer one; without, a prompt must leave room in the smaller context (None:
+        not known yet) for one token to be written."""
+        s = self.settings
+        return s.max_prompt_tokens if s.context_shift or context is None else min(s.max_prompt_tokens, context - 1)
 
     async def prepare(self, job: GenerationParams, names: dict[str, str]) -> GenerationParams:
         """Settings-dependent checks (no server needed), then tokenize with the servers'
@@ -95,8 +101,7 @@ class Gateway:
         ids = tok.encode(job.prompt).ids
         if job.truncate:
             ids = ids[-job.truncate:]
-        # With context shift each model reads its last window of a long prompt.
-        limit = s.max_prompt_tokens if s.context_shift else min(s.max_prompt_tokens, self.pair.max_context - 1)
+        limit = self._prompt_limit(self.pair.max_context)
         if len(ids) > limit:
             raise InvalidField(names["prompt"], f"{len(ids)} tokens is over the limit of {limit}")
         if not ids:
