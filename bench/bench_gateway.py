@@ -1,6 +1,7 @@
 """Gateway throughput, overhead per token, and time to first token.
 
-Three ways to produce the same kind of blended story (w = 0.5), measured in one run:
+Three ways to produce the same kind of blended story (w = 0.5, drawn with the gateway's default
+sampling, the page's default preset), measured in one run:
 
   in-process  both engines in this process, one after the other, with their caches;
               log-softmax, blend, sample (the gateway's own sampling functions)
@@ -49,9 +50,13 @@ from plotarmour.stack import free_port
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from plotarmour.tokenizer import fingerprint
+from services.gateway.presets import DEFAULT
 
 ROOT = Path(__file__).resolve().parents[1]
 W = 0.5
+# Every loop draws as the gateway does by default (the page's default preset), so all three
+# do the same work per token.
+DRAW = sampling.SamplingParams(DEFAULT.temperature, DEFAULT.top_k, DEFAULT.top_p)
 STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
          "dog Max. One day, Lily found a shiny red ball under a big tree. She was very happy and showed it to "
          "her mom. Her mom smiled and said they could play together after lunch. ")
@@ -96,7 +101,7 @@ def prompt_ids(tok, n: int) -> list[int]:
 
 def in_process(engines, ids: list[int], n: int, seed: int) -> tuple[float, float]:
     """(seconds per token, seconds to the first token) with both engines run one after the other."""
-    rng, sp = sampling.make_rng(seed), sampling.SamplingParams()
+    rng, sp = sampling.make_rng(seed), DRAW
     t0 = time.perf_counter()
     sids, logits = zip(*(e.open(ids) for e in engines))
     ttft = None
@@ -118,7 +123,7 @@ async def raw_grpc(addresses: list[str], ids: list[int], n: int, seed: int) -> f
     """Seconds per token doing the gateway's loop directly over gRPC."""
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
     calls = [pb_grpc.LanguageModelStub(c).Decode() for c in channels]
-    rng, sp = sampling.make_rng(seed), sampling.SamplingParams()
+    rng, sp = sampling.make_rng(seed), DRAW
 
     async def round_trip(req):
         for c in calls:

@@ -9,7 +9,11 @@ For 1, 4, 16 and 64 live sessions, with a 32-token prompt each:
   Decode streams a Decode stream per session, each stepping on its own (simple clients)
 Printed: tokens/s, the mean batch the server ran (its `plotarmour_batch_size` histogram,
 sum / count, over the measurement) against the live sessions, the ratio served : engine
-alone at the same batch size, and the 16 : 1 ratio of each.
+alone at the same batch size, and the 16 : 1 ratio of each. Then, per Batch stream row
+type, the server's own ms per step message (its `plotarmour_step_overhead_seconds`
+histogram) and the gRPC floor: the same client against bench/grpc_floor.py's echo server,
+which answers at once with rows of the same size. The engine's step plus that floor is the
+most any Python grpc server could serve at here.
 
 Then the stall (BDH): a running story's inter-token gaps while an 8,000-token Score runs
 beside it; its largest gap as a multiple of its median gap alone and during the Score,
@@ -48,6 +52,8 @@ from plotarmour.checkpoint import load_checkpoint, save_checkpoint
 from plotarmour.modelserver.launch import spawn_model_server
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
+
+from grpc_floor import floor_server  # (bench/, beside this script)
 
 PROMPT = list(range(1, 33))
 CONCURRENCY = (1, 4, 16, 64)
@@ -217,20 +223,24 @@ async def long_prompts(address: str, n: int, tokens: int = STALL_SCORE_TOKENS, d
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-def batch_counts(metrics_url: str) -> tuple[float, float]:
-    """(rows, batches) the server has stepped so far, from its batch-size histogram."""
+def histograms(metrics_url: str) -> dict[str, float]:
+    """The server's histograms' sums and counts so far (batch sizes, its own cost per step)."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    value = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-             if line.startswith(("plotarmour_batch_size_sum ", "plotarmour_batch_size_count "))}
-    return value["plotarmour_batch_size_sum"], value["plotarmour_batch_size_count"]
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith(("plotarmour_batch_size_", "plotarmour_step_overhead_seconds_"))
+            and line.split()[0].endswith(("_sum", "_count"))}
 
 
-def measured(metrics_url: str, run) -> tuple[float, float, float]:
-    """run() → (its result, rows stepped, batches run) meanwhile."""
-    rows0, batches0 = batch_counts(metrics_url)
+def measured(metrics_url: str, run) -> tuple[float, float, float, float]:
+    """run() → (its result, rows stepped, batches run, the server's own seconds per Batch
+    step message) meanwhile (older servers without that histogram: NaN)."""
+    before = histograms(metrics_url)
     result = run()
-    rows1, batches1 = batch_counts(metrics_url)
-    return result, rows1 - rows0, batches1 - batches0
+    after = histograms(metrics_url)
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    own = "plotarmour_step_overhead_seconds_"
+    per_step = d[own + "sum"] / d[own + "count"] if d.get(own + "count") else float("nan")
+    return result, d["plotarmour_batch_size_sum"], d["plotarmour_batch_size_count"], per_step
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -274,10 +284,13 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
     if model == "bdh":
         settings["max_context"] = 16384  # room for the stall's 8,000-token Score (new BDH default: 8192)
     modes = ["engine"] + ([f"batch {rows}" for rows in args.rows] if HAS_BATCH else []) + ["decode"]
-    rates = {(m, n): [] for m in modes for n in CONCURRENCY}
+    floors = [f"floor {rows}" for rows in args.rows] if HAS_BATCH else []
+    rates = {(m, n): [] for m in modes + floors for n in CONCURRENCY}
     rows_batches = {(m, n): [0.0, 0.0] for m in modes[1:] for n in CONCURRENCY}
+    own = {(m, n): [] for m in modes[1:] for n in CONCURRENCY}  # the server's own seconds per step message
     local = EngineAlone(ckpt, args.device)
-    with spawn_model_server(model, ckpt, workdir=tmp, **settings) as srv:
+    with spawn_model_server(model, ckpt, workdir=tmp, **settings) as srv, \
+            floor_server(load_checkpoint(ckpt).tokenizer.get_vocab_size()) as echo:
         info = pb_grpc.LanguageModelStub(grpc.insecure_channel(srv.address)).GetInfo(pb.InfoRequest())
         asyncio.run(decode_streams_rate(srv.address, 4, 5))  # warm-up
         step_local = local.step_ms(50)
@@ -289,10 +302,13 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
                 for mode in modes[1:]:
                     run = (lambda: batch_stream_rate(srv.address, n, steps, mode.split()[1])) \
                         if mode.startswith("batch") else (lambda: decode_streams_rate(srv.address, n, steps))
-                    rate, rows, batches = measured(srv.metrics_url, lambda: asyncio.run(run()))
+                    rate, rows, batches, own_s = measured(srv.metrics_url, lambda: asyncio.run(run()))
                     rates[mode, n].append(rate)
                     rows_batches[mode, n][0] += rows
                     rows_batches[mode, n][1] += batches
+                    own[mode, n].append(own_s)
+                for mode in floors:
+                    rates[mode, n].append(asyncio.run(batch_stream_rate(echo, n, steps, mode.split()[1])))
         stalled = asyncio.run(stall(srv.address, 60)) if model == "bdh" and not args.no_stall else None
         crowd = {n: asyncio.run(long_prompts(srv.address, n)) for n in (1, 2, 3)} if model == "bdh" and args.long_prompts else {}
     stalls = [("default settings", stalled)] if stalled else []
@@ -317,6 +333,14 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
         print(f"  {n:>8}  {cells[0]:>14}" + "".join(f"  {c:>36}" for c in cells[1:]))
     print(f"  {'16 : 1':>8}  {rate['engine', 16] / rate['engine', 1]:13.2f}x"
           + "".join(f"  {rate[m, 16] / rate[m, 1]:35.2f}x" for m in modes[1:]))
+    for rows in args.rows if floors else []:
+        print(f"  Batch stream, {rows} rows, ms per step: the server's own (step_overhead histogram) and the "
+              f"gRPC floor (bench/grpc_floor.py: this client, an echo server, no model); the engine's step plus "
+              f"the floor bounds served : engine")
+        for n in CONCURRENCY:
+            eng, floor = n / rate["engine", n] * 1e3, n / rate[f"floor {rows}", n] * 1e3
+            print(f"  {n:>8}  own {statistics.median(own[f'batch {rows}', n]) * 1e3:5.2f} ms, floor {floor:5.2f} ms, "
+                  f"engine {eng:6.2f} ms: served : engine at most {eng / (eng + floor):4.2f}x")
     for n, outcomes in crowd.items():
         print(f"  {n} x {STALL_SCORE_TOKENS:,}-token prompts at once, 10 s deadline: first answer after "
               + ", ".join(outcomes))

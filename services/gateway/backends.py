@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,6 +25,9 @@ from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 
 from .errors import GatewayError, IncompatibleModels, ModelBusy, ModelFault, ModelGone, ModelRejected, ModelUnavailable
 from .settings import GatewaySettings
+
+# A step's answer: next-token log-probs (V,) by session, and errors by session.
+Stepped = tuple[dict[int, np.ndarray], dict[int, GatewayError]]
 
 # A 50k-token distribution is 200 kB and a tokenizer.json a few MB: lift grpc's 4 MB cap.
 _CHANNEL_OPTIONS = [
@@ -172,20 +177,30 @@ class BatchStream:
             self.close([session])
             raise
 
-    async def step(self, sessions: list[int],
-                   tokens: list[int]) -> tuple[dict[int, np.ndarray], dict[int, GatewayError]]:
-        """Step sessions by one token each, in one message → (log-probs by session, errors by session)."""
+    def step(self, sessions: list[int], tokens: list[int]) -> Coroutine[Any, Any, Stepped]:
+        """Step sessions by one token each, in one message → an awaitable of (log-probs by
+        session, errors by session).
+
+        The message is queued here, not when the awaitable first runs: grpc's writer is
+        woken ahead of whatever the caller schedules next (the stories' SSE events), so
+        the step is on its way one loop turn sooner. That turn is on every token's path."""
+        fut, errors = asyncio.get_running_loop().create_future(), {}
         if self.failure is not None:
-            raise self.failure
-        # Sessions the server already closed (idle timeout) are not sent: their reason stands.
-        errors = {s: self.lost.pop(s) for s in sessions if s in self.lost}
-        sent = [(s, t) for s, t in zip(sessions, tokens) if s not in errors]
-        b, step = self.backend, next(self._step_ids)
-        fut = asyncio.get_running_loop().create_future()
-        self._steps[step] = fut
-        self._outbox.put_nowait(pb.BatchRequest(step=pb.StepSessions(
-            step=step, sessions=[s for s, _ in sent], tokens=[t for _, t in sent],
-            kind=_ASK_ROWS[b.settings.step_rows])))
+            fut.set_exception(self.failure)
+        else:
+            # Sessions the server already closed (idle timeout) are not sent: their reason stands.
+            errors = {s: self.lost.pop(s) for s in sessions if s in self.lost}
+            sent = [(s, t) for s, t in zip(sessions, tokens) if s not in errors]
+            step = next(self._step_ids)
+            self._steps[step] = fut
+            self._outbox.put_nowait(pb.BatchRequest(step=pb.StepSessions(
+                step=step, sessions=[s for s, _ in sent], tokens=[t for _, t in sent],
+                kind=_ASK_ROWS[self.backend.settings.step_rows])))
+        return self._stepped(fut, errors)
+
+    async def _stepped(self, fut: asyncio.Future, errors: dict[int, GatewayError]) -> Stepped:
+        """A step's answer as rows by session, within step_timeout_s."""
+        b = self.backend
         result = await self._answer(fut, "a step")
         n, V = len(result.sessions), b.vocab_size
         data = result.data  # read once: each read of a bytes field copies it (1 MB at 64 rows)

@@ -216,9 +216,14 @@ class Scheduler:
                         f"{b.role} model server at {b.address} sent a distribution with NaN or +inf", b.role)})
                     x.close()
                 # A client may have left while the batch was sampled (on a thread): skip it.
+                later: list[tuple] = []
                 stepping = [(x, t) for i, (x, t, p) in enumerate(zip(self.live, tokens, p_blend))
-                            if x not in broken and not x.gone and self._emit(x, int(t), p, tops.get(i))]
+                            if x not in broken and not x.gone and self._emit(x, int(t), p, tops.get(i), later)]
+                # The steps go out before the going stories' tokens are told: a told token
+                # wakes its SSE writer, and grpc's writer would queue behind every one of them.
                 self._send(stepping)  # (the rows are in flight now)
+                for told in later:
+                    self._tell(*told)
                 self.live = []
         except Exception as e:  # a bug: no client may hang on it; the next story starts a new loop
             log.exception("the generation loop failed")
@@ -308,8 +313,10 @@ class Scheduler:
             return work()
         return await asyncio.to_thread(work)  # large batches stay off the event loop
 
-    def _emit(self, x: Live, token: int, p_token: float, top_blend=None) -> bool:
-        """Hand the token to its client; True when the generation goes on."""
+    def _emit(self, x: Live, token: int, p_token: float, top_blend, later: list[tuple]) -> bool:
+        """Take the token into x's story; True when the generation goes on. Its token event
+        is told now when the story ends here, else appended to `later` for `_tell` (x's
+        distributions stay as they are until its next step lands, after that)."""
         params, index = x.params, x.gen.tokens_done
         eot, max_context = self.pair.eot_id, self.pair.max_context
         x.position += 1
@@ -330,19 +337,27 @@ class Scheduler:
             finish = "stop_sequence" if hit else finish
         x.text_parts.append(piece)
         x.gen.tokens_done = index + 1
+        told = (x, index, token, piece, p_token, top_blend, x.shifted)
+        x.shifted = []
+        if not finish:
+            later.append(told)
+            return True
+        self._tell(*told)
+        x.events.put_nowait(end_event(x.gen.id, finish, "".join(x.text_parts), len(params.prompt_ids),
+                                      x.gen.tokens_done, x.t_start, x.t_first, x.waited))
+        x.close()
+        return False
+
+    def _tell(self, x: Live, index: int, token: int, piece: str, p_token: float, top_blend,
+              shifted: list[str]) -> None:
+        """Hand a token's event to its client: its text, each model's probability of it and,
+        when asked, the likeliest alternatives."""
         alternatives = None
         if top_blend is not None:
             alternatives = self.texts.alternatives(self.pair.tokenizer, self.pair.fingerprint, top_blend, x.lp,
-                                                   params.top_alternatives)
-        x.events.put_nowait(token_event(index, token, piece, p_token, x.lp, x.weight, token == eot, x.shifted,
-                                        alternatives))
-        x.shifted = []
-        if finish:
-            x.events.put_nowait(end_event(x.gen.id, finish, "".join(x.text_parts), len(params.prompt_ids),
-                                          x.gen.tokens_done, x.t_start, x.t_first, x.waited))
-            x.close()
-            return False
-        return True
+                                                   x.params.top_alternatives)
+        x.events.put_nowait(token_event(index, token, piece, p_token, x.lp, x.weight, token == self.pair.eot_id,
+                                        shifted, alternatives))
 
     def _send(self, stepping: list[tuple[Live, int]]) -> None:
         """One step message per stream for the rows just sampled; each row waits in flight
