@@ -64,6 +64,46 @@ _APART = object()
 MAX_SCORE_TOP_K = 64
 
 
+class _Wake:
+    """asyncio.Event's set and clear, and a wait with a timeout that costs one future.
+
+    The loop waits on it once per step. Event.wait in a task under asyncio.wait (a
+    timeout without asyncio.wait_for, which on Python 3.11 swallows a cancellation that
+    arrives as the event is set: cpython gh-86296) cost a task and two more turns of the
+    event loop between a step's arrival and its engine pass."""
+
+    def __init__(self):
+        self._set = False
+        self._waiter: asyncio.Future | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until set, or `timeout` s pass (None: no limit). A cancellation always raises."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class _PassFailed(Exception):
     """A pass that stepped rows failed (its __cause__ says how): unlike a chunk alone,
     it takes the loop down, as a failed step does."""
@@ -106,7 +146,7 @@ class Scheduler:
         self._stepped_at = 0.0  # monotonic time of the last rows delivered (loop side)
         self._stories = False  # whether a story is being written (read by the worker for this iteration)
         self.last_step_s = 0.0  # the engine's time for the latest decode step (what a step's caller waited on)
-        self._wake = asyncio.Event()
+        self._wake = _Wake()
         self._task: asyncio.Task | None = None
         self.failure: BaseException | None = None  # what killed the loop
         self._down: SchedulerDown | None = None  # set once nothing more will run
@@ -340,15 +380,8 @@ class Scheduler:
             pass
 
     async def _woken(self, timeout: float | None) -> None:
-        """Until `_wake` is set or `timeout` s pass (None: no limit).
-
-        Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as
-        the event is set (cpython gh-86296), and stop() would then wait forever."""
-        waiter = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({waiter}, timeout=timeout)
-        finally:
-            waiter.cancel()
+        """Until `_wake` is set or `timeout` s pass (None: no limit)."""
+        await self._wake.wait(timeout)
 
     # -- on the worker thread ------------------------------------------------------------
     def _iterate(self, loop, closing: list[int], rows: dict, work: Work | None):
