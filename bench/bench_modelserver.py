@@ -333,7 +333,7 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
         print(f"  {n:>8}  {cells[0]:>14}" + "".join(f"  {c:>36}" for c in cells[1:]))
     print(f"  {'16 : 1':>8}  {rate['engine', 16] / rate['engine', 1]:13.2f}x"
           + "".join(f"  {rate[m, 16] / rate[m, 1]:35.2f}x" for m in modes[1:]))
-    for rows in args.rows if floors else []:
+    for rows in args.rows if floors and not args.stall_only else []:
         print(f"  Batch stream, {rows} rows, ms per step: the server's own (step_overhead histogram) and the "
               f"gRPC floor (bench/grpc_floor.py: this client, an echo server, no model); the engine's step plus "
               f"the floor bounds served : engine")
