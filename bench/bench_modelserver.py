@@ -31,13 +31,15 @@ whose load drifts weighs on each alike. Prints figures; asserts nothing.
 Only stable interfaces are used (engine open/step/close, launch, Decode and Score), so
 the script also measures older code: `PYTHONPATH=<old worktree> python <this script>`
 starts that tree's servers and engines; where the server has no Batch RPC that column
-says so.
+says so, and where it has no float16 rows (the echo server speaks this tree's protocol)
+the floor is left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -284,14 +286,15 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
     if model == "bdh":
         settings["max_context"] = 16384  # room for the stall's 8,000-token Score (new BDH default: 8192)
     modes = ["engine"] + ([f"batch {rows}" for rows in args.rows] if HAS_BATCH else []) + ["decode"]
-    floors = [f"floor {rows}" for rows in args.rows] if HAS_BATCH else []
+    # The echo server speaks this tree's protocol: older trees (no float16 rows) get no floor.
+    floors = [f"floor {rows}" for rows in args.rows] if HAS_F16 and not args.stall_only else []
     rates = {(m, n): [] for m in modes + floors for n in CONCURRENCY}
     rows_batches = {(m, n): [0.0, 0.0] for m in modes[1:] for n in CONCURRENCY}
     own = {(m, n): [] for m in modes[1:] for n in CONCURRENCY}  # the server's own seconds per step message
     local = EngineAlone(ckpt, args.device)
-    with spawn_model_server(model, ckpt, workdir=tmp, **settings) as srv, \
-            floor_server(load_checkpoint(ckpt).tokenizer.get_vocab_size()) as echo:
+    with spawn_model_server(model, ckpt, workdir=tmp, **settings) as srv, contextlib.ExitStack() as stack:
         info = pb_grpc.LanguageModelStub(grpc.insecure_channel(srv.address)).GetInfo(pb.InfoRequest())
+        echo = stack.enter_context(floor_server(info.vocab_size)) if floors else None
         asyncio.run(decode_streams_rate(srv.address, 4, 5))  # warm-up
         step_local = local.step_ms(50)
         for _ in range(0 if args.stall_only else args.rounds):
@@ -333,7 +336,7 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
         print(f"  {n:>8}  {cells[0]:>14}" + "".join(f"  {c:>36}" for c in cells[1:]))
     print(f"  {'16 : 1':>8}  {rate['engine', 16] / rate['engine', 1]:13.2f}x"
           + "".join(f"  {rate[m, 16] / rate[m, 1]:35.2f}x" for m in modes[1:]))
-    for rows in args.rows if floors and not args.stall_only else []:
+    for rows in args.rows if floors else []:
         print(f"  Batch stream, {rows} rows, ms per step: the server's own (step_overhead histogram) and the "
               f"gRPC floor (bench/grpc_floor.py: this client, an echo server, no model); the engine's step plus "
               f"the floor bounds served : engine")

@@ -67,15 +67,18 @@ async def serve(vocab: int) -> None:
 @contextlib.contextmanager
 def floor_server(vocab: int):
     """An echo server in a subprocess; yields its address."""
-    proc = subprocess.Popen([sys.executable, __file__, "--vocab", str(vocab)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the echo server did not start")
-        yield f"127.0.0.1:{json.loads(line)['port']}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with subprocess.Popen([sys.executable, __file__, "--vocab", str(vocab)], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the echo server did not start")
+            yield f"127.0.0.1:{json.loads(line)['port']}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 if __name__ == "__main__":

@@ -67,10 +67,10 @@ MAX_SCORE_TOP_K = 64
 class _Wake:
     """asyncio.Event's set and clear, and a wait with a timeout that costs one future.
 
-    The loop waits on it once per step. Event.wait in a task under asyncio.wait (a
-    timeout without asyncio.wait_for, which on Python 3.11 swallows a cancellation that
-    arrives as the event is set: cpython gh-86296) cost a task and two more turns of the
-    event loop between a step's arrival and its engine pass."""
+    One waiter at a time: the loop, which waits on it once per step. Event.wait in a task
+    under asyncio.wait (a timeout without asyncio.wait_for, which on Python 3.11 swallows
+    a cancellation that arrives as the event is set: cpython gh-86296) cost a task and two
+    more turns of the event loop between a step's arrival and its engine pass."""
 
     def __init__(self):
         self._set = False

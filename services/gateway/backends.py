@@ -29,6 +29,11 @@ from .settings import GatewaySettings
 # A step's answer: next-token log-probs (V,) by session, and errors by session.
 Stepped = tuple[dict[int, np.ndarray], dict[int, GatewayError]]
 
+
+def _read_outcome(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
 # A 50k-token distribution is 200 kB and a tokenizer.json a few MB: lift grpc's 4 MB cap.
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -185,6 +190,9 @@ class BatchStream:
         woken ahead of whatever the caller schedules next (the stories' SSE events), so
         the step is on its way one loop turn sooner. That turn is on every token's path."""
         fut, errors = asyncio.get_running_loop().create_future(), {}
+        # Its awaiter may be cancelled before it first runs (the gateway stopping): the
+        # failure the stream then sets is read here, so asyncio does not log it as lost.
+        fut.add_done_callback(_read_outcome)
         if self.failure is not None:
             fut.set_exception(self.failure)
         else:

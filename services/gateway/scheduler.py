@@ -1,8 +1,9 @@
 """The scheduler: admission, blending and sampling, stepping, and context shift, for
 every live generation together.
 
-Per iteration it blends and samples all live rows in one vectorised call, hands each
-token to its client, and sends one step message per model-server stream. A story asks
+Per iteration it blends and samples all live rows in one vectorised call, sends one step
+message per model-server stream, then hands each token to its client (a story that ends
+on this token is told first: it sends no step). A story asks
 only the models its weight needs (at w = 0 GPT-2 alone, at w = 1 BDH alone, else both):
 when its weight moves off an end, the other model's session catches up on the story so
 far in one prefill, so a steered story is exactly the one written at those weights from
@@ -59,7 +60,7 @@ class Live:
     position: int = 0
     t_start: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
-    waited: float = 0.0  # seconds spent waiting on the model servers
+    waited: float = 0.0  # seconds from its steps' sending to their answers (telling the tokens overlaps it)
     weight: float = 0.0  # the logic weight of the token being sampled
     gone: bool = False  # the client left: leave at the next step
     # The step in flight: answers still due, when it was sent, and what it brought back.
@@ -88,9 +89,10 @@ class Live:
 class Scheduler:
     """One loop steps every live generation of a model pair together (TGI's router).
 
-    Each iteration blends and samples every ready row at once, hands each token to its
-    client, then sends ONE step message per model-server stream (both servers asked at
-    once, so a step costs the slower of the two). A row is ready again when all its answers
+    Each iteration blends and samples every ready row at once, sends ONE step message per
+    model-server stream (both servers asked at once, so a step costs the slower of the
+    two), then hands each token to its client: the servers work while the clients are
+    told. A row is ready again when all its answers
     have landed; ready rows wait for the rest of the batch, but not for an answer that is
     late, so a stalled server holds up only the stories that need it. A new generation
     prefills on its own (its open is answered whenever the servers finish it) and joins the

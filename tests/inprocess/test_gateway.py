@@ -117,6 +117,31 @@ def test_end_of_text_ends_the_story(tiny_tokenizer):
     assert [t["id"] for t in r["tokens"]] == exp and r["tokens"][-1]["special"]
 
 
+
+def test_stories_sharing_a_batch_and_ending_at_different_tokens_each_come_whole(tiny_tokenizer):
+    # The loop sends the going stories' steps before it tells them their tokens, and tells a
+    # story that ends on this token at once: each story's events must still come whole and
+    # in order (start, its tokens, end), each the story it would be alone.
+    lengths = {1: 2, 2: 5, 3: 9}  # seed -> max_new_tokens: three stories, three different ends
+    with fake_stack(tiny_tokenizer, gpt2=dict(step_delay_s=0.01), bdh=dict(step_delay_s=0.01)) as stack:
+        def story(seed: int) -> list:
+            with httpx.Client(base_url=stack.gateway.url, timeout=30) as c, \
+                    c.stream("POST", "/generate_stream", json={"prompt": PROMPT, "max_new_tokens": lengths[seed],
+                                                               "seed": seed}) as r:
+                return list(sse_events(r))
+
+        with concurrent.futures.ThreadPoolExecutor(len(lengths)) as pool:
+            told = dict(zip(lengths, pool.map(story, lengths)))
+        for seed, events in told.items():
+            kinds = [e for e, _ in events]
+            tokens = [d for e, d in events if e == "token"]
+            assert kinds == ["start"] + ["token"] * len(tokens) + ["end"], (seed, kinds)
+            assert [t["index"] for t in tokens] == list(range(len(tokens)))
+            exp = expected_tokens(tiny_tokenizer, (stack.gpt2, stack.bdh), PROMPT, 0.5, lengths[seed], seed)
+            assert [t["id"] for t in tokens] == exp
+            assert "".join(t["text"] for t in tokens) == events[-1][1]["text"]
+
+
 # ---- live steering ---------------------------------------------------------------------
 
 

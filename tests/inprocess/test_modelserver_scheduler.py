@@ -23,7 +23,7 @@ from plotarmour.checkpoint import load_checkpoint
 from plotarmour.models import FAMILIES
 from plotarmour.modelserver.errors import InvalidArgument, Overloaded, SchedulerDown, SessionGone, WorkFailed
 from plotarmour.modelserver.metrics import Metrics
-from plotarmour.modelserver.scheduler import Scheduler
+from plotarmour.modelserver.scheduler import Scheduler, _Wake
 from plotarmour.modelserver.servicer import status_of
 
 PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [15], [16, 17], [18, 19, 20, 21]]
@@ -757,3 +757,35 @@ def test_prompts_go_first_come_first_served_and_a_late_one_is_refused_at_once(bd
     ((a, _), (b, _)), _ = run(bdh_engine, body, chunk_size=16)
     chunks = [sid for sid in fed if sid in (a.id, b.id)]
     assert chunks == [a.id] * 7 + [b.id] * 7, chunks  # 100 tokens in chunks of 16, one prompt after the other
+
+
+def test_the_loops_wake_waits_until_set_or_timeout_and_a_cancellation_always_raises():
+    async def main():
+        wake = _Wake()
+        wake.set()
+        await asyncio.wait_for(wake.wait(None), HANG)  # already set: at once
+        wake.clear()
+        t0 = time.monotonic()
+        await wake.wait(0.05)  # nobody sets it: the timeout ends the wait
+        assert time.monotonic() - t0 >= 0.04
+        waiter = asyncio.ensure_future(wake.wait(None))
+        await asyncio.sleep(0)
+        wake.set()
+        await asyncio.wait_for(waiter, HANG)
+        # set() and cancel() in the same turn: the cancellation is not swallowed (the
+        # asyncio.wait_for bug _Wake exists to avoid), so stop() can never hang on the loop.
+        wake.clear()
+        waiter = asyncio.ensure_future(wake.wait(None))
+        await asyncio.sleep(0)
+        wake.set()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        wake.clear()
+        waiter = asyncio.ensure_future(wake.wait(10.0))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(main())
