@@ -3,15 +3,15 @@ every live generation together.
 
 Per iteration it blends and samples all live rows in one vectorised call, sends one step
 message per model-server stream, then hands each token to its client (a story that ends
-on this token is told first: it sends no step). A story asks
-only the models its weight needs (at w = 0 GPT-2 alone, at w = 1 BDH alone, else both):
-when its weight moves off an end, the other model's session catches up on the story so
-far in one prefill, so a steered story is exactly the one written at those weights from
-the start, and a pure-model story goes on while the other server is down or stalled. A story that
-fills a model's context has that model's session reopened on the story's last part
-(context shift) in the same iteration. Stories wait for each other's answers to step as
-one batch, but not for a late one: a stalled server holds up only the stories that need
-it. `generate` admits one generation and yields its events (events.py builds them).
+on this token is told first: it sends no step). A story asks only the models its weight
+needs (at w = 0 GPT-2 alone, at w = 1 BDH alone, else both): when its weight moves off an
+end, the other model's session catches up on the story so far in one prefill, so a
+steered story is exactly the one written at those weights from the start, and a
+pure-model story goes on while the other server is down or stalled. A story that fills a
+model's context has that model's session reopened on the story's last part (context
+shift) in the same iteration. Stories wait for each other's answers to step as one batch,
+but not for a late one: a stalled server holds up only the stories that need it.
+`generate` admits one generation and yields its events (events.py builds them).
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ class Scheduler:
     Each iteration blends and samples every ready row at once, sends ONE step message per
     model-server stream (both servers asked at once, so a step costs the slower of the
     two), then hands each token to its client: the servers work while the clients are
-    told. A row is ready again when all its answers
-    have landed; ready rows wait for the rest of the batch, but not for an answer that is
-    late, so a stalled server holds up only the stories that need it. A new generation
+    told. A row is ready again when all its answers have landed; ready rows wait for the
+    rest of the batch, but not for an answer that is late, so a stalled server holds up
+    only the stories that need it. A new generation
     prefills on its own (its open is answered whenever the servers finish it) and joins the
     next batch; a finished, failed or abandoned one leaves then.
     """
