@@ -20,6 +20,8 @@
 #      3.6M at step 450 (stopped, then --resume with the shorter budget), as stage 6 was.
 #   9. BDH alone (stage "9"), seed 2032: lr 1e-4 -> 1e-5, begun for 4M tokens and cut to
 #      2.87M at step 886, the same way.
+#  10. BDH alone (stage "10"), seed 2033: lr 8e-5 -> 1e-5, 3M tokens (it was stopped at step
+#      150 by a session's end and resumed with --resume, which continues the run unchanged).
 # --init takes the architecture from the checkpoint, dropout included, so stages 4, 5 and 7
 # set the dropout in a copy of the stage before's config.json (dropout changes no weight).
 # It overwrites checkpoints/ (--force); for a pair of your own, follow the README instead.
@@ -106,12 +108,15 @@ for model in gpt2 bdh; do
             --set eval_windows=40 --set seed=2032 --set max_tokens=4000000 --set lr=0.0001 --set min_lr=0.00001 \
             --set eval_interval=150 --stop-after 886
         python -m training.train --resume results/state/default-bdh-9 --set max_tokens=2867200
-        final="$R/bdh-9"
+        train bdh 10 tiny_cpu_long "$R/bdh-9" --set data=data/tinystories --set warmup_steps=50 \
+            --set eval_windows=40 --set seed=2033 --set max_tokens=3000000 --set lr=0.00008 --set min_lr=0.00001 \
+            --set eval_interval=150
+        final="$R/bdh-10"
     fi
     rm -rf "checkpoints/$model" && cp -r "$final" "checkpoints/$model"
 done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs/9 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --logs checkpoints/logs/10 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
     --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
