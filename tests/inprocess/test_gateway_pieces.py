@@ -162,3 +162,34 @@ def test_probes_stay_out_of_the_access_log():
     assert quiet.filter(access("GET", "/info"))
     assert quiet.filter(access("POST", "/ready"))  # not a probe: a 405 worth seeing
     assert quiet.filter(logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "plain", None, None))
+
+
+def test_a_step_whose_task_never_ran_leaves_no_unread_failure():
+    # BatchStream.step queues its message at once and returns the answer's coroutine. When
+    # the gateway stops, a flight task can be cancelled before that coroutine ever ran; the
+    # step's future then gets the stream's failure with nobody awaiting it, and asyncio
+    # would log "Future exception was never retrieved" for every such step.
+    import asyncio
+    import gc
+
+    from harness import free_port
+    from services.gateway.backends import BatchStream, ModelBackend
+    from services.gateway.errors import ModelUnavailable
+
+    async def main() -> list[str]:
+        logged: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: logged.append(ctx["message"]))
+        backend = ModelBackend("gpt2", f"127.0.0.1:{free_port('127.0.0.1')}", GatewaySettings())  # nothing listens there
+        stream = BatchStream(backend)
+        task = asyncio.ensure_future(stream.step([1], [5]))
+        task.cancel()  # before its first turn
+        await asyncio.gather(task, return_exceptions=True)
+        stream.retire(ModelUnavailable("the stream failed", "gpt2"))
+        del task
+        gc.collect()
+        await backend.channel.close()
+        await asyncio.sleep(0)
+        return logged
+
+    logged = asyncio.run(main())
+    assert not [m for m in logged if "never retrieved" in m], logged
