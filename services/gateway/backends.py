@@ -46,6 +46,9 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+_STATUS_LOST_BY_GRPC = "Internal error from Core"  # the details grpc's client sets itself
+
+
 def _translate(role: str, address: str, err: BaseException, deadline: str = "its deadline") -> GatewayError:
     """A gRPC failure as the error the routes report; `deadline` names the bound that
     applied (e.g. "step_timeout_s = 10 s"), so an operator knows which setting fired."""
@@ -59,6 +62,12 @@ def _translate(role: str, address: str, err: BaseException, deadline: str = "its
             return ModelBusy(f"{where} is busy: {details}", role)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return late
+        # grpc-python's aio client: a request written as the server ends the stream fails,
+        # and the client then reports INTERNAL "Internal error from Core" in place of the
+        # status the server sent (grpc/grpc#36066). Which status was lost is unknown (a
+        # draining server's UNAVAILABLE, about half the time here); the stream is gone.
+        if code == grpc.StatusCode.INTERNAL and details == _STATUS_LOST_BY_GRPC:
+            return ModelGone(f"{where} ended the stream (grpc's client lost the status it sent)", role)
         kind = ModelGone if code == grpc.StatusCode.UNAVAILABLE else ModelUnavailable
         return kind(f"{where} failed: {code.name} {details}".rstrip(), role)
     if isinstance(err, (asyncio.TimeoutError, TimeoutError)):

@@ -150,3 +150,39 @@ def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt
         assert wait_until(lambda: open_sessions(gpt2_server) == 0 and open_sessions(bdh) == 0, 5), \
             f"sessions left open: gpt2 {open_sessions(gpt2_server)}, bdh {open_sessions(bdh)}"
 
+
+
+def test_a_draining_servers_refusal_always_reads_as_the_server_gone(tiny_pair):
+    """A draining server refuses a new Batch stream at its start, while the gateway is
+    writing its first requests on it. grpc's client then often reports INTERNAL "Internal
+    error from Core" in place of the UNAVAILABLE the server sent (about half the time
+    here). Either way the gateway must read it as the server gone, which a story waits out
+    (reopening when a server is back), never as a fault that ends the story."""
+    import asyncio
+
+    from plotarmour.modelserver.server import create_server
+    from services.bdh import Settings as BDHSettings
+    from services.gateway.backends import BatchStream, ModelBackend
+    from services.gateway.errors import GatewayError, ModelGone
+
+    async def refusals(n: int) -> list[GatewayError]:
+        server = create_server(BDHSettings(checkpoint=tiny_pair["bdh"], port=0, metrics_port=-1))
+        await server.start()
+        await server.load()
+        backend = ModelBackend("bdh", server.address, GatewaySettings())
+        seen = []
+        try:
+            server.servicer.draining = True  # as after SIGTERM, before the grace period ends
+            for session in range(1, n + 1):
+                stream = BatchStream(backend)
+                with pytest.raises(GatewayError) as refused:
+                    await stream.open(session, [1, 2, 3], "")
+                seen.append(refused.value)
+                stream.shutdown()
+        finally:
+            await backend.aclose()
+            await server.stop(0)
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(refusals(40), 60))
+    assert all(isinstance(e, ModelGone) for e in seen), sorted({f"{type(e).__name__}: {e}" for e in seen})
