@@ -226,23 +226,28 @@ async def long_prompts(address: str, n: int, tokens: int = STALL_SCORE_TOKENS, d
 
 
 def histograms(metrics_url: str) -> dict[str, float]:
-    """The server's histograms' sums and counts so far (batch sizes, its own cost per step)."""
+    """The server's histograms' sums and counts so far (batch sizes, its own cost per step,
+    its engine's steps)."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-            if line.startswith(("plotarmour_batch_size_", "plotarmour_step_overhead_seconds_"))
+            if line.startswith(("plotarmour_batch_size_", "plotarmour_step_overhead_seconds_",
+                                "plotarmour_step_latency_seconds_"))
             and line.split()[0].endswith(("_sum", "_count"))}
 
 
-def measured(metrics_url: str, run) -> tuple[float, float, float, float]:
+def measured(metrics_url: str, run) -> tuple[float, float, float, float, float]:
     """run() → (its result, rows stepped, batches run, the server's own seconds per Batch
-    step message) meanwhile (older servers without that histogram: NaN)."""
+    step message, its engine's seconds per batch) meanwhile (older servers without the
+    histogram of their own cost: NaN)."""
     before = histograms(metrics_url)
     result = run()
     after = histograms(metrics_url)
     d = {k: after[k] - before.get(k, 0.0) for k in after}
     own = "plotarmour_step_overhead_seconds_"
     per_step = d[own + "sum"] / d[own + "count"] if d.get(own + "count") else float("nan")
-    return result, d["plotarmour_batch_size_sum"], d["plotarmour_batch_size_count"], per_step
+    engine = "plotarmour_step_latency_seconds_"
+    per_batch = d[engine + "sum"] / d[engine + "count"] if d.get(engine + "count") else float("nan")
+    return result, d["plotarmour_batch_size_sum"], d["plotarmour_batch_size_count"], per_step, per_batch
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -291,6 +296,7 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
     rates = {(m, n): [] for m in modes + floors for n in CONCURRENCY}
     rows_batches = {(m, n): [0.0, 0.0] for m in modes[1:] for n in CONCURRENCY}
     own = {(m, n): [] for m in modes[1:] for n in CONCURRENCY}  # the server's own seconds per step message
+    served_engine = {(m, n): [] for m in modes[1:] for n in CONCURRENCY}  # its engine's seconds per batch
     local = EngineAlone(ckpt, args.device)
     with spawn_model_server(model, ckpt, workdir=tmp, **settings) as srv, contextlib.ExitStack() as stack:
         info = pb_grpc.LanguageModelStub(grpc.insecure_channel(srv.address)).GetInfo(pb.InfoRequest())
@@ -305,11 +311,12 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
                 for mode in modes[1:]:
                     run = (lambda: batch_stream_rate(srv.address, n, steps, mode.split()[1])) \
                         if mode.startswith("batch") else (lambda: decode_streams_rate(srv.address, n, steps))
-                    rate, rows, batches, own_s = measured(srv.metrics_url, lambda: asyncio.run(run()))
+                    rate, rows, batches, own_s, engine_s = measured(srv.metrics_url, lambda: asyncio.run(run()))
                     rates[mode, n].append(rate)
                     rows_batches[mode, n][0] += rows
                     rows_batches[mode, n][1] += batches
                     own[mode, n].append(own_s)
+                    served_engine[mode, n].append(engine_s)
                 for mode in floors:
                     rates[mode, n].append(asyncio.run(batch_stream_rate(echo, n, steps, mode.split()[1])))
         stalled = asyncio.run(stall(srv.address, 60)) if model == "bdh" and not args.no_stall else None
@@ -337,13 +344,20 @@ def run_model(model: str, ckpt: Path, args, tmp: str) -> None:
     print(f"  {'16 : 1':>8}  {rate['engine', 16] / rate['engine', 1]:13.2f}x"
           + "".join(f"  {rate[m, 16] / rate[m, 1]:35.2f}x" for m in modes[1:]))
     for rows in args.rows if floors else []:
-        print(f"  Batch stream, {rows} rows, ms per step: the server's own (step_overhead histogram) and the "
-              f"gRPC floor (bench/grpc_floor.py: this client, an echo server, no model); the engine's step plus "
-              f"the floor bounds served : engine")
+        print(f"  Batch stream, {rows} rows, ms per step: the served step; the engine's step alone and in the "
+              f"server (step_latency histogram); the server's own (step_overhead histogram); the gRPC floor "
+              f"(bench/grpc_floor.py: this client, an echo server, no model); what is left between the "
+              f"processes. The engine's step alone plus the floor bounds served : engine")
         for n in CONCURRENCY:
+            mode = f"batch {rows}"
             eng, floor = n / rate["engine", n] * 1e3, n / rate[f"floor {rows}", n] * 1e3
-            print(f"  {n:>8}  own {statistics.median(own[f'batch {rows}', n]) * 1e3:5.2f} ms, floor {floor:5.2f} ms, "
-                  f"engine {eng:6.2f} ms: served : engine at most {eng / (eng + floor):4.2f}x")
+            rows_run, batches_run = rows_batches[mode, n]
+            served = rows_run / max(batches_run, 1) / rate[mode, n] * 1e3  # per batch the server ran
+            in_server = statistics.median(served_engine[mode, n]) * 1e3
+            own_ms = statistics.median(own[mode, n]) * 1e3
+            print(f"  {n:>8}  served {served:6.2f} ms = engine {in_server:6.2f} (alone {eng:6.2f}) + own {own_ms:5.2f} "
+                  f"+ floor {floor:5.2f} + left {served - in_server - own_ms - floor:5.2f}: "
+                  f"served : engine at most {eng / (eng + floor):4.2f}x")
     for n, outcomes in crowd.items():
         print(f"  {n} x {STALL_SCORE_TOKENS:,}-token prompts at once, 10 s deadline: first answer after "
               + ", ".join(outcomes))
