@@ -3,6 +3,7 @@
     settings.py  ModelServerSettings: env vars + flags → one typed object
     scheduler.py owns the decode engine: one loop, each iteration every waiting decode
                  row as one batch plus one chunk of prefill or Score, on one worker thread
+                 (a lone story's short step on the loop itself)
     work.py      what it is asked and answers: sessions, a step call's rows, prefill and
                  Score work, a Score's answer
     servicer.py  the LanguageModel RPCs (Decode, Batch, Score, GetInfo), thin: protocol

@@ -1,8 +1,8 @@
 """One scheduling loop owns the engine (TGI's and vLLM's design).
 
 Engines are not thread-safe and torch work must not block the event loop, so the loop
-hands each iteration to ONE worker thread (save the step of a lone story with nothing
-else to do, which runs on the loop: there is nothing to overlap it with). An iteration is
+hands each iteration to ONE worker thread. (One exception: a lone story's step, with
+nothing else to do and measured under 10 ms, runs on the loop; see `_run`.) An iteration is
 
     every decode row waiting now (up to max_batch_size), stepped as one batch
     + at most one chunk of pending prefill or Score work (chunk_size tokens; beside
@@ -61,6 +61,9 @@ _CHUNK_STEPS = 1.25
 _AWAIT_STEPS = 2.0
 # _step_with_chunk's answer when a step and a chunk could not share a pass.
 _APART = object()
+# The longest measured step a lone story may run on the loop itself (`_inline`): the
+# loop answers nothing else meanwhile, so a health check waits at most this long.
+_INLINE_STEP_S = 0.01
 # The most alternatives a Score call may ask for per position.
 MAX_SCORE_TOP_K = 64
 
@@ -283,12 +286,7 @@ class Scheduler:
                 closing, self._closing = self._closing, []
                 self._stories = bool(rows) or self._stepped_lately()
                 self._inflight = (rows, work)
-                if rows and work is None and not closing and len(self._sessions) == 1:
-                    # One story and nothing else to do: its client waits for this answer,
-                    # so the loop has nothing to overlap the step with and runs it here
-                    # (anything that arrives meanwhile waits one step, as it would for the
-                    # worker). The hand-off to the worker and back cost 0.15-0.3 ms of
-                    # GPT-2's ~3 ms served step.
+                if self._inline(rows, work, closing):
                     result = self._iterate(loop, closing, rows, work)
                 else:
                     result = await loop.run_in_executor(self._worker, self._iterate, loop, closing, rows, work)
@@ -304,6 +302,15 @@ class Scheduler:
             self._fail_all(self._down)
             if self.on_fatal is not None:
                 self.on_fatal(e)
+
+    def _inline(self, rows: dict, work: Work | None, closing: list[int]) -> bool:
+        """Whether this iteration runs on the loop: one story, nothing else to do, and a
+        step measured short. Its client waits for this answer, so nothing would overlap
+        the step, and the hand-off to the worker and back cost 0.15-0.3 ms of GPT-2's
+        ~3 ms served step. Meanwhile the loop answers nothing (health, GetInfo, a new
+        stream, a signal), so only a step known to be short (`_INLINE_STEP_S`) runs here."""
+        return (bool(rows) and work is None and not closing and len(self._sessions) == 1
+                and self._step_s is not None and self._step_s < _INLINE_STEP_S)
 
     def _take_rows(self) -> dict[Session, tuple[int, Block, int]]:
         rows = {}
@@ -392,7 +399,7 @@ class Scheduler:
         """Until `_wake` is set or `timeout` s pass (None: no limit)."""
         await self._wake.wait(timeout)
 
-    # -- on the worker thread ------------------------------------------------------------
+    # -- on the worker thread (or the loop: _inline) -------------------------------------
     def _iterate(self, loop, closing: list[int], rows: dict, work: Work | None):
         for sid in closing:
             self.engine.close(sid)

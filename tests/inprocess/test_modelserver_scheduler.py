@@ -102,7 +102,7 @@ def alone(engine, prompt: list[int], tokens: list[int]) -> list[np.ndarray]:
 
 async def settled(engine) -> None:
     """Until the loop has run the closes it was handed (it frees sessions at its next
-    iteration, on the worker)."""
+    iteration)."""
     while engine.open_sessions:
         await asyncio.sleep(0.001)
 
@@ -515,6 +515,7 @@ def test_a_step_cancelled_while_it_runs_keeps_the_position_in_step_with_the_engi
 
     async def body(s: Scheduler):
         x, _ = await s.open([1, 2])
+        await s.open([5])  # a second story: the step goes to the worker (a lone one may run on the loop)
         engine.step = slow_step
         task = asyncio.ensure_future(x.step(3))
         await asyncio.to_thread(running.wait, HANG)  # on the worker now

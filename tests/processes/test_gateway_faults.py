@@ -1,6 +1,7 @@
 """Faults against the real model servers: a server killed with SIGKILL mid-stream and
-started again on the same port, and a server that stops answering (SIGSTOP) so the
-gateway's per-step deadline has to fire. Nothing may hang and no session may leak."""
+started again on the same port, a server that stops answering (SIGSTOP) so the
+gateway's per-step deadline has to fire, and a draining server refusing new streams.
+Nothing may hang and no session may leak."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ pytest.importorskip("torch")
 
 PROMPT = "Once upon a time, Lily found"
 LONG = 200  # tokens: long enough that the generation is still running when the fault hits
-
-
 
 
 @contextlib.contextmanager
@@ -149,7 +148,6 @@ def test_stalled_server_hits_the_step_deadline_with_a_clear_error(tiny_pair, gpt
             assert r.status_code == 200, r.text
         assert wait_until(lambda: open_sessions(gpt2_server) == 0 and open_sessions(bdh) == 0, 5), \
             f"sessions left open: gpt2 {open_sessions(gpt2_server)}, bdh {open_sessions(bdh)}"
-
 
 
 def test_a_draining_servers_refusal_always_reads_as_the_server_gone(tiny_pair):
