@@ -22,6 +22,8 @@
 #      2.87M at step 886, the same way.
 #  10. BDH alone (stage "10"), seed 2033: lr 8e-5 -> 1e-5, 3M tokens (it was stopped at step
 #      150 by a session's end and resumed with --resume, which continues the run unchanged).
+#  11. BDH alone (stage "11"), seed 2034: lr 5e-5 -> 5e-6, 3M tokens (also stopped by a
+#      session's end, past its step-450 state, and resumed from that state unchanged).
 # --init takes the architecture from the checkpoint, dropout included, so stages 4, 5 and 7
 # set the dropout in a copy of the stage before's config.json (dropout changes no weight).
 # It overwrites checkpoints/ (--force); for a pair of your own, follow the README instead.
@@ -111,12 +113,15 @@ for model in gpt2 bdh; do
         train bdh 10 tiny_cpu_long "$R/bdh-9" --set data=data/tinystories --set warmup_steps=50 \
             --set eval_windows=40 --set seed=2033 --set max_tokens=3000000 --set lr=0.00008 --set min_lr=0.00001 \
             --set eval_interval=150
-        final="$R/bdh-10"
+        train bdh 11 tiny_cpu_long "$R/bdh-10" --set data=data/tinystories --set warmup_steps=50 \
+            --set eval_windows=40 --set seed=2034 --set max_tokens=3000000 --set lr=0.00005 --set min_lr=0.000005 \
+            --set eval_interval=150
+        final="$R/bdh-11"
     fi
     rm -rf "checkpoints/$model" && cp -r "$final" "checkpoints/$model"
 done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs/10 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --logs checkpoints/logs/11 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
     --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md
