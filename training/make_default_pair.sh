@@ -123,5 +123,5 @@ done
 python -m training.evaluate checkpoints/bdh --data data/tinystories --unigram data/tinystories/train.bin
 python -m training.evaluate checkpoints/gpt2 --data data/tinystories
 python -m training.compare --bdh checkpoints/bdh --gpt2 checkpoints/gpt2 --data data/tinystories \
-    --logs checkpoints/logs/11 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.8 --top-k 0 --top-p 0.95 \
+    --logs checkpoints/logs/11 checkpoints/logs/7/gpt2-*.csv --samples 3 --temperature 0.9 --top-k 0 --top-p 0.95 \
     --notes checkpoints/SWEEP.md --out checkpoints/REPORT.md

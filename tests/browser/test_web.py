@@ -544,7 +544,7 @@ def test_copy_download_share_history_examples_and_presets(page, gateway, open_pa
     page.click("[data-example] >> nth=1")
     assert page.input_value("#prompt") == example
     open_settings(page)
-    for name, (w, temp, k, p) in {"wild": (15, "1", "0", "1"), "balanced": (50, "0.8", "0", "0.95"),
+    for name, (w, temp, k, p) in {"wild": (15, "1", "0", "1"), "balanced": (50, "0.9", "0", "0.95"),
                                   "strict": (85, "0.7", "20", "0.9")}.items():
         page.click(f"[data-preset={name}]")
         assert (page.input_value("#weight"), page.input_value("#temperature"), page.input_value("#top-k"),
