@@ -490,8 +490,11 @@ async def generate(loop: Scheduler, gen: Generation, params: GenerationParams) -
     sessions at once; the scheduler drops the generation at its next step."""
     live = await loop.admit(gen, params)
     try:
+        # With the seed, the sampling it drew with: all a caller needs to write the story again.
+        sp = params.sampling
         yield {"type": "start", "id": gen.id, "logic_weight": gen.logic_weight, "blend": params.blend,
-               "seed": params.seed, "prompt_tokens": len(params.prompt_ids)}
+               "seed": params.seed, "temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p,
+               "prompt_tokens": len(params.prompt_ids)}
         while True:
             ev = await live.events.get()
             if ev["type"] == "error":

@@ -82,6 +82,17 @@ def test_same_seed_same_story_other_seed_other_story(client):
     assert client.post("/generate", json={**req, "seed": d["seed"]}).json()["text"] == d["text"]
 
 
+def test_the_answer_reports_the_sampling_it_drew_with(client):
+    """Defaults (the page's default preset) or the request's own, in the JSON answer and
+    the stream's start event: with the seed, what writes the story again."""
+    body = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).json()
+    assert {k: body[k] for k in NATIVE_DEFAULTS} == NATIVE_DEFAULTS
+    req = {"prompt": PROMPT, "max_new_tokens": 3, "temperature": 1.3, "top_k": 7, "top_p": 0.5}
+    with client.stream("POST", "/generate_stream", json=req) as r:
+        start = next(d for e, d in sse_events(r) if e == "start")
+    assert (start["temperature"], start["top_k"], start["top_p"]) == (1.3, 7, 0.5)
+
+
 def test_stop_sequence_cuts_the_text(client):
     full = client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 40, "seed": 9}).json()["text"]
     stop = full[len(full) // 2: len(full) // 2 + 2]

@@ -34,6 +34,7 @@ async def generate_json(req: GenerateRequest, gw: GatewayDep, request: Request):
         "tokens": [{k: t[k] for k in TOKEN_FIELDS if k in t} for t in tokens],
         "usage": end["usage"], "timings": end["timings"],
         "seed": first["seed"], "blend": first["blend"], "logic_weight": tokens[-1]["logic_weight"],
+        **{k: first[k] for k in ("temperature", "top_k", "top_p")},
     }
 
 
