@@ -50,13 +50,13 @@ from plotarmour.stack import free_port
 from plotarmour.rpc import language_model_pb2 as pb
 from plotarmour.rpc import language_model_pb2_grpc as pb_grpc
 from plotarmour.tokenizer import fingerprint
-from services.gateway.presets import DEFAULT
+from services.gateway.presets import NATIVE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 W = 0.5
 # Every loop draws as the gateway does by default (the page's default preset), so all three
 # do the same work per token.
-DRAW = sampling.SamplingParams(DEFAULT.temperature, DEFAULT.top_k, DEFAULT.top_p)
+DRAW = sampling.SamplingParams(**NATIVE_DEFAULTS)
 STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
          "dog Max. One day, Lily found a shiny red ball under a big tree. She was very happy and showed it to "
          "her mom. Her mom smiled and said they could play together after lunch. ")

@@ -10,9 +10,11 @@ For 1, 4, 16 and 64 live sessions, with a 32-token prompt each:
 Printed: tokens/s, the mean batch the server ran (its `plotarmour_batch_size` histogram,
 sum / count, over the measurement) against the live sessions, the ratio served : engine
 alone at the same batch size, and the 16 : 1 ratio of each. Then, per Batch stream row
-type, the server's own ms per step message (its `plotarmour_step_overhead_seconds`
-histogram) and the gRPC floor: the same client against bench/grpc_floor.py's echo server,
-which answers at once with rows of the same size. The engine's step plus that floor is the
+type, the served step split into its parts: the engine's step in the server (its
+`plotarmour_step_latency_seconds` histogram) beside the engine alone, the server's own cost
+per step message (`plotarmour_step_overhead_seconds`), the gRPC floor (the same client
+against bench/grpc_floor.py's echo server, which answers at once with rows of the same
+size) and what is left between the processes. The engine's step plus that floor is the
 most any Python grpc server could serve at here.
 
 Then the stall (BDH): a running story's inter-token gaps while an 8,000-token Score runs
@@ -243,11 +245,13 @@ def measured(metrics_url: str, run) -> tuple[float, float, float, float, float]:
     result = run()
     after = histograms(metrics_url)
     d = {k: after[k] - before.get(k, 0.0) for k in after}
-    own = "plotarmour_step_overhead_seconds_"
-    per_step = d[own + "sum"] / d[own + "count"] if d.get(own + "count") else float("nan")
-    engine = "plotarmour_step_latency_seconds_"
-    per_batch = d[engine + "sum"] / d[engine + "count"] if d.get(engine + "count") else float("nan")
-    return result, d["plotarmour_batch_size_sum"], d["plotarmour_batch_size_count"], per_step, per_batch
+
+    def mean(histogram: str) -> float:
+        n = d.get(f"plotarmour_{histogram}_count")
+        return d[f"plotarmour_{histogram}_sum"] / n if n else float("nan")
+
+    return (result, d["plotarmour_batch_size_sum"], d["plotarmour_batch_size_count"],
+            mean("step_overhead_seconds"), mean("step_latency_seconds"))
 
 
 # -- the run ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ def _read_outcome(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
 
+
 # A 50k-token distribution is 200 kB and a tokenizer.json a few MB: lift grpc's 4 MB cap.
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),

@@ -128,7 +128,6 @@ def test_end_of_text_ends_the_story(tiny_tokenizer):
     assert [t["id"] for t in r["tokens"]] == exp and r["tokens"][-1]["special"]
 
 
-
 def test_stories_sharing_a_batch_and_ending_at_different_tokens_each_come_whole(tiny_tokenizer):
     # The loop sends the going stories' steps before it tells them their tokens, and tells a
     # story that ends on this token at once: each story's events must still come whole and
